@@ -1,0 +1,305 @@
+//! The durable binding store: the truth every other tier is refilled from.
+//!
+//! Two backends behind [`DurableStore`]: SQLite (`bindings.db` in the data folder, WAL with
+//! `synchronous=FULL`, so a committed bind survives power loss) and PostgreSQL. In both,
+//! the `request_id` primary key refuses a second bind of one code, and a bind writes its
+//! binding and its image in one transaction.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{FromRow, PgPool, SqlitePool};
+
+use config::{Settings, StoreBackend};
+use records::{Binding, CodeImage, Params, RequestId, Tenant};
+
+use crate::{BindError, StoreError};
+
+/// How long start-up keeps trying to reach PostgreSQL before it gives up.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub enum DurableStore {
+    Embedded(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl DurableStore {
+    /// Opens the store named by `store.backend` and brings its schema up to date.
+    pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
+        Ok(match settings.store.backend {
+            StoreBackend::Embedded => {
+                DurableStore::Embedded(SqliteStore::open(&settings.embedded.data_dir).await?)
+            }
+            StoreBackend::Postgres => {
+                let url = settings
+                    .postgres
+                    .url
+                    .as_ref()
+                    .map(ExposeSecret::expose_secret)
+                    .unwrap_or_default();
+                let options: PgConnectOptions = url.parse()?;
+                DurableStore::Postgres(
+                    PostgresStore::connect(options, settings.postgres.max_connections).await?,
+                )
+            }
+        })
+    }
+
+    pub(crate) async fn insert(
+        &self,
+        binding: &Binding,
+        image: Option<&CodeImage>,
+    ) -> Result<(), BindError> {
+        let inserted = match self {
+            DurableStore::Embedded(store) => store.insert(binding, image).await?,
+            DurableStore::Postgres(store) => store.insert(binding, image).await?,
+        };
+        if inserted {
+            Ok(())
+        } else {
+            Err(BindError::AlreadyBound)
+        }
+    }
+
+    pub(crate) async fn get(&self, id: RequestId) -> Result<Option<Binding>, StoreError> {
+        let row = match self {
+            DurableStore::Embedded(store) => store.get(id).await?,
+            DurableStore::Postgres(store) => store.get(id).await?,
+        };
+        row.map(BindingRow::into_binding).transpose()
+    }
+
+    pub(crate) async fn image(&self, id: RequestId) -> Result<Option<CodeImage>, StoreError> {
+        let query = "SELECT media_type, bytes FROM code_images WHERE request_id = $1";
+        let row: Option<(String, Vec<u8>)> = match self {
+            DurableStore::Embedded(store) => {
+                sqlx::query_as(query)
+                    .bind(id.to_text().as_str())
+                    .fetch_optional(&store.db)
+                    .await?
+            }
+            DurableStore::Postgres(store) => {
+                sqlx::query_as(query)
+                    .bind(id.to_text().as_str())
+                    .fetch_optional(&store.db)
+                    .await?
+            }
+        };
+        Ok(row.map(|(media_type, bytes)| CodeImage { media_type, bytes }))
+    }
+
+    pub(crate) async fn check(&self) -> Result<(), StoreError> {
+        match self {
+            DurableStore::Embedded(store) => {
+                sqlx::query("SELECT 1").execute(&store.db).await.map(drop)?
+            }
+            DurableStore::Postgres(store) => {
+                sqlx::query("SELECT 1").execute(&store.db).await.map(drop)?
+            }
+        }
+        Ok(())
+    }
+
+    /// How many codes are bound; for operators and tests.
+    pub async fn count(&self) -> Result<i64, StoreError> {
+        let query = "SELECT COUNT(*) FROM bindings";
+        Ok(match self {
+            DurableStore::Embedded(store) => sqlx::query_scalar(query).fetch_one(&store.db).await?,
+            DurableStore::Postgres(store) => sqlx::query_scalar(query).fetch_one(&store.db).await?,
+        })
+    }
+}
+
+/// A binding as both databases return it.
+#[derive(FromRow)]
+struct BindingRow {
+    request_id: String,
+    tenant: String,
+    params: Json<serde_json::Value>,
+    content: String,
+    issuer: String,
+    version: i32,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl BindingRow {
+    fn into_binding(self) -> Result<Binding, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("bad {what}"));
+        Ok(Binding {
+            v: Binding::LAYOUT,
+            request_id: RequestId::parse(&self.request_id).map_err(|_| corrupt("request_id"))?,
+            tenant: Tenant::parse(&self.tenant).map_err(|_| corrupt("tenant"))?,
+            params: serde_json::from_value::<Params>(self.params.0)
+                .map_err(|error| StoreError::Corrupt(format!("params: {error}")))?,
+            content: self.content,
+            issuer: self.issuer,
+            version: u32::try_from(self.version).map_err(|_| corrupt("version"))?,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
+const SELECT_BINDING: &str = "SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at \
+     FROM bindings WHERE request_id = $1";
+
+/// The embedded store: `bindings.db` in the data folder.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    db: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(data_dir: &std::path::Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join("bindings.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let db = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&db).await?;
+        Ok(SqliteStore { db })
+    }
+
+    async fn insert(
+        &self,
+        binding: &Binding,
+        image: Option<&CodeImage>,
+    ) -> Result<bool, StoreError> {
+        let id = binding.request_id.to_text();
+        let mut tx = self.db.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(binding.tenant.as_str())
+        .bind(Json(&binding.params))
+        .bind(&binding.content)
+        .bind(&binding.issuer)
+        .bind(i64::from(binding.version))
+        .bind(binding.created_at)
+        .bind(binding.expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            if let Some(image) = image {
+                sqlx::query(
+                    "INSERT INTO code_images (request_id, media_type, bytes) VALUES ($1, $2, $3)",
+                )
+                .bind(id.as_str())
+                .bind(&image.media_type)
+                .bind(&image.bytes)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn get(&self, id: RequestId) -> Result<Option<BindingRow>, sqlx::Error> {
+        sqlx::query_as(SELECT_BINDING)
+            .bind(id.to_text().as_str())
+            .fetch_optional(&self.db)
+            .await
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    db: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects (retrying for a while, since databases often start after us) and migrates.
+    pub async fn connect(
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let pool_options = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
+        let db = loop {
+            match pool_options.clone().connect_with(options.clone()).await {
+                Ok(db) => break db,
+                Err(error) if started.elapsed() < CONNECT_PATIENCE => {
+                    tracing::warn!(%error, "PostgreSQL not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        Self::migrate(&db).await?;
+        Ok(PostgresStore { db })
+    }
+
+    /// Brings the schema up to date; what `qrpool migrate` runs.
+    pub async fn migrate(db: &PgPool) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres").run(db).await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.db
+    }
+
+    /// One statement, so one round trip and one implicit transaction: the binding, and its
+    /// image only when the binding was new.
+    async fn insert(
+        &self,
+        binding: &Binding,
+        image: Option<&CodeImage>,
+    ) -> Result<bool, StoreError> {
+        let inserted: i64 = sqlx::query_scalar(
+            "WITH inserted AS ( \
+                 INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (request_id) DO NOTHING \
+                 RETURNING request_id), \
+             image AS ( \
+                 INSERT INTO code_images (request_id, media_type, bytes) \
+                 SELECT request_id, $9, $10 FROM inserted WHERE $10::BYTEA IS NOT NULL) \
+             SELECT COUNT(*) FROM inserted",
+        )
+        .bind(binding.request_id.to_text().as_str())
+        .bind(binding.tenant.as_str())
+        .bind(Json(&binding.params))
+        .bind(&binding.content)
+        .bind(&binding.issuer)
+        .bind(i32::try_from(binding.version).unwrap_or(i32::MAX))
+        .bind(binding.created_at)
+        .bind(binding.expires_at)
+        .bind(image.map(|image| image.media_type.as_str()))
+        .bind(image.map(|image| image.bytes.as_slice()))
+        .fetch_one(&self.db)
+        .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn get(&self, id: RequestId) -> Result<Option<BindingRow>, sqlx::Error> {
+        sqlx::query_as(SELECT_BINDING)
+            .bind(id.to_text().as_str())
+            .fetch_optional(&self.db)
+            .await
+    }
+}

@@ -1,0 +1,187 @@
+//! Bindings: `request_id → params`, written once by the binder, read at every scan.
+//!
+//! - [`durable`]: the truth. An embedded SQLite file or PostgreSQL; its primary key is what
+//!   makes a bind happen **at most once**, and a bind returns only once it is committed.
+//! - [`redis_tier`]: the hot copy shared by every process, filled on bind and on a miss.
+//! - [`Bindings`]: the tiered lookup: in-process cache → Redis → durable store, refilling
+//!   the faster tiers, with concurrent lookups of one id coalesced into one.
+//!
+//! Degradation: Redis failing never fails a bind or a resolve (it is skipped and counted,
+//! and used again as soon as it answers); the durable store failing fails both, cleanly.
+
+pub mod durable;
+mod events;
+pub mod redis_tier;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use records::{Binding, CodeImage, RequestId};
+
+pub use durable::{DurableStore, PostgresStore, SqliteStore};
+pub use redis_tier::RedisTier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("binding database failed")]
+    Database(#[from] sqlx::Error),
+    #[error("binding database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a stored binding is unreadable: {0}")]
+    Corrupt(String),
+    #[error("setting `redis.url` is not a Redis URL")]
+    RedisUrl(#[source] redis::RedisError),
+    /// The same failure, reported to every caller of a coalesced lookup.
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
+    #[error("embedded store folder `{path}` cannot be created")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a bind did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The request id is bound already; the earlier binding stands.
+    #[error("request id is already bound")]
+    AlreadyBound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The tiered binding store every part uses.
+#[derive(Debug, Clone)]
+pub struct Bindings {
+    durable: DurableStore,
+    redis: Option<RedisTier>,
+    local: Cache<RequestId, Arc<Binding>>,
+}
+
+/// What a lookup found; kept apart from errors so that coalesced lookups share it.
+#[derive(Debug, thiserror::Error)]
+enum Lookup {
+    #[error("not bound")]
+    NotBound,
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+}
+
+impl From<StoreError> for Lookup {
+    fn from(error: StoreError) -> Self {
+        Lookup::Store(Arc::new(error))
+    }
+}
+
+impl Bindings {
+    pub fn new(
+        durable: DurableStore,
+        redis: Option<RedisTier>,
+        cache_capacity: u64,
+        cache_ttl: Duration,
+    ) -> Self {
+        let local = Cache::builder()
+            .max_capacity(cache_capacity)
+            .time_to_live(cache_ttl)
+            .build();
+        Bindings {
+            durable,
+            redis,
+            local,
+        }
+    }
+
+    /// Opens the stores named by the settings, running migrations on the durable one.
+    pub async fn connect(settings: &config::Settings) -> Result<Self, StoreError> {
+        let durable = DurableStore::connect(settings).await?;
+        let redis = match &settings.redis.url {
+            Some(url) => Some(RedisTier::new(
+                url,
+                &settings.redis.key_prefix,
+                settings.redis.ttl_secs,
+            )?),
+            None => None,
+        };
+        let cache = &settings.middle_page;
+        Ok(Bindings::new(
+            durable,
+            redis,
+            cache.cache_capacity,
+            Duration::from_secs(cache.cache_ttl_secs),
+        ))
+    }
+
+    /// Writes a binding (and its image) durably, then warms the faster tiers.
+    pub async fn bind(
+        &self,
+        binding: Binding,
+        image: Option<&CodeImage>,
+    ) -> Result<Arc<Binding>, BindError> {
+        self.durable.insert(&binding, image).await?;
+        let binding = Arc::new(binding);
+        if let Some(redis) = &self.redis {
+            redis.set(&binding).await;
+        }
+        self.local
+            .insert(binding.request_id, Arc::clone(&binding))
+            .await;
+        Ok(binding)
+    }
+
+    /// Finds a binding: in-process cache, then Redis, then the durable store. `None` means
+    /// not bound (unknown ids are not cached yet, so each one costs a lookup).
+    pub async fn resolve(&self, id: RequestId) -> Result<Option<Arc<Binding>>, StoreError> {
+        if let Some(binding) = self.local.get(&id).await {
+            events::lookup("local", true);
+            return Ok(Some(binding));
+        }
+        match self.local.try_get_with(id, self.fetch(id)).await {
+            Ok(binding) => Ok(Some(binding)),
+            Err(lookup) => match &*lookup {
+                Lookup::NotBound => Ok(None),
+                Lookup::Store(error) => Err(StoreError::Shared(Arc::clone(error))),
+            },
+        }
+    }
+
+    async fn fetch(&self, id: RequestId) -> Result<Arc<Binding>, Lookup> {
+        if let Some(redis) = &self.redis {
+            if let Some(binding) = redis.get(id).await {
+                events::lookup("redis", true);
+                return Ok(Arc::new(binding));
+            }
+            events::lookup("redis", false);
+        }
+        let Some(binding) = self.durable.get(id).await? else {
+            events::lookup("database", false);
+            return Err(Lookup::NotBound);
+        };
+        events::lookup("database", true);
+        if let Some(redis) = &self.redis {
+            redis.set(&binding).await;
+        }
+        Ok(Arc::new(binding))
+    }
+
+    /// The stored image of a bound code.
+    pub async fn image(&self, id: RequestId) -> Result<Option<CodeImage>, StoreError> {
+        self.durable.image(id).await
+    }
+
+    /// Whether the durable store answers (Redis is optional, so it is not asked).
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.durable.check().await
+    }
+
+    pub fn durable(&self) -> &DurableStore {
+        &self.durable
+    }
+
+    /// Drops a binding from this process's cache (the other tiers keep it).
+    pub async fn forget_locally(&self, id: RequestId) {
+        self.local.invalidate(&id).await;
+    }
+}

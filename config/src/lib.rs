@@ -1,0 +1,55 @@
+//! Typed settings for every part of qrpool, loaded in three layers:
+//! built-in defaults ◄ a TOML file ◄ `QRPOOL_…` environment variables.
+//!
+//! With no file and no environment, the defaults run the whole pipeline on the embedded
+//! backends on `127.0.0.1:8080`. [`Settings::load`] fails at start, naming the key and what
+//! it expects, rather than letting a bad value surface later as a confusing runtime error.
+//!
+//! # Environment variables
+//!
+//! Every key can be set as `QRPOOL_<SECTION>__<KEY>` (two underscores between levels):
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | `QRPOOL_SERVER__LISTEN` | address the HTTP server binds | `127.0.0.1:8080` |
+//! | `QRPOOL_SERVER__PUBLIC_URL` | base URL the codes encode (scheme and host, no path) | `http://<listen>` |
+//! | `QRPOOL_SERVER__MAX_BODY_BYTES` | largest request body | `65536` |
+//! | `QRPOOL_SERVER__REQUEST_TIMEOUT_MS` | time limit of one request | `5000` |
+//! | `QRPOOL_SERVER__SHUTDOWN_GRACE_SECS` | how long shutdown waits for requests in flight | `10` |
+//! | `QRPOOL_POOL__BACKEND` | `embedded` or `kafka` | `embedded` |
+//! | `QRPOOL_STORE__BACKEND` | `embedded` or `postgres` | `embedded` |
+//! | `QRPOOL_EMBEDDED__DATA_DIR` | folder of the embedded databases | `qrpool-data` |
+//! | `QRPOOL_KAFKA__BROKERS` | bootstrap servers | `127.0.0.1:9092` |
+//! | `QRPOOL_KAFKA__POOL_TOPIC` | topic of pre-generated codes | `qrpool.pool` |
+//! | `QRPOOL_KAFKA__PARTITIONS` | partitions when qrpool creates the topic | `8` |
+//! | `QRPOOL_KAFKA__REPLICATION` | replication factor when qrpool creates the topic | `1` |
+//! | `QRPOOL_KAFKA__GROUP_ID` | consumer group of the binders | `qrpool-binder` |
+//! | `QRPOOL_KAFKA__SESSION_TIMEOUT_MS` | consumer-group session timeout | `10000` |
+//! | `QRPOOL_KAFKA__PREFETCH` | codes a binder holds ready | `512` |
+//! | `QRPOOL_REDIS__URL` | secret; Redis hot tier of the bindings (unset: no Redis) | unset |
+//! | `QRPOOL_REDIS__KEY_PREFIX` | prefix of every key qrpool writes | `qrpool:` |
+//! | `QRPOOL_REDIS__TTL_SECS` | how long a binding stays hot in Redis | `604800` |
+//! | `QRPOOL_POSTGRES__URL` | secret; PostgreSQL of the bindings | unset |
+//! | `QRPOOL_POSTGRES__MAX_CONNECTIONS` | pool size | `16` |
+//! | `QRPOOL_RENDER__MODULE_PX` | pixels per QR module | `8` |
+//! | `QRPOOL_RENDER__QUIET_ZONE` | modules of blank margin | `4` |
+//! | `QRPOOL_RENDER__EC_LEVEL` | error correction: `L`, `M`, `Q` or `H` | `M` |
+//! | `QRPOOL_PREGEN__TARGET_DEPTH` | codes pregen keeps in the pool | `2000` |
+//! | `QRPOOL_PREGEN__LOW_WATER` | depth below which pregen refills | `1000` |
+//! | `QRPOOL_PREGEN__BATCH` | codes rendered and enqueued at a time | `256` |
+//! | `QRPOOL_PREGEN__CHECK_INTERVAL_MS` | how often pregen looks at the depth | `1000` |
+//! | `QRPOOL_BINDER__TENANT` | tenant of binds (API keys come later) | `default` |
+//! | `QRPOOL_BINDER__CLAIM_WAIT_MS` | how long a bind waits for a code when the pool is dry | `250` |
+//! | `QRPOOL_BINDER__MAX_PARAMS_BYTES` | largest `params` object | `4096` |
+//! | `QRPOOL_BINDER__BINDING_TTL_DAYS` | lifetime of a binding (unset: no expiry) | unset |
+//! | `QRPOOL_MIDDLE_PAGE__CACHE_CAPACITY` | bindings held in process | `100000` |
+//! | `QRPOOL_MIDDLE_PAGE__CACHE_TTL_SECS` | how long a binding stays in process | `300` |
+//! | `QRPOOL_TELEMETRY__FORMAT` | `pretty` or `json` log lines | `pretty` |
+//! | `QRPOOL_TELEMETRY__FILTER` | tracing filter (`RUST_LOG` wins when set) | `info` |
+//!
+//! Secrets (`redis.url`, `postgres.url`) are read from the environment only: a file that
+//! sets them is refused, so that they never end up in a repository.
+
+mod settings;
+
+pub use settings::*;

@@ -1,0 +1,612 @@
+//! The settings tree, its defaults, and its validation.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Prefix of every environment variable qrpool reads.
+pub const ENV_PREFIX: &str = "QRPOOL_";
+
+/// Every part's settings. Unknown top-level keys are ignored (other tools share the
+/// `QRPOOL_` prefix); unknown keys inside a section are errors (they are typos).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub pool: PoolSettings,
+    pub store: StoreSettings,
+    pub embedded: EmbeddedSettings,
+    pub kafka: KafkaSettings,
+    pub redis: RedisSettings,
+    pub postgres: PostgresSettings,
+    pub render: RenderSettings,
+    pub pregen: PregenSettings,
+    pub binder: BinderSettings,
+    pub middle_page: MiddlePageSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// The base every middle-page URL starts with. It is what phones open, so it must be
+    /// the address the public reaches, not the bind address behind a load balancer.
+    pub public_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            max_body_bytes: 64 * 1024,
+            request_timeout_ms: 5_000,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// `public_url` without a trailing slash, or `http://<listen>` when unset.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolBackend {
+    /// A table in a local SQLite file: one process, no services.
+    #[default]
+    Embedded,
+    /// A Kafka topic with partitions; binders form one consumer group.
+    Kafka,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSettings {
+    pub backend: PoolBackend,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// A local SQLite file, with an in-process cache in front.
+    #[default]
+    Embedded,
+    /// PostgreSQL as the truth, Redis in front when `redis.url` is set.
+    Postgres,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: StoreBackend,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedSettings {
+    pub data_dir: PathBuf,
+}
+
+impl Default for EmbeddedSettings {
+    fn default() -> Self {
+        EmbeddedSettings {
+            data_dir: PathBuf::from("qrpool-data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub pool_topic: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub group_id: String,
+    pub session_timeout_ms: u32,
+    /// Codes a binder receives ahead of demand, so a bind never waits on a fetch.
+    pub prefetch: usize,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            pool_topic: "qrpool.pool".into(),
+            partitions: 8,
+            replication: 1,
+            group_id: "qrpool-binder".into(),
+            session_timeout_ms: 10_000,
+            prefetch: 512,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Secret (it may hold a password); environment only.
+    pub url: Option<SecretString>,
+    /// Every key qrpool writes starts with this, so one Redis can serve several deployments.
+    pub key_prefix: String,
+    pub ttl_secs: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: None,
+            key_prefix: "qrpool:".into(),
+            ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Secret (it holds a password); environment only.
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        PostgresSettings {
+            url: None,
+            max_connections: 16,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum EcLevel {
+    L,
+    #[default]
+    M,
+    Q,
+    H,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RenderSettings {
+    pub module_px: u32,
+    pub quiet_zone: u32,
+    pub ec_level: EcLevel,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        RenderSettings {
+            module_px: 8,
+            quiet_zone: 4,
+            ec_level: EcLevel::M,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PregenSettings {
+    pub target_depth: u64,
+    pub low_water: u64,
+    pub batch: usize,
+    pub check_interval_ms: u64,
+}
+
+impl Default for PregenSettings {
+    fn default() -> Self {
+        PregenSettings {
+            target_depth: 2_000,
+            low_water: 1_000,
+            batch: 256,
+            check_interval_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BinderSettings {
+    pub tenant: String,
+    pub claim_wait_ms: u64,
+    pub max_params_bytes: usize,
+    pub binding_ttl_days: Option<u32>,
+}
+
+impl Default for BinderSettings {
+    fn default() -> Self {
+        BinderSettings {
+            tenant: "default".into(),
+            claim_wait_ms: 250,
+            max_params_bytes: 4096,
+            binding_ttl_days: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MiddlePageSettings {
+    pub cache_capacity: u64,
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for MiddlePageSettings {
+    fn default() -> Self {
+        MiddlePageSettings {
+            cache_capacity: 100_000,
+            cache_ttl_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Why the settings cannot be used. The message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("setting `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Keys that hold secrets: a file must not set them.
+const SECRET_KEYS: [&str; 2] = ["redis.url", "postgres.url"];
+
+impl Settings {
+    /// Defaults ◄ `file` (when given) ◄ `QRPOOL_…` environment, then validated.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The layered sources, before extraction (tests add their own layers to it).
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        for key in SECRET_KEYS {
+            let from_file = figment
+                .find_metadata(key)
+                .is_some_and(|meta| !meta.name.to_lowercase().contains("environment"));
+            if from_file {
+                return Err(ConfigError::invalid(
+                    key,
+                    "is a secret: set it in the environment, not in a file",
+                ));
+            }
+        }
+        let settings: Settings = figment.extract().map_err(describe_load_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot: ranges and keys that depend on each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.server.public_url {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))
+                .ok_or_else(|| {
+                    ConfigError::invalid("server.public_url", "must start with http:// or https://")
+                })?;
+            let host = rest.trim_end_matches('/');
+            if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
+                return Err(ConfigError::invalid(
+                    "server.public_url",
+                    "must be a scheme and host (and port) only, like https://qr.example.com",
+                ));
+            }
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "server.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.server.request_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "server.request_timeout_ms",
+                "must be above 0",
+            ));
+        }
+        if self.pool.backend == PoolBackend::Kafka {
+            if self.kafka.brokers.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "kafka.brokers",
+                    "must name at least one broker when pool.backend is kafka",
+                ));
+            }
+            if self.kafka.pool_topic.is_empty()
+                || !self
+                    .kafka
+                    .pool_topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(ConfigError::invalid(
+                    "kafka.pool_topic",
+                    "must be a Kafka topic name (a-z, A-Z, 0-9, '.', '_', '-')",
+                ));
+            }
+            if self.kafka.partitions < 1 {
+                return Err(ConfigError::invalid(
+                    "kafka.partitions",
+                    "must be at least 1",
+                ));
+            }
+            if self.kafka.replication < 1 {
+                return Err(ConfigError::invalid(
+                    "kafka.replication",
+                    "must be at least 1",
+                ));
+            }
+            if self.kafka.group_id.is_empty() {
+                return Err(ConfigError::invalid("kafka.group_id", "must not be empty"));
+            }
+        }
+        if self.kafka.prefetch == 0 {
+            return Err(ConfigError::invalid("kafka.prefetch", "must be at least 1"));
+        }
+        if self.store.backend == StoreBackend::Postgres && self.postgres.url.is_none() {
+            return Err(ConfigError::invalid(
+                "postgres.url",
+                "must be set (QRPOOL_POSTGRES__URL) when store.backend is postgres",
+            ));
+        }
+        if self.redis.url.is_some() && self.store.backend == StoreBackend::Embedded {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "is only used with store.backend = postgres; unset it or switch the store",
+            ));
+        }
+        if !(1..=64).contains(&self.render.module_px) {
+            return Err(ConfigError::invalid(
+                "render.module_px",
+                "must be between 1 and 64",
+            ));
+        }
+        if self.render.quiet_zone > 16 {
+            return Err(ConfigError::invalid(
+                "render.quiet_zone",
+                "must be between 0 and 16",
+            ));
+        }
+        if self.pregen.batch == 0 {
+            return Err(ConfigError::invalid("pregen.batch", "must be at least 1"));
+        }
+        if self.pregen.low_water > self.pregen.target_depth {
+            return Err(ConfigError::invalid(
+                "pregen.low_water",
+                "must not exceed pregen.target_depth",
+            ));
+        }
+        if self.pregen.check_interval_ms == 0 {
+            return Err(ConfigError::invalid(
+                "pregen.check_interval_ms",
+                "must be above 0",
+            ));
+        }
+        if records_tenant_is_invalid(&self.binder.tenant) {
+            return Err(ConfigError::invalid(
+                "binder.tenant",
+                "must be 1 to 64 characters of a-z, 0-9, '-' and '_'",
+            ));
+        }
+        if !(16..=1024 * 1024).contains(&self.binder.max_params_bytes) {
+            return Err(ConfigError::invalid(
+                "binder.max_params_bytes",
+                "must be between 16 and 1048576",
+            ));
+        }
+        if self.binder.binding_ttl_days == Some(0) {
+            return Err(ConfigError::invalid(
+                "binder.binding_ttl_days",
+                "must be above 0 (unset it for no expiry)",
+            ));
+        }
+        if self.middle_page.cache_capacity == 0 {
+            return Err(ConfigError::invalid(
+                "middle_page.cache_capacity",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One line per problem, each naming the key in its lowercase dotted form (the form the
+/// file uses) and where the value came from.
+fn describe_load_error(error: figment::Error) -> ConfigError {
+    let lines: Vec<String> = error
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".").to_lowercase();
+            let origin = error
+                .metadata
+                .as_ref()
+                .map(|meta| format!(" (from {})", meta.name))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("settings{origin}: {}", error.kind)
+            } else {
+                format!("setting `{key}`{origin}: {}", error.kind)
+            }
+        })
+        .collect();
+    ConfigError::Load(lines.join("\n"))
+}
+
+/// The same rule as `records::Tenant`; repeated here so that config stays free of the
+/// domain crates (it is the leaf every part depends on).
+fn records_tenant_is_invalid(text: &str) -> bool {
+    !(1..=64).contains(&text.len())
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_in(jail: &Jail, toml: Option<&str>) -> Result<Settings, ConfigError> {
+        let path = toml.map(|text| {
+            jail.create_file("qrpool.toml", text)
+                .expect("write the file");
+            PathBuf::from("qrpool.toml")
+        });
+        Settings::load(path.as_deref())
+    }
+
+    #[test]
+    fn no_file_and_no_environment_means_embedded_on_8080() {
+        Jail::expect_with(|jail| {
+            let settings = load_in(jail, None).expect("defaults load");
+            assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(settings.server.public_base(), "http://127.0.0.1:8080");
+            assert_eq!(settings.pool.backend, PoolBackend::Embedded);
+            assert_eq!(settings.store.backend, StoreBackend::Embedded);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QRPOOL_SERVER__LISTEN", "127.0.0.1:9000");
+            let settings = load_in(
+                jail,
+                Some("[server]\nlisten = \"0.0.0.0:7000\"\nmax_body_bytes = 2048\n"),
+            )
+            .expect("loads");
+            assert_eq!(settings.server.listen.to_string(), "127.0.0.1:9000");
+            assert_eq!(settings.server.max_body_bytes, 2048);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QRPOOL_KAFKA__PARTITIONS", "many");
+            let error = load_in(jail, None).expect_err("must fail").to_string();
+            assert!(error.contains("kafka.partitions"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_typo_inside_a_section_is_an_error() {
+        Jail::expect_with(|jail| {
+            let error = load_in(jail, Some("[server]\nlistn = \"x\"\n"))
+                .expect_err("must fail")
+                .to_string();
+            assert!(error.contains("listn"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cross_key_rules_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QRPOOL_STORE__BACKEND", "postgres");
+            let error = load_in(jail, None).expect_err("must fail").to_string();
+            assert!(error.contains("postgres.url"), "{error}");
+            jail.set_env("QRPOOL_POSTGRES__URL", "postgres://localhost/qrpool");
+            jail.set_env("QRPOOL_PREGEN__LOW_WATER", "5000");
+            let error = load_in(jail, None).expect_err("must fail").to_string();
+            assert!(error.contains("pregen.low_water"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn public_url_must_be_scheme_and_host() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QRPOOL_SERVER__PUBLIC_URL", "https://qr.example.com/");
+            assert_eq!(
+                load_in(jail, None).expect("loads").server.public_base(),
+                "https://qr.example.com"
+            );
+            jail.set_env("QRPOOL_SERVER__PUBLIC_URL", "javascript:alert(1)");
+            assert!(
+                load_in(jail, None)
+                    .expect_err("must fail")
+                    .to_string()
+                    .contains("server.public_url")
+            );
+            jail.set_env("QRPOOL_SERVER__PUBLIC_URL", "https://qr.example.com/m?x=1");
+            assert!(load_in(jail, None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_refused_from_a_file() {
+        Jail::expect_with(|jail| {
+            let error = load_in(jail, Some("[postgres]\nurl = \"postgres://u:pw@db/q\"\n"))
+                .expect_err("must fail")
+                .to_string();
+            assert!(
+                error.contains("postgres.url") && error.contains("environment"),
+                "{error}"
+            );
+            Ok(())
+        });
+    }
+}

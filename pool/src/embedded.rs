@@ -1,0 +1,352 @@
+//! The embedded pool: a table in a local SQLite file (`pool.db` in the data folder).
+//!
+//! Takers share an in-memory prefetch buffer filled in `seq` order; acks are collected and
+//! deleted in one transaction every [`ACK_FLUSH_INTERVAL`]. A crash before that flush loses
+//! nothing: the un-deleted codes come back at the next start and the binding store's unique
+//! key skips the ones already bound. One process owns the file.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::Notify;
+
+use records::PoolRecord;
+
+use crate::{Delivery, PoolError, Receipt, record_undecodable};
+
+/// How often acked rows are deleted.
+const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// Rows read into memory at a time.
+const PREFETCH: i64 = 512;
+
+/// A pool in a local SQLite file. Cheap to clone: clones share one database and buffer.
+#[derive(Debug, Clone)]
+pub struct EmbeddedPool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: SqlitePool,
+    buffer: Mutex<VecDeque<Delivery>>,
+    /// Highest `seq` read into the buffer; the next refill starts after it.
+    cursor: tokio::sync::Mutex<i64>,
+    acked: Mutex<Vec<i64>>,
+    /// Wakes takers waiting on a dry pool when pregen pushes.
+    pushed: Notify,
+}
+
+impl EmbeddedPool {
+    /// Opens (creating when missing) `pool.db` in `data_dir`.
+    pub async fn open(data_dir: &Path) -> Result<Self, PoolError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| PoolError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join("pool.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let db = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&db).await?;
+
+        let pool = EmbeddedPool {
+            inner: Arc::new(Inner {
+                db,
+                buffer: Mutex::new(VecDeque::new()),
+                cursor: tokio::sync::Mutex::new(0),
+                acked: Mutex::new(Vec::new()),
+                pushed: Notify::new(),
+            }),
+        };
+        tokio::spawn(flush_acks_periodically(Arc::downgrade(&pool.inner)));
+        Ok(pool)
+    }
+
+    pub(crate) async fn push(&self, records: &[PoolRecord]) -> Result<(), PoolError> {
+        let mut tx = self.inner.db.begin().await?;
+        for record in records {
+            sqlx::query("INSERT INTO pool (record) VALUES (?)")
+                .bind(record.encode())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.inner.pushed.notify_waiters();
+        Ok(())
+    }
+
+    pub(crate) async fn depth(&self) -> Result<u64, PoolError> {
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pool")
+            .fetch_one(&self.inner.db)
+            .await?;
+        let acked_not_deleted = lock(&self.inner.acked).len() as i64;
+        Ok(u64::try_from(rows - acked_not_deleted).unwrap_or(0))
+    }
+
+    pub(crate) async fn take(&self, wait: Duration) -> Result<Option<Delivery>, PoolError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register for a wake-up before looking, so a push in between is not missed.
+            let pushed = self.inner.pushed.notified();
+            tokio::pin!(pushed);
+            pushed.as_mut().enable();
+
+            if let Some(delivery) = lock(&self.inner.buffer).pop_front() {
+                return Ok(Some(delivery));
+            }
+            if self.refill().await? {
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, pushed).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads the next rows after the cursor into the buffer. Returns whether the buffer
+    /// holds anything afterwards.
+    async fn refill(&self) -> Result<bool, PoolError> {
+        let mut cursor = self.inner.cursor.lock().await;
+        // Another taker may have refilled while this one waited for the cursor.
+        if !lock(&self.inner.buffer).is_empty() {
+            return Ok(true);
+        }
+        let rows = sqlx::query("SELECT seq, record FROM pool WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(*cursor)
+            .bind(PREFETCH)
+            .fetch_all(&self.inner.db)
+            .await?;
+        let mut buffer = lock(&self.inner.buffer);
+        for row in rows {
+            let seq: i64 = row.get(0);
+            let bytes: Vec<u8> = row.get(1);
+            *cursor = seq;
+            match PoolRecord::decode(&bytes) {
+                Ok(record) => buffer.push_back(Delivery {
+                    record,
+                    receipt: Receipt::Embedded { seq },
+                }),
+                Err(error) => {
+                    record_undecodable(&error);
+                    lock(&self.inner.acked).push(seq);
+                }
+            }
+        }
+        Ok(!buffer.is_empty())
+    }
+
+    pub(crate) fn ack(&self, seq: i64) {
+        lock(&self.inner.acked).push(seq);
+    }
+
+    pub(crate) fn give_back(&self, delivery: Delivery) {
+        lock(&self.inner.buffer).push_front(delivery);
+        self.inner.pushed.notify_one();
+    }
+
+    /// Deletes the acked rows now.
+    pub(crate) async fn flush_acks(&self) -> Result<(), PoolError> {
+        flush(&self.inner).await
+    }
+}
+
+async fn flush(inner: &Inner) -> Result<(), PoolError> {
+    let seqs = std::mem::take(&mut *lock(&inner.acked));
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let result = async {
+        let mut tx = inner.db.begin().await?;
+        for seq in &seqs {
+            sqlx::query("DELETE FROM pool WHERE seq = ?")
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+    .await;
+    if let Err(error) = result {
+        // Keep them for the next flush: an acked row left in place would be redelivered.
+        lock(&inner.acked).extend(seqs);
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+async fn flush_acks_periodically(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(ACK_FLUSH_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(error) = flush(&inner).await {
+            tracing::warn!(error = %error, "deleting bound codes from the embedded pool failed; will retry");
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data (a buffer
+/// or a list of numbers) is still consistent, so carry on rather than cascade the panic.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PoolReader, PoolWriter};
+    use records::RequestId;
+
+    fn records(n: usize) -> Vec<PoolRecord> {
+        (0..n)
+            .map(|i| PoolRecord {
+                request_id: RequestId::generate(),
+                issuer: "local".into(),
+                content: format!("http://x/m/{i}"),
+                image: None,
+                created_at: chrono::Utc::now(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn codes_come_out_in_order_and_acked_ones_do_not_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+        let (writer, reader) = (
+            PoolWriter::Embedded(pool.clone()),
+            PoolReader::Embedded(pool),
+        );
+        let pushed = records(5);
+        writer.push(&pushed).await.unwrap();
+        assert_eq!(writer.depth().await.unwrap(), 5);
+
+        for expected in &pushed[..3] {
+            let delivery = reader.take(Duration::ZERO).await.unwrap().unwrap();
+            assert_eq!(delivery.record.request_id, expected.request_id);
+            reader.ack(&delivery);
+        }
+        assert_eq!(writer.depth().await.unwrap(), 2);
+        reader.close().await.unwrap();
+        drop((writer, reader));
+
+        // Reopen: the two unacked codes are still there, the three acked ones are gone.
+        let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+        let reader = PoolReader::Embedded(pool);
+        let mut left = Vec::new();
+        while let Some(delivery) = reader.take(Duration::ZERO).await.unwrap() {
+            left.push(delivery.record.request_id);
+        }
+        assert_eq!(left, vec![pushed[3].request_id, pushed[4].request_id]);
+    }
+
+    #[tokio::test]
+    async fn a_code_given_back_is_the_next_one_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+        PoolWriter::Embedded(pool.clone())
+            .push(&records(2))
+            .await
+            .unwrap();
+        let reader = PoolReader::Embedded(pool);
+        let first = reader.take(Duration::ZERO).await.unwrap().unwrap();
+        let id = first.record.request_id;
+        reader.give_back(first);
+        assert_eq!(
+            reader
+                .take(Duration::ZERO)
+                .await
+                .unwrap()
+                .unwrap()
+                .record
+                .request_id,
+            id
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dry_pool_answers_none_after_the_wait_and_wakes_on_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+        let reader = PoolReader::Embedded(pool.clone());
+        assert!(
+            reader
+                .take(Duration::from_millis(20))
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let waiting = tokio::spawn(async move { reader.take(Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        PoolWriter::Embedded(pool).push(&records(1)).await.unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(delivery.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_row_is_skipped_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+        sqlx::query("INSERT INTO pool (record) VALUES (?)")
+            .bind(vec![9_u8, 9, 9])
+            .execute(&pool.inner.db)
+            .await
+            .unwrap();
+        let good = records(1);
+        PoolWriter::Embedded(pool.clone())
+            .push(&good)
+            .await
+            .unwrap();
+        let reader = PoolReader::Embedded(pool);
+        let delivery = reader.take(Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!(delivery.record.request_id, good[0].request_id);
+    }
+
+    #[tokio::test]
+    async fn concurrent_takers_never_get_the_same_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+        PoolWriter::Embedded(pool.clone())
+            .push(&records(2000))
+            .await
+            .unwrap();
+        let reader = PoolReader::Embedded(pool);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let reader = reader.clone();
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    while let Some(d) = reader.take(Duration::ZERO).await.unwrap() {
+                        ids.push(d.record.request_id);
+                        reader.ack(&d);
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(all.len(), 2000);
+        assert_eq!(distinct.len(), 2000);
+    }
+}

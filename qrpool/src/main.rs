@@ -1,0 +1,165 @@
+//! `qrpool`: runs any part of qrpool, or all of them in one process.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use config::{LogFormat, PoolBackend, Settings, StoreBackend, TelemetrySettings};
+use qrpool::{App, Parts};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "qrpool",
+    version,
+    about = "Pre-generated QR codes, bound on demand, resolved at scan time"
+)]
+struct Cli {
+    /// A TOML settings file; `QRPOOL_…` environment variables override it.
+    #[arg(long, short, global = true, env = "QRPOOL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every part in one process (embedded backends unless configured otherwise).
+    Up,
+    /// Keeps the pool filled.
+    Pregen,
+    /// The codes API: binds pooled codes on demand.
+    Binder,
+    /// Scan-time resolution: the middle page and the scene API.
+    MiddlePage,
+    /// Brings the binding store's schema up to date, then exits.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    init_telemetry(&settings.telemetry);
+
+    let parts = match cli.command {
+        Command::Up => Parts::ALL,
+        Command::Pregen => Parts::PREGEN,
+        Command::Binder => Parts::BINDER,
+        Command::MiddlePage => Parts::MIDDLE_PAGE,
+        Command::Migrate => {
+            bindings::DurableStore::connect(&settings)
+                .await
+                .context("migrating the binding store")?;
+            println!("The binding store is up to date.");
+            return Ok(());
+        }
+    };
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let app = App::build(&settings, parts).await?;
+    let primed = app.prime(&shutdown).await?;
+    let listener = tokio::net::TcpListener::bind(settings.server.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding {} (setting `server.listen`)",
+                settings.server.listen
+            )
+        })?;
+    print_banner(&settings, parts, primed);
+    app.run(listener, shutdown).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn init_telemetry(settings: &TelemetrySettings) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    shutdown.cancel();
+}
+
+/// Tells a person where everything is.
+fn print_banner(settings: &Settings, parts: Parts, primed: Option<(u64, std::time::Duration)>) {
+    let base = settings.server.public_base();
+    let listen = settings.server.listen;
+    let pool = match settings.pool.backend {
+        PoolBackend::Embedded => format!(
+            "embedded ({})",
+            settings.embedded.data_dir.join("pool.db").display()
+        ),
+        PoolBackend::Kafka => format!(
+            "Kafka topic {} at {}",
+            settings.kafka.pool_topic, settings.kafka.brokers
+        ),
+    };
+    let store = match settings.store.backend {
+        StoreBackend::Embedded => format!(
+            "embedded ({})",
+            settings.embedded.data_dir.join("bindings.db").display()
+        ),
+        StoreBackend::Postgres if settings.redis.url.is_some() => {
+            "PostgreSQL, Redis in front".to_owned()
+        }
+        StoreBackend::Postgres => "PostgreSQL".to_owned(),
+    };
+    println!();
+    println!(
+        "qrpool {} is serving on http://{listen}",
+        env!("CARGO_PKG_VERSION")
+    );
+    if parts.binder {
+        println!("  bind a code      POST {base}/v1/codes   {{\"params\": {{...}}}}");
+        println!("  its image        GET  {base}/v1/codes/<request_id>/qr.png  (or qr.svg)");
+    }
+    if parts.middle_page {
+        println!("  middle page      GET  {base}/m/<request_id>");
+        println!("  scene API        GET  {base}/v1/scene/<request_id>");
+    }
+    println!("  operations       GET  http://{listen}/healthz  /readyz  /metrics");
+    println!("  pool             {pool}");
+    if parts.binder || parts.middle_page {
+        println!("  bindings         {store}");
+    }
+    if let Some((added, took)) = primed {
+        println!(
+            "  pregen           topped the pool up with {added} codes in {:.2} s (target {})",
+            took.as_secs_f64(),
+            settings.pregen.target_depth
+        );
+    }
+    println!("Press Ctrl-C to stop.");
+    println!();
+}

@@ -1,0 +1,27 @@
+//! The records that cross process boundaries, and nothing else.
+//!
+//! Every part of qrpool talks about the same few things; this crate owns their types and
+//! their wire formats, so that only these types cross Kafka, Redis and the databases:
+//!
+//! - [`request_id`]: [`RequestId`], the unguessable id a pooled code carries.
+//! - [`pool_record`]: [`PoolRecord`], one pre-generated code waiting in the pool, and its
+//!   versioned binary wire format.
+//! - [`binding`]: [`Binding`], what a request id was bound to, and the bounded [`Params`].
+//!
+//! No I/O happens here: the adapters in `pool` and `bindings` move these records around.
+
+pub mod binding;
+pub mod pool_record;
+pub mod request_id;
+
+pub use binding::{Binding, Params, ParamsError, ParamsLimits, Tenant, TenantError};
+pub use pool_record::{CodeImage, DecodeError, PoolRecord};
+pub use request_id::{ParseRequestIdError, RequestId};
+
+/// The fixed path prefix of the middle page; every pooled code opens `<public base>/m/<id>`.
+pub const MIDDLE_PAGE_PATH: &str = "/m/";
+
+/// The URL a locally issued code encodes: the one fixed middle-page path with the request id.
+pub fn middle_page_url(public_base: &str, id: RequestId) -> String {
+    format!("{public_base}{MIDDLE_PAGE_PATH}{id}")
+}

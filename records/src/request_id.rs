@@ -1,0 +1,187 @@
+//! [`RequestId`]: 128 random bits written as 22 base62 characters.
+//!
+//! Why these numbers: the design asks for at least 122 random bits (so that enumerating ids
+//! finds nothing) and at most 32 characters (a WeChat mini-program `scene` holds 32). 128 bits
+//! from the operating system's CSPRNG, in a fixed-width base62 text, fit both with room to
+//! spare, and the text is URL-safe without escaping.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The length of every request id's text form.
+pub const TEXT_LEN: usize = 22;
+
+/// An unguessable id for one pooled code. Generated only by [`RequestId::generate`]; read
+/// back from outside only through [`RequestId::parse`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u128);
+
+/// Why a text is not a request id. Deliberately vague about which character was wrong: the
+/// caller answers a plain 404 either way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseRequestIdError {
+    #[error("a request id has exactly {TEXT_LEN} characters, this one has {0}")]
+    Length(usize),
+    #[error("a request id is written in base62 (0-9, A-Z, a-z)")]
+    Alphabet,
+    #[error("the value is larger than 128 bits")]
+    Overflow,
+}
+
+impl RequestId {
+    /// A fresh id from the thread-local CSPRNG (seeded by the operating system).
+    pub fn generate() -> Self {
+        RequestId(u128::from(rand::rng().next_u64()) << 64 | u128::from(rand::rng().next_u64()))
+    }
+
+    /// Parses the 22-character base62 form.
+    pub fn parse(text: &str) -> Result<Self, ParseRequestIdError> {
+        let bytes = text.as_bytes();
+        if bytes.len() != TEXT_LEN {
+            return Err(ParseRequestIdError::Length(bytes.len()));
+        }
+        let mut value: u128 = 0;
+        for &byte in bytes {
+            let digit = match byte {
+                b'0'..=b'9' => byte - b'0',
+                b'A'..=b'Z' => byte - b'A' + 10,
+                b'a'..=b'z' => byte - b'a' + 36,
+                _ => return Err(ParseRequestIdError::Alphabet),
+            };
+            value = value
+                .checked_mul(62)
+                .and_then(|v| v.checked_add(u128::from(digit)))
+                .ok_or(ParseRequestIdError::Overflow)?;
+        }
+        Ok(RequestId(value))
+    }
+
+    /// The text form, without allocating.
+    pub fn to_text(self) -> RequestIdText {
+        let mut out = [b'0'; TEXT_LEN];
+        let mut value = self.0;
+        for slot in out.iter_mut().rev() {
+            *slot = ALPHABET[(value % 62) as usize];
+            value /= 62;
+        }
+        RequestIdText(out)
+    }
+}
+
+/// The text form of a [`RequestId`], on the stack.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestIdText([u8; TEXT_LEN]);
+
+impl RequestIdText {
+    pub fn as_str(&self) -> &str {
+        // Only ALPHABET bytes are ever written, all ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for RequestIdText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.to_text().as_str())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+impl FromStr for RequestId {
+    type Err = ParseRequestIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RequestId::parse(s)
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.to_text().as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        RequestId::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn text_form_is_22_base62_characters_and_parses_back() {
+        for _ in 0..1000 {
+            let id = RequestId::generate();
+            let text = id.to_string();
+            assert_eq!(text.len(), TEXT_LEN);
+            assert!(text.bytes().all(|b| b.is_ascii_alphanumeric()));
+            assert_eq!(RequestId::parse(&text), Ok(id));
+        }
+    }
+
+    #[test]
+    fn extreme_values_round_trip() {
+        for value in [0, 1, 61, 62, u128::MAX] {
+            let id = RequestId(value);
+            assert_eq!(RequestId::parse(&id.to_string()), Ok(id));
+        }
+        assert_eq!(RequestId(0).to_string(), "0".repeat(TEXT_LEN));
+    }
+
+    #[test]
+    fn generated_ids_do_not_repeat_and_use_the_high_bits() {
+        let ids: HashSet<_> = (0..10_000).map(|_| RequestId::generate()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter().any(|id| id.0 >> 120 != 0),
+            "the top byte is never set"
+        );
+    }
+
+    #[test]
+    fn malformed_text_is_rejected() {
+        assert_eq!(RequestId::parse(""), Err(ParseRequestIdError::Length(0)));
+        assert_eq!(RequestId::parse("abc"), Err(ParseRequestIdError::Length(3)));
+        assert_eq!(
+            RequestId::parse("0000000000000000000-_!"),
+            Err(ParseRequestIdError::Alphabet)
+        );
+        // 22 'z' is 62^22 - 1, larger than u128::MAX.
+        assert_eq!(
+            RequestId::parse(&"z".repeat(TEXT_LEN)),
+            Err(ParseRequestIdError::Overflow)
+        );
+        // Multi-byte characters count as bytes, never panic on a char boundary.
+        assert!(RequestId::parse("ééééééééééé").is_err());
+    }
+
+    #[test]
+    fn serde_uses_the_text_form() {
+        let id = RequestId::generate();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        let back: RequestId = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, id);
+        assert!(serde_json::from_str::<RequestId>("\"nope\"").is_err());
+    }
+}
