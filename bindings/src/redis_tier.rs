@@ -71,18 +71,25 @@ impl RedisTier {
         if resting.unwrap_or(false) {
             return None;
         }
+        // No retries inside the first connect: the caller is a request waiting on us. Once
+        // connected, the manager reconnects by itself in the background.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(COMMAND_TIMEOUT)
-            .set_response_timeout(COMMAND_TIMEOUT);
-        let result = self
+            .set_response_timeout(COMMAND_TIMEOUT)
+            .set_number_of_retries(0);
+        let connect = self
             .connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await;
-        match result {
-            Ok(connection) => Some(connection.clone()),
-            Err(error) => {
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config));
+        match tokio::time::timeout(COMMAND_TIMEOUT * 2, connect).await {
+            Ok(Ok(connection)) => Some(connection.clone()),
+            Ok(Err(error)) => {
                 self.rest();
                 redis_skipped("connect", &error);
+                None
+            }
+            Err(elapsed) => {
+                self.rest();
+                redis_skipped("connect", &elapsed);
                 None
             }
         }

@@ -26,6 +26,7 @@
 //! | `QRPOOL_KAFKA__GROUP_ID` | consumer group of the binders | `qrpool-binder` |
 //! | `QRPOOL_KAFKA__SESSION_TIMEOUT_MS` | consumer-group session timeout | `10000` |
 //! | `QRPOOL_KAFKA__PREFETCH` | codes a binder holds ready | `512` |
+//! | `QRPOOL_KAFKA__PRODUCER_OPTIONS__<property>` | extra librdkafka producer property | none |
 //! | `QRPOOL_REDIS__URL` | secret; Redis hot tier of the bindings (unset: no Redis) | unset |
 //! | `QRPOOL_REDIS__KEY_PREFIX` | prefix of every key qrpool writes | `qrpool:` |
 //! | `QRPOOL_REDIS__TTL_SECS` | how long a binding stays hot in Redis | `604800` |

@@ -121,6 +121,9 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u32,
     /// Codes a binder receives ahead of demand, so a bind never waits on a fetch.
     pub prefetch: usize,
+    /// Extra librdkafka properties for the pool producer (`linger.ms`, `batch.num.messages`,
+    /// security settings…); they win over qrpool's own choices.
+    pub producer_options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaSettings {
@@ -133,6 +136,7 @@ impl Default for KafkaSettings {
             group_id: "qrpool-binder".into(),
             session_timeout_ms: 10_000,
             prefetch: 512,
+            producer_options: Default::default(),
         }
     }
 }

@@ -81,12 +81,16 @@ impl std::fmt::Debug for KafkaWriter {
 impl KafkaWriter {
     pub async fn connect(settings: &KafkaSettings) -> Result<Self, PoolError> {
         ensure_topic(settings).await?;
-        let producer: FutureProducer = base_config(settings)
+        let mut producer = base_config(settings);
+        producer
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create()?;
+            .set("message.timeout.ms", "30000");
+        for (key, value) in &settings.producer_options {
+            producer.set(key, value);
+        }
+        let producer: FutureProducer = producer.create()?;
         let probe: BaseConsumer = base_config(settings)
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
@@ -225,14 +229,10 @@ impl KafkaReader {
         if let Some(delivery) = lock(&self.inner.given_back).pop_front() {
             return Some(delivery);
         }
-        let mut prefetched = self.inner.prefetched.lock().await;
-        match prefetched.try_recv() {
-            Ok(delivery) => Some(delivery),
-            Err(_) => tokio::time::timeout(wait, prefetched.recv())
-                .await
-                .ok()
-                .flatten(),
-        }
+        // The wait covers queueing for the receiver too: takers line up behind each other
+        // when the pool is dry, and none may wait longer than it was allowed to.
+        let next = async { self.inner.prefetched.lock().await.recv().await };
+        tokio::time::timeout(wait, next).await.ok().flatten()
     }
 
     pub(crate) fn ack(&self, partition: i32, offset: i64) {

@@ -1,1 +1,274 @@
+//! Helpers for the black-box tests in `tests/tests/`: spawn a qrpool process's parts on port
+//! 0, give each test its own database, Redis prefix and Kafka topic, and talk to it over
+//! HTTP like a listing app or a phone would.
+//!
+//! The backends come from the environment, with the loopback defaults that `scripts/test`
+//! starts: `QRPOOL_TEST_POSTGRES_URL`, `QRPOOL_TEST_REDIS_URL`, `QRPOOL_TEST_KAFKA_BROKERS`.
+//! Logs are shown only with `TEST_LOG=1`.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rand::Rng;
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::Connection;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use config::{PoolBackend, Settings, StoreBackend};
+use qrpool::{App, Parts};
+
+/// Where the real backends listen.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub postgres_url: String,
+    pub redis_url: String,
+    pub kafka_brokers: String,
+}
+
+impl Backends {
+    pub fn from_env() -> Self {
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+        Backends {
+            postgres_url: var(
+                "QRPOOL_TEST_POSTGRES_URL",
+                "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+            ),
+            redis_url: var("QRPOOL_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+            kafka_brokers: var("QRPOOL_TEST_KAFKA_BROKERS", "127.0.0.1:9092"),
+        }
+    }
+}
+
+/// A short random suffix, so that tests never share a database, key or topic.
+pub fn unique(prefix: &str) -> String {
+    let suffix: u64 = rand::rng().random();
+    format!("{prefix}_{suffix:016x}")
+}
+
+/// A fresh PostgreSQL database for one test; dropped by [`TestDatabase::drop_now`].
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create(backends: &Backends) -> TestDatabase {
+        let name = unique("qrpool_test");
+        let mut admin = sqlx::PgConnection::connect(&backends.postgres_url)
+            .await
+            .expect("PostgreSQL must be running (scripts/test starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let (base, _) = backends
+            .postgres_url
+            .rsplit_once('/')
+            .expect("a database URL has a path");
+        TestDatabase {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url: backends.postgres_url.clone(),
+        }
+    }
+
+    pub async fn count_bindings(&self) -> i64 {
+        let mut connection = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect");
+        sqlx::query_scalar("SELECT COUNT(*) FROM bindings")
+            .fetch_one(&mut connection)
+            .await
+            .expect("count")
+    }
+
+    pub async fn drop_now(self) {
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
+
+/// Settings for the embedded backends in `data_dir`, sized for tests.
+pub fn embedded_settings(data_dir: &Path) -> Settings {
+    let mut settings = Settings::default();
+    settings.embedded.data_dir = data_dir.to_owned();
+    settings.pregen.target_depth = 300;
+    settings.pregen.low_water = 100;
+    settings.pregen.batch = 100;
+    settings
+}
+
+/// Settings for Kafka + Redis + PostgreSQL, each private to the calling test.
+pub fn distributed_settings(
+    backends: &Backends,
+    database: &TestDatabase,
+    topic: &str,
+    redis_prefix: &str,
+) -> Settings {
+    let mut settings = Settings::default();
+    settings.pool.backend = PoolBackend::Kafka;
+    settings.store.backend = StoreBackend::Postgres;
+    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    settings.redis.url = Some(SecretString::from(backends.redis_url.clone()));
+    settings.redis.key_prefix = redis_prefix.to_owned();
+    settings.kafka.brokers = backends.kafka_brokers.clone();
+    settings.kafka.pool_topic = topic.to_owned();
+    settings.kafka.group_id = format!("{topic}-binders");
+    settings.kafka.partitions = 4;
+    settings.kafka.session_timeout_ms = 6_000;
+    // tansu reports a partition's high watermark as the last *batch's* base offset + 1, so
+    // with multi-record batches the pool depth reads low and pregen over-fills. Single-record
+    // batches keep its watermarks exact; Apache Kafka needs no such setting.
+    settings
+        .kafka
+        .producer_options
+        .insert("batch.num.messages".into(), "1".into());
+    settings.pregen.target_depth = 200;
+    settings.pregen.low_water = 0;
+    settings.pregen.batch = 100;
+    // The first bind waits for the consumer group to form.
+    settings.binder.claim_wait_ms = 15_000;
+    settings.server.request_timeout_ms = 30_000;
+    settings
+}
+
+/// Parts of qrpool serving on a loopback port chosen by the OS.
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    running: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// Builds the parts, fills the pool like `qrpool up` does, and serves.
+    pub async fn spawn(mut settings: Settings, parts: Parts) -> TestApp {
+        init_test_logs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a port");
+        let address = listener.local_addr().expect("local address");
+        settings.server.listen = address;
+        settings.server.public_url = Some(format!("http://{address}"));
+        settings.validate().expect("test settings are valid");
+
+        let shutdown = CancellationToken::new();
+        let app = App::build(&settings, parts).await.expect("the app builds");
+        app.prime(&shutdown).await.expect("the pool fills");
+        let running = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { app.run(listener, shutdown).await }
+        });
+        TestApp {
+            address,
+            base: format!("http://{address}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+            shutdown,
+            running,
+        }
+    }
+
+    /// Stops the app the way SIGTERM does and waits until it has stopped cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(30), self.running)
+            .await
+            .expect("the app stops within 30 s")
+            .expect("the app task did not panic");
+        if let Err(error) = result {
+            panic!("the app stopped with an error: {error:#}");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `POST /v1/codes` with a JSON body.
+    pub async fn bind(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/codes"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/codes")
+    }
+
+    /// `POST /v1/codes` with a raw body and content type.
+    pub async fn bind_raw(
+        &self,
+        body: impl Into<reqwest::Body>,
+        content_type: &str,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/codes"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST /v1/codes")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// Binds `count` codes from `concurrency` clients at once; returns every 201 body.
+    pub async fn bind_many(&self, count: usize, concurrency: usize) -> Vec<Value> {
+        use futures::StreamExt;
+        futures::stream::iter(0..count)
+            .map(|i| async move {
+                let response = self
+                    .bind(&serde_json::json!({"params": {"listing": format!("L-{i}"), "n": i}}))
+                    .await;
+                let status = response.status();
+                let body: Value = response.json().await.expect("a JSON answer");
+                assert_eq!(status, 201, "bind {i} answered {status}: {body}");
+                body
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+}
+
+/// Decodes a PNG with a real QR decoder (rqrr) and returns the text of its one code.
+pub fn decode_qr(png: &[u8]) -> String {
+    let image = image::load_from_memory(png)
+        .expect("a valid PNG")
+        .to_luma8();
+    let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(
+        image.width() as usize,
+        image.height() as usize,
+        |x, y| image.get_pixel(x as u32, y as u32).0[0],
+    );
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1, "exactly one QR code in the image");
+    grids[0].decode().expect("the code decodes").1
+}
+
+fn init_test_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_test_writer()
+            .try_init();
+    }
+}

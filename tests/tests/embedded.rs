@@ -1,0 +1,280 @@
+//! The whole flow on the embedded backends, exactly as `qrpool up` runs it with no
+//! configuration: pregen → pool → binder → bindings → middle page, over real HTTP.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use qrpool::Parts;
+use tests::{TestApp, decode_qr, embedded_settings};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_are_bound_once_each_and_resolve_on_the_middle_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+
+    let bound = app.bind_many(200, 32).await;
+
+    let ids: HashSet<&str> = bound
+        .iter()
+        .map(|b| b["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 200, "every bind got its own code");
+    for body in &bound {
+        let id = body["request_id"].as_str().unwrap();
+        assert_eq!(
+            body["url"],
+            format!("{}/m/{id}", app.base),
+            "the code opens the fixed middle page"
+        );
+        assert!(id.len() <= 32, "fits a WeChat scene");
+
+        let scene: Value = app
+            .get(&format!("/v1/scene/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(scene["params"], body["params"]);
+
+        let page = app.get(&format!("/m/{id}")).await;
+        assert_eq!(page.status(), 200);
+        assert!(
+            page.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let listing = body["params"]["listing"].as_str().unwrap();
+        assert!(
+            page.text()
+                .await
+                .unwrap()
+                .contains(&format!("<dd>{listing}</dd>"))
+        );
+    }
+    app.stop().await;
+
+    let store = bindings::DurableStore::connect(&embedded_settings(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(store.count().await.unwrap(), 200, "one durable row per 201");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_png_decodes_to_the_middle_page_url_and_the_svg_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+    let body: Value = app
+        .bind(&json!({"params": {"listing": 7}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    let png = app
+        .client
+        .get(body["image"]["png"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(png.status(), 200);
+    assert_eq!(png.headers()["content-type"], "image/png");
+    let png = png.bytes().await.unwrap();
+    assert_eq!(decode_qr(&png), body["url"].as_str().unwrap());
+
+    let svg = app
+        .client
+        .get(body["image"]["svg"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(svg.status(), 200);
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert!(svg.text().await.unwrap().starts_with("<?xml"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn params_are_escaped_on_the_landing_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+    let attack = "<script>alert('x')</script>";
+    let body: Value = app
+        .bind(&json!({"params": {"title": attack}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let html = app
+        .get(&format!("/m/{}", body["request_id"].as_str().unwrap()))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains("<script>"), "{html}");
+    assert!(html.contains("&#60;script&#62;"), "{html}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = embedded_settings(dir.path());
+    let target = settings.pregen.target_depth;
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+
+    let oversized = format!(r#"{{"params": {{"x": "{}"}}}}"#, "a".repeat(70_000));
+    let too_big_params = format!(r#"{{"params": {{"x": "{}"}}}}"#, "a".repeat(5_000));
+    let cases: [(&str, String, &str, u16); 7] = [
+        (
+            "malformed JSON",
+            r#"{"params": "#.into(),
+            "application/json",
+            400,
+        ),
+        (
+            "params an array",
+            r#"{"params": [1, 2]}"#.into(),
+            "application/json",
+            422,
+        ),
+        (
+            "params a string",
+            r#"{"params": "x"}"#.into(),
+            "application/json",
+            422,
+        ),
+        ("params missing", "{}".into(), "application/json", 422),
+        (
+            "not JSON at all",
+            "params=1".into(),
+            "application/x-www-form-urlencoded",
+            415,
+        ),
+        ("body over the limit", oversized, "application/json", 413),
+        (
+            "params over their limit",
+            too_big_params,
+            "application/json",
+            422,
+        ),
+    ];
+    for (case, body, content_type, status) in cases {
+        let response = app.bind_raw(body, content_type).await;
+        assert_eq!(response.status(), status, "{case}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{case}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], status, "{case}");
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{case}: {problem}"
+        );
+    }
+
+    for path in [
+        "/m/not-an-id",
+        "/m/0000000000000000000000",
+        "/m/zzzzzzzzzzzzzzzzzzzzzz",
+        "/m/%3Cscript%3E",
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 404, "{path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        assert!(
+            response
+                .text()
+                .await
+                .unwrap()
+                .contains("doesn't lead anywhere"),
+            "{path}"
+        );
+    }
+    for path in [
+        "/v1/scene/not-an-id",
+        "/v1/scene/0000000000000000000000",
+        "/v1/codes/0000000000000000000000/qr.png",
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+    }
+    app.stop().await;
+
+    let store = bindings::DurableStore::connect(&embedded_settings(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.count().await.unwrap(),
+        0,
+        "no bad request bound anything"
+    );
+    let pool = pool::PoolWriter::Embedded(pool::EmbeddedPool::open(dir.path()).await.unwrap());
+    assert_eq!(
+        pool.depth().await.unwrap(),
+        target,
+        "no bad request used up a code"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_never_hands_out_a_code_bound_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+    let before: Vec<Value> = first.bind_many(50, 8).await;
+    first.stop().await;
+
+    let second = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+    let after: Vec<Value> = second.bind_many(50, 8).await;
+    // Everything bound before the restart still resolves after it.
+    for body in &before {
+        let response = second
+            .get(&format!(
+                "/v1/scene/{}",
+                body["request_id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    second.stop().await;
+
+    let ids: HashSet<&str> = before
+        .iter()
+        .chain(&after)
+        .map(|b| b["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+    app.bind(&json!({"params": {}})).await;
+
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().await.unwrap(), "bindings: ok\npool: ok\n");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"http_requests_total{route="/v1/codes",method="POST",status="201"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("binder_binds_total"), "{metrics}");
+    app.stop().await;
+}
