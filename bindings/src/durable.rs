@@ -199,17 +199,15 @@ impl SqliteStore {
         .await?
         .rows_affected()
             == 1;
-        if inserted {
-            if let Some(image) = image {
-                sqlx::query(
-                    "INSERT INTO code_images (request_id, media_type, bytes) VALUES ($1, $2, $3)",
-                )
-                .bind(id.as_str())
-                .bind(&image.media_type)
-                .bind(&image.bytes)
-                .execute(&mut *tx)
-                .await?;
-            }
+        if inserted && let Some(image) = image {
+            sqlx::query(
+                "INSERT INTO code_images (request_id, media_type, bytes) VALUES ($1, $2, $3)",
+            )
+            .bind(id.as_str())
+            .bind(&image.media_type)
+            .bind(&image.bytes)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(inserted)

@@ -504,6 +504,7 @@ fn records_tenant_is_invalid(text: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's `Jail` closures return its large error type
 mod tests {
     use super::*;
     use figment::Jail;

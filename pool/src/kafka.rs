@@ -237,12 +237,12 @@ impl KafkaReader {
 
     pub(crate) fn ack(&self, partition: i32, offset: i64) {
         let point = lock(&self.inner.tracker).done(partition, offset);
-        if let Some(point) = point {
-            if let Err(error) = self.store(&[(partition, point)]) {
-                // Not fatal: the next ack of this partition stores a later point, and a
-                // point never stored only means a redelivery that the store skips.
-                tracing::debug!(%error, partition, "storing a pool offset failed");
-            }
+        if let Some(point) = point
+            && let Err(error) = self.store(&[(partition, point)])
+        {
+            // Not fatal: the next ack of this partition stores a later point, and a
+            // point never stored only means a redelivery that the store skips.
+            tracing::debug!(%error, partition, "storing a pool offset failed");
         }
     }
 

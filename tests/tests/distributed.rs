@@ -2,6 +2,8 @@
 //! in PostgreSQL with Redis in front. Real connections on loopback; each test has its own
 //! database, topic, consumer group and Redis prefix.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is how a failure is reported
+
 use std::collections::HashSet;
 
 use serde_json::Value;

@@ -1,6 +1,8 @@
 //! The whole flow on the embedded backends, exactly as `qrpool up` runs it with no
 //! configuration: pregen → pool → binder → bindings → middle page, over real HTTP.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is how a failure is reported
+
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
