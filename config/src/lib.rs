@@ -26,7 +26,6 @@
 //! | `QRPOOL_KAFKA__GROUP_ID` | consumer group of the binders | `qrpool-binder` |
 //! | `QRPOOL_KAFKA__SESSION_TIMEOUT_MS` | consumer-group session timeout | `10000` |
 //! | `QRPOOL_KAFKA__PREFETCH` | codes a binder holds ready | `512` |
-//! | `QRPOOL_KAFKA__PRODUCER_OPTIONS__<property>` | extra librdkafka producer property | none |
 //! | `QRPOOL_REDIS__URL` | secret; Redis hot tier of the bindings (unset: no Redis) | unset |
 //! | `QRPOOL_REDIS__KEY_PREFIX` | prefix of every key qrpool writes | `qrpool:` |
 //! | `QRPOOL_REDIS__TTL_SECS` | how long a binding stays hot in Redis | `604800` |
@@ -47,6 +46,9 @@
 //! | `QRPOOL_MIDDLE_PAGE__CACHE_TTL_SECS` | how long a binding stays in process | `300` |
 //! | `QRPOOL_TELEMETRY__FORMAT` | `pretty` or `json` log lines | `pretty` |
 //! | `QRPOOL_TELEMETRY__FILTER` | tracing filter (`RUST_LOG` wins when set) | `info` |
+//!
+//! `kafka.producer_options` (extra librdkafka producer properties, whose names contain dots)
+//! is set in the file: `[kafka.producer_options]` then `"linger.ms" = "10"`.
 //!
 //! Secrets (`redis.url`, `postgres.url`) are read from the environment only: a file that
 //! sets them is refused, so that they never end up in a repository.

@@ -1,0 +1,80 @@
+# Shared by scripts/test and the benchmark scripts: installs and starts, each only when absent,
+# the toolchain pieces and the backends qrpool is tested and measured against. Every server
+# listens on loopback only. Source it; it defines functions and changes nothing by itself.
+#
+#   toolchain                     rustfmt, clippy, a C toolchain, pkg-config, zlib headers
+#   start_redis                   Redis on 127.0.0.1:6379
+#   start_postgres                PostgreSQL on 127.0.0.1:5432, user postgres/postgres over TCP
+#   start_kafka_protocol_broker   tansu on 127.0.0.1:9092, built once into $QRPOOL_CACHE
+
+cache=${QRPOOL_CACHE:-$HOME/.cache/qrpool}
+tansu_version=0.6.0
+tansu_bin=$cache/tansu-$tansu_version/bin/tansu
+mkdir -p "$cache/logs"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_for_port() {
+  local port=$1 name=$2 tries=${3:-120}
+  for ((i = 0; i < tries; i++)); do listening "$port" && return 0; sleep 0.5; done
+  echo "$name did not start listening on 127.0.0.1:$port" >&2
+  return 1
+}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=false
+apt_install() {
+  local missing=()
+  for package in "$@"; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing ${missing[*]}"
+  if ! $apt_updated; then as_root apt-get update -qq; apt_updated=true; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+toolchain() {
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+  done
+  apt_install build-essential pkg-config zlib1g-dev
+}
+
+start_redis() {
+  listening 6379 && return 0
+  apt_install redis-server
+  say "starting Redis on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --logfile "$cache/logs/redis.log"
+  wait_for_port 6379 Redis
+}
+
+start_postgres() {
+  if ! listening 5432; then
+    apt_install postgresql
+    say "starting PostgreSQL on 127.0.0.1:5432"
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    wait_for_port 5432 PostgreSQL
+  fi
+  # The tests connect as postgres/postgres over TCP; a fresh cluster wants a password there.
+  if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -tAc 'SELECT 1' postgres >/dev/null 2>&1; then
+    say "setting the postgres password for TCP logins"
+    as_root runuser -u postgres -- psql -qc "ALTER USER postgres PASSWORD 'postgres'"
+  fi
+}
+
+start_kafka_protocol_broker() {
+  listening 9092 && return 0
+  if [ ! -x "$tansu_bin" ]; then
+    say "building tansu $tansu_version once into $cache (about 20 minutes on 2 cores)"
+    cargo install --locked --quiet tansu@"$tansu_version" --features dynostore --root "$cache/tansu-$tansu_version"
+  fi
+  say "starting tansu (Kafka protocol) on 127.0.0.1:9092"
+  nohup "$tansu_bin" broker --storage-engine memory://tansu/ \
+    --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+    >"$cache/logs/tansu.log" 2>&1 &
+  disown || true
+  wait_for_port 9092 tansu
+}
+
