@@ -31,6 +31,7 @@
 //! | `QRPOOL_REDIS__TTL_SECS` | how long a binding stays hot in Redis | `604800` |
 //! | `QRPOOL_POSTGRES__URL` | secret; PostgreSQL of the bindings | unset |
 //! | `QRPOOL_POSTGRES__MAX_CONNECTIONS` | pool size | `16` |
+//! | `QRPOOL_POSTGRES__ACQUIRE_TIMEOUT_MS` | how long a request waits for a connection | `1000` |
 //! | `QRPOOL_RENDER__MODULE_PX` | pixels per QR module | `8` |
 //! | `QRPOOL_RENDER__QUIET_ZONE` | modules of blank margin | `4` |
 //! | `QRPOOL_RENDER__EC_LEVEL` | error correction: `L`, `M`, `Q` or `H` | `M` |

@@ -167,6 +167,9 @@ pub struct PostgresSettings {
     /// Secret (it holds a password); environment only.
     pub url: Option<SecretString>,
     pub max_connections: u32,
+    /// How long a request waits for a connection. Kept well under the request time limit so
+    /// that a database outage answers a clear 503 instead of hanging until the limit.
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for PostgresSettings {
@@ -174,6 +177,7 @@ impl Default for PostgresSettings {
         PostgresSettings {
             url: None,
             max_connections: 16,
+            acquire_timeout_ms: 1_000,
         }
     }
 }
@@ -415,6 +419,18 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "redis.url",
                 "is only used with store.backend = postgres; unset it or switch the store",
+            ));
+        }
+        if self.postgres.acquire_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "postgres.acquire_timeout_ms",
+                "must be above 0",
+            ));
+        }
+        if self.postgres.acquire_timeout_ms >= self.server.request_timeout_ms {
+            return Err(ConfigError::invalid(
+                "postgres.acquire_timeout_ms",
+                "must be below server.request_timeout_ms, so that an outage is answered before the time limit",
             ));
         }
         if !(1..=64).contains(&self.render.module_px) {

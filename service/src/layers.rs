@@ -3,22 +3,22 @@
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::Problem;
+
 /// Wraps `router` with: a request id (`x-request-id`, kept when the caller sent one) that
-/// every log line of the request carries, per-route metrics, a time limit answered with
-/// 503, and a body limit answered with 413.
+/// every log line of the request carries, per-route metrics, a time limit answered with a
+/// problem+json 503, and a body limit answered with 413.
 pub fn around(router: Router, max_body_bytes: usize, timeout: Duration) -> Router {
     router
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(middleware::from_fn_with_state(timeout, limit_time))
         .layer(middleware::from_fn(record_request))
         .layer(
             ServiceBuilder::new()
@@ -33,6 +33,22 @@ pub fn around(router: Router, max_body_bytes: usize, timeout: Duration) -> Route
                 }))
                 .layer(PropagateRequestIdLayer::x_request_id()),
         )
+}
+
+/// Answers 503 when a handler runs past `limit`. The handler's future is dropped, which
+/// releases whatever it held (a claimed code goes back to the pool).
+async fn limit_time(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("http_requests_timed_out_total").increment(1);
+            Problem::unavailable(format!(
+                "the request took longer than {} ms",
+                limit.as_millis()
+            ))
+            .into_response()
+        }
+    }
 }
 
 /// Counts requests and their latency by matched route (never the raw path: ids would make

@@ -272,3 +272,89 @@ fn init_test_logs() {
             .try_init();
     }
 }
+
+/// A TCP link on loopback in front of a real server, which a test can cut and restore: the
+/// way a network partition or a restarting database looks to qrpool. While cut, open
+/// connections are dropped and new ones are closed as soon as they are accepted.
+#[derive(Debug)]
+pub struct FaultyLink {
+    pub address: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    accepting: JoinHandle<()>,
+}
+
+impl FaultyLink {
+    pub async fn to(upstream: SocketAddr) -> FaultyLink {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a port");
+        let address = listener.local_addr().expect("local address");
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (generation, _) = tokio::sync::watch::channel(0_u64);
+        let generation = std::sync::Arc::new(generation);
+        let accepting = tokio::spawn({
+            let (cut, generation) = (cut.clone(), generation.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees the connection closed
+                    }
+                    let mut cuts = generation.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
+                        else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cuts.changed() => {}
+                        }
+                    });
+                }
+            }
+        });
+        FaultyLink {
+            address,
+            cut,
+            generation,
+            accepting,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultyLink {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl TestDatabase {
+    /// The same database, reached through `link` instead of directly.
+    pub fn url_through(&self, link: &FaultyLink) -> String {
+        let (scheme_and_credentials, rest) =
+            self.url.split_once('@').expect("a URL with credentials");
+        let (_, path) = rest.split_once('/').expect("a URL with a database");
+        format!("{scheme_and_credentials}@{}/{path}", link.address)
+    }
+
+    /// Where the server behind this database listens.
+    pub fn server_address(&self) -> SocketAddr {
+        let (_, rest) = self.url.split_once('@').expect("a URL with credentials");
+        let (host_port, _) = rest.split_once('/').expect("a URL with a database");
+        host_port
+            .parse()
+            .expect("the test database URL names an IP and port")
+    }
+}
