@@ -8,6 +8,9 @@
 //! This crate has no tokio and no network dependency on purpose: it is CPU work that callers
 //! move off their async runtime, and it must stay cheap to benchmark on its own.
 
+#[cfg(any(test, feature = "decode"))]
+pub mod decode;
+
 use qrcode::{Color, QrCode};
 use rayon::prelude::*;
 

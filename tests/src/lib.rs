@@ -249,19 +249,9 @@ impl TestApp {
     }
 }
 
-/// Decodes a PNG with a real QR decoder (rqrr) and returns the text of its one code.
+/// Decodes a PNG with a real QR decoder and returns the text of its one code.
 pub fn decode_qr(png: &[u8]) -> String {
-    let image = image::load_from_memory(png)
-        .expect("a valid PNG")
-        .to_luma8();
-    let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(
-        image.width() as usize,
-        image.height() as usize,
-        |x, y| image.get_pixel(x as u32, y as u32).0[0],
-    );
-    let grids = prepared.detect_grids();
-    assert_eq!(grids.len(), 1, "exactly one QR code in the image");
-    grids[0].decode().expect("the code decodes").1
+    render::decode::png_text(png).expect("the PNG reads back as one QR code")
 }
 
 fn init_test_logs() {
