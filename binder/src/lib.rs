@@ -39,9 +39,7 @@ impl Binder {
         Arc::new(Binder {
             pool,
             bindings,
-            // Validated with the settings; the fallback is unreachable.
-            tenant: Tenant::parse(&binder.tenant)
-                .unwrap_or_else(|_| Tenant::parse("default").expect("valid")),
+            tenant: binder.tenant.clone(),
             limits: ParamsLimits {
                 max_bytes: binder.max_params_bytes,
                 ..ParamsLimits::default()

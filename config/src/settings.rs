@@ -232,7 +232,8 @@ impl Default for PregenSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BinderSettings {
-    pub tenant: String,
+    /// The tenant every bind belongs to until API keys name one per caller.
+    pub tenant: records::Tenant,
     pub claim_wait_ms: u64,
     pub max_params_bytes: usize,
     pub binding_ttl_days: Option<u32>,
@@ -241,7 +242,7 @@ pub struct BinderSettings {
 impl Default for BinderSettings {
     fn default() -> Self {
         BinderSettings {
-            tenant: "default".into(),
+            tenant: records::Tenant::default(),
             claim_wait_ms: 250,
             max_params_bytes: 4096,
             binding_ttl_days: None,
@@ -460,12 +461,6 @@ impl Settings {
                 "must be above 0",
             ));
         }
-        if records_tenant_is_invalid(&self.binder.tenant) {
-            return Err(ConfigError::invalid(
-                "binder.tenant",
-                "must be 1 to 64 characters of a-z, 0-9, '-' and '_'",
-            ));
-        }
         if !(16..=1024 * 1024).contains(&self.binder.max_params_bytes) {
             return Err(ConfigError::invalid(
                 "binder.max_params_bytes",
@@ -508,15 +503,6 @@ fn describe_load_error(error: figment::Error) -> ConfigError {
         })
         .collect();
     ConfigError::Load(lines.join("\n"))
-}
-
-/// The same rule as `records::Tenant`; repeated here so that config stays free of the
-/// domain crates (it is the leaf every part depends on).
-fn records_tenant_is_invalid(text: &str) -> bool {
-    !(1..=64).contains(&text.len())
-        || !text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -613,6 +599,16 @@ mod tests {
             );
             jail.set_env("QRPOOL_SERVER__PUBLIC_URL", "https://qr.example.com/m?x=1");
             assert!(load_in(jail, None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_tenant_must_be_a_slug() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QRPOOL_BINDER__TENANT", "Acme Realty");
+            let error = load_in(jail, None).expect_err("must fail").to_string();
+            assert!(error.contains("binder.tenant"), "{error}");
             Ok(())
         });
     }

@@ -63,6 +63,13 @@ impl Tenant {
     }
 }
 
+/// `default`: the tenant of a single-tenant deployment.
+impl Default for Tenant {
+    fn default() -> Self {
+        Tenant("default".to_owned())
+    }
+}
+
 impl TryFrom<String> for Tenant {
     type Error = TenantError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
