@@ -114,6 +114,17 @@ impl App {
                 let pool = pool.clone();
                 Box::pin(async move { pool.check().await.map_err(|error| error.to_string()) })
             });
+        } else if let Some(writer) = &writer {
+            let pool = writer.clone();
+            readiness = readiness.with("pool", move || {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    pool.depth()
+                        .await
+                        .map(drop)
+                        .map_err(|error| error.to_string())
+                })
+            });
         }
         if let (true, Some(reader), Some(bindings)) = (parts.binder, &reader, &bindings) {
             router = router.merge(binder::router(Binder::new(
