@@ -288,17 +288,36 @@ async fn each_part_runs_alone_and_they_meet_in_the_shared_stores() {
     let binder = TestApp::spawn(embedded_settings(dir.path()), Parts::BINDER).await;
     let middle_page = TestApp::spawn(embedded_settings(dir.path()), Parts::MIDDLE_PAGE).await;
 
-    let body: Value = binder.bind(&json!({"params": {"listing": "apart"}})).await.json().await.unwrap();
+    let body: Value = binder
+        .bind(&json!({"params": {"listing": "apart"}}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = body["request_id"].as_str().unwrap();
-    let scene: Value = middle_page.get(&format!("/v1/scene/{id}")).await.json().await.unwrap();
+    let scene: Value = middle_page
+        .get(&format!("/v1/scene/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(scene["params"]["listing"], "apart");
 
     // Each part serves only its own routes, and checks only what it depends on.
     assert_eq!(binder.get(&format!("/m/{id}")).await.status(), 404);
     assert_eq!(middle_page.bind(&json!({"params": {}})).await.status(), 404);
-    assert_eq!(pregen.get("/readyz").await.text().await.unwrap(), "pool: ok\n");
-    assert_eq!(binder.get("/readyz").await.text().await.unwrap(), "bindings: ok\npool: ok\n");
-    assert_eq!(middle_page.get("/readyz").await.text().await.unwrap(), "bindings: ok\n");
+    assert_eq!(
+        pregen.get("/readyz").await.text().await.unwrap(),
+        "pool: ok\n"
+    );
+    assert_eq!(
+        binder.get("/readyz").await.text().await.unwrap(),
+        "bindings: ok\npool: ok\n"
+    );
+    assert_eq!(
+        middle_page.get("/readyz").await.text().await.unwrap(),
+        "bindings: ok\n"
+    );
 
     for app in [pregen, binder, middle_page] {
         app.stop().await;
