@@ -43,8 +43,14 @@ impl DurableStore {
                     .map(ExposeSecret::expose_secret)
                     .unwrap_or_default();
                 let options: PgConnectOptions = url.parse()?;
+                let acquire_timeout = Duration::from_millis(settings.postgres.acquire_timeout_ms);
                 DurableStore::Postgres(
-                    PostgresStore::connect(options, settings.postgres.max_connections).await?,
+                    PostgresStore::connect(
+                        options,
+                        settings.postgres.max_connections,
+                        acquire_timeout,
+                    )
+                    .await?,
                 )
             }
         })
@@ -232,10 +238,11 @@ impl PostgresStore {
     pub async fn connect(
         options: PgConnectOptions,
         max_connections: u32,
+        acquire_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let pool_options = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5));
+            .acquire_timeout(acquire_timeout);
         let started = tokio::time::Instant::now();
         let db = loop {
             match pool_options.clone().connect_with(options.clone()).await {

@@ -46,6 +46,11 @@ async fn binds_fail_cleanly_while_postgres_is_unreachable_and_recover_after() {
         "application/problem+json"
     );
     assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(
+        problem["detail"], "the binding store is unavailable",
+        "the store said so, not the time limit"
+    );
     assert_eq!(app.get("/readyz").await.status(), 503);
     // A code already bound still resolves from the in-process cache.
     assert_eq!(app.get(&format!("/m/{bound_id}")).await.status(), 200);
