@@ -3,7 +3,8 @@
 //! Two backends behind [`DurableStore`]: SQLite (`bindings.db` in the data folder, WAL with
 //! `synchronous=FULL`, so a committed bind survives power loss) and PostgreSQL. In both,
 //! the `request_id` primary key refuses a second bind of one code, and a bind writes its
-//! binding and its image in one transaction.
+//! binding and its image in one transaction — shared with the binds that arrived with it
+//! ([`crate::group_commit`]).
 
 use std::time::Duration;
 
@@ -17,7 +18,13 @@ use sqlx::{FromRow, PgPool, SqlitePool};
 use config::{Settings, StoreBackend};
 use records::{Binding, CodeImage, Params, RequestId, Tenant};
 
+use crate::group_commit::{GroupCommit, Pending, WriteBatch};
 use crate::{BindError, StoreError};
+
+/// Binds committed in one transaction at most.
+const MAX_BATCH: usize = 512;
+/// Batch writers on PostgreSQL.
+const POSTGRES_WRITERS: usize = 4;
 
 /// How long start-up keeps trying to reach PostgreSQL before it gives up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -61,10 +68,11 @@ impl DurableStore {
         binding: &Binding,
         image: Option<&CodeImage>,
     ) -> Result<(), BindError> {
-        let inserted = match self {
-            DurableStore::Embedded(store) => store.insert(binding, image).await?,
-            DurableStore::Postgres(store) => store.insert(binding, image).await?,
+        let commits = match self {
+            DurableStore::Embedded(store) => &store.commits,
+            DurableStore::Postgres(store) => &store.commits,
         };
+        let inserted = commits.insert(binding.clone(), image.cloned()).await?;
         if inserted {
             Ok(())
         } else {
@@ -159,6 +167,7 @@ const SELECT_BINDING: &str = "SELECT request_id, tenant, params, content, issuer
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     db: SqlitePool,
+    commits: GroupCommit,
 }
 
 impl SqliteStore {
@@ -179,44 +188,9 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&db).await?;
-        Ok(SqliteStore { db })
-    }
-
-    async fn insert(
-        &self,
-        binding: &Binding,
-        image: Option<&CodeImage>,
-    ) -> Result<bool, StoreError> {
-        let id = binding.request_id.to_text();
-        let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(id.as_str())
-        .bind(binding.tenant.as_str())
-        .bind(Json(&binding.params))
-        .bind(&binding.content)
-        .bind(&binding.issuer)
-        .bind(i64::from(binding.version))
-        .bind(binding.created_at)
-        .bind(binding.expires_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted && let Some(image) = image {
-            sqlx::query(
-                "INSERT INTO code_images (request_id, media_type, bytes) VALUES ($1, $2, $3)",
-            )
-            .bind(id.as_str())
-            .bind(&image.media_type)
-            .bind(&image.bytes)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(inserted)
+        // SQLite has one writer at a time: one batch writer, batches as large as they come.
+        let commits = GroupCommit::start(SqliteBatches(db.clone()), 1, MAX_BATCH);
+        Ok(SqliteStore { db, commits })
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<BindingRow>, sqlx::Error> {
@@ -227,10 +201,53 @@ impl SqliteStore {
     }
 }
 
+#[derive(Clone)]
+struct SqliteBatches(SqlitePool);
+
+impl WriteBatch for SqliteBatches {
+    async fn write_batch(&self, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.0.begin().await?;
+        let mut inserted = Vec::with_capacity(batch.len());
+        for Pending { binding, image, .. } in batch {
+            let id = binding.request_id.to_text();
+            let new = sqlx::query(
+                "INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(id.as_str())
+            .bind(binding.tenant.as_str())
+            .bind(Json(&binding.params))
+            .bind(&binding.content)
+            .bind(&binding.issuer)
+            .bind(i64::from(binding.version))
+            .bind(binding.created_at)
+            .bind(binding.expires_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if new && let Some(image) = image {
+                sqlx::query(
+                    "INSERT INTO code_images (request_id, media_type, bytes) VALUES ($1, $2, $3)",
+                )
+                .bind(id.as_str())
+                .bind(&image.media_type)
+                .bind(&image.bytes)
+                .execute(&mut *tx)
+                .await?;
+            }
+            inserted.push(new);
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+}
+
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     db: PgPool,
+    commits: GroupCommit,
 }
 
 impl PostgresStore {
@@ -255,7 +272,9 @@ impl PostgresStore {
             }
         };
         Self::migrate(&db).await?;
-        Ok(PostgresStore { db })
+        // Several writers, so a batch fills while the one before it is being flushed.
+        let commits = GroupCommit::start(PgBatches(db.clone()), POSTGRES_WRITERS, MAX_BATCH);
+        Ok(PostgresStore { db, commits })
     }
 
     /// Brings the schema up to date; what `qrpool migrate` runs.
@@ -268,43 +287,54 @@ impl PostgresStore {
         &self.db
     }
 
-    /// One statement, so one round trip and one implicit transaction: the binding, and its
-    /// image only when the binding was new.
-    async fn insert(
-        &self,
-        binding: &Binding,
-        image: Option<&CodeImage>,
-    ) -> Result<bool, StoreError> {
-        let inserted: i64 = sqlx::query_scalar(
-            "WITH inserted AS ( \
-                 INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (request_id) DO NOTHING \
-                 RETURNING request_id), \
-             image AS ( \
-                 INSERT INTO code_images (request_id, media_type, bytes) \
-                 SELECT request_id, $9, $10 FROM inserted WHERE $10::BYTEA IS NOT NULL) \
-             SELECT COUNT(*) FROM inserted",
-        )
-        .bind(binding.request_id.to_text().as_str())
-        .bind(binding.tenant.as_str())
-        .bind(Json(&binding.params))
-        .bind(&binding.content)
-        .bind(&binding.issuer)
-        .bind(i32::try_from(binding.version).unwrap_or(i32::MAX))
-        .bind(binding.created_at)
-        .bind(binding.expires_at)
-        .bind(image.map(|image| image.media_type.as_str()))
-        .bind(image.map(|image| image.bytes.as_slice()))
-        .fetch_one(&self.db)
-        .await?;
-        Ok(inserted == 1)
-    }
-
     async fn get(&self, id: RequestId) -> Result<Option<BindingRow>, sqlx::Error> {
         sqlx::query_as(SELECT_BINDING)
             .bind(id.to_text().as_str())
             .fetch_optional(&self.db)
             .await
+    }
+}
+
+#[derive(Clone)]
+struct PgBatches(PgPool);
+
+impl WriteBatch for PgBatches {
+    /// One statement for the whole batch — one round trip, one implicit transaction: the
+    /// bindings, and the images of those that were new.
+    async fn write_batch(&self, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|p| p.binding.request_id.to_string())
+            .collect();
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "WITH input AS ( \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::JSONB[], $4::TEXT[], $5::TEXT[], \
+                                      $6::INT[], $7::TIMESTAMPTZ[], $8::TIMESTAMPTZ[], $9::TEXT[], $10::BYTEA[]) \
+                 AS t(request_id, tenant, params, content, issuer, version, created_at, expires_at, media_type, bytes)), \
+             inserted AS ( \
+                 INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at) \
+                 SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at FROM input \
+                 ON CONFLICT (request_id) DO NOTHING \
+                 RETURNING request_id), \
+             images AS ( \
+                 INSERT INTO code_images (request_id, media_type, bytes) \
+                 SELECT input.request_id, input.media_type, input.bytes \
+                 FROM input JOIN inserted USING (request_id) WHERE input.bytes IS NOT NULL) \
+             SELECT request_id FROM inserted",
+        )
+        .bind(&ids)
+        .bind(batch.iter().map(|p| p.binding.tenant.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| Json(&p.binding.params)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.binding.content.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.binding.issuer.as_str()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| i32::try_from(p.binding.version).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.binding.created_at).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.binding.expires_at).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.image.as_ref().map(|i| i.media_type.as_str())).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.image.as_ref().map(|i| i.bytes.as_slice())).collect::<Vec<_>>())
+        .fetch_all(&self.0)
+        .await?;
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        Ok(ids.iter().map(|id| inserted.contains(id)).collect())
     }
 }

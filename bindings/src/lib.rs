@@ -11,6 +11,7 @@
 
 pub mod durable;
 mod events;
+mod group_commit;
 pub mod redis_tier;
 
 use std::sync::Arc;
@@ -32,9 +33,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("setting `redis.url` is not a Redis URL")]
     RedisUrl(#[source] redis::RedisError),
-    /// The same failure, reported to every caller of a coalesced lookup.
+    /// The same failure, reported to every caller of a coalesced lookup or a group commit.
     #[error(transparent)]
     Shared(Arc<StoreError>),
+    #[error("the binding store is shutting down")]
+    Stopped,
     #[error("embedded store folder `{path}` cannot be created")]
     DataDir {
         path: std::path::PathBuf,

@@ -72,6 +72,18 @@ async fn codes_flow_through_kafka_redis_and_postgres_and_resolve_without_redis()
             "the bind warmed Redis"
         );
     }
+    // The image stored with the binding in PostgreSQL scans back to the code's URL.
+    let png = app
+        .client
+        .get(bound[0]["image"]["png"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(png.status(), 200);
+    assert_eq!(
+        tests::decode_qr(&png.bytes().await.unwrap()),
+        bound[0]["url"].as_str().unwrap()
+    );
     app.stop().await;
 
     // Redis forgets everything; a fresh middle page (cold in-process cache) still resolves

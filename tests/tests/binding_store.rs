@@ -1,0 +1,103 @@
+//! The binding store under concurrency, on both durable backends: binds that arrive together
+//! are committed together, and each request id is still bound exactly once.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is how a failure is reported
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use secrecy::SecretString;
+
+use bindings::{BindError, Bindings};
+use config::{Settings, StoreBackend};
+use records::{Binding, CodeImage, Params, ParamsLimits, RequestId, Tenant};
+use tests::{Backends, TestDatabase};
+
+fn binding(id: RequestId, n: usize) -> Binding {
+    Binding {
+        v: Binding::LAYOUT,
+        request_id: id,
+        tenant: Tenant::default(),
+        params: Params::parse(serde_json::json!({"n": n}), &ParamsLimits::default()).unwrap(),
+        content: format!("http://x/m/{id}"),
+        issuer: "local".into(),
+        version: 1,
+        created_at: Utc::now(),
+        expires_at: (n % 2 == 0).then(|| Utc::now() + chrono::Duration::days(1)),
+    }
+}
+
+/// 400 concurrent binds over 300 distinct ids (100 ids asked for twice, at the same moment).
+async fn each_id_is_bound_once_under_a_concurrent_burst(bindings: Bindings) {
+    let ids: Vec<RequestId> = (0..300).map(|_| RequestId::generate()).collect();
+    let attempts: Vec<(RequestId, usize)> = ids
+        .iter()
+        .copied()
+        .enumerate()
+        .map(|(n, id)| (id, n))
+        .chain(ids[..100].iter().copied().map(|id| (id, 999)))
+        .collect();
+    let tasks: Vec<_> = attempts
+        .into_iter()
+        .map(|(id, n)| {
+            let bindings = bindings.clone();
+            tokio::spawn(async move {
+                let image = (n % 3 != 0).then(|| CodeImage {
+                    media_type: "image/png".into(),
+                    bytes: vec![n as u8; 8],
+                });
+                (id, bindings.bind(binding(id, n), image.as_ref()).await)
+            })
+        })
+        .collect();
+
+    let mut wins: HashMap<RequestId, usize> = HashMap::new();
+    let mut refusals = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (id, Ok(_)) => *wins.entry(id).or_default() += 1,
+            (_, Err(BindError::AlreadyBound)) => refusals += 1,
+            (_, Err(error)) => panic!("a bind failed: {error:#}"),
+        }
+    }
+    assert_eq!(wins.len(), 300, "every id was bound");
+    assert!(wins.values().all(|&n| n == 1), "no id was bound twice");
+    assert_eq!(
+        refusals, 100,
+        "every second attempt was told the id is bound"
+    );
+    assert_eq!(bindings.durable().count().await.unwrap(), 300);
+
+    // What was stored is what the winning bind carried, image included.
+    for id in &ids {
+        let stored = bindings.resolve(*id).await.unwrap().unwrap();
+        let n = stored.params.as_map()["n"].as_u64().unwrap() as usize;
+        let image = bindings.image(*id).await.unwrap();
+        assert_eq!(
+            image.map(|i| i.bytes),
+            (n % 3 != 0).then(|| vec![n as u8; 8]),
+            "image of {id}"
+        );
+        assert_eq!(stored.expires_at.is_some(), n % 2 == 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_each_request_id_is_bound_once_under_a_concurrent_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::default();
+    settings.embedded.data_dir = dir.path().to_owned();
+    each_id_is_bound_once_under_a_concurrent_burst(Bindings::connect(&settings).await.unwrap())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_each_request_id_is_bound_once_under_a_concurrent_burst() {
+    let database = TestDatabase::create(&Backends::from_env()).await;
+    let mut settings = Settings::default();
+    settings.store.backend = StoreBackend::Postgres;
+    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    each_id_is_bound_once_under_a_concurrent_burst(Bindings::connect(&settings).await.unwrap())
+        .await;
+    database.drop_now().await;
+}
