@@ -23,7 +23,9 @@ fn binding(id: RequestId, n: usize) -> Binding {
         issuer: "local".into(),
         version: 1,
         created_at: Utc::now(),
-        expires_at: (n % 2 == 0).then(|| Utc::now() + chrono::Duration::days(1)),
+        expires_at: n
+            .is_multiple_of(2)
+            .then(|| Utc::now() + chrono::Duration::days(1)),
     }
 }
 
@@ -42,7 +44,7 @@ async fn each_id_is_bound_once_under_a_concurrent_burst(bindings: Bindings) {
         .map(|(id, n)| {
             let bindings = bindings.clone();
             tokio::spawn(async move {
-                let image = (n % 3 != 0).then(|| CodeImage {
+                let image = (!n.is_multiple_of(3)).then(|| CodeImage {
                     media_type: "image/png".into(),
                     bytes: vec![n as u8; 8],
                 });
@@ -75,10 +77,10 @@ async fn each_id_is_bound_once_under_a_concurrent_burst(bindings: Bindings) {
         let image = bindings.image(*id).await.unwrap();
         assert_eq!(
             image.map(|i| i.bytes),
-            (n % 3 != 0).then(|| vec![n as u8; 8]),
+            (!n.is_multiple_of(3)).then(|| vec![n as u8; 8]),
             "image of {id}"
         );
-        assert_eq!(stored.expires_at.is_some(), n % 2 == 0);
+        assert_eq!(stored.expires_at.is_some(), n.is_multiple_of(2));
     }
 }
 
