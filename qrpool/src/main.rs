@@ -1,5 +1,6 @@
 //! `qrpool`: runs any part of qrpool, or all of them in one process.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -80,7 +81,9 @@ async fn main() -> anyhow::Result<()> {
 fn init_telemetry(settings: &TelemetrySettings) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match settings.format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
