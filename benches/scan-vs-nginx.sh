@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Scan-time resolve against the static floor: wrk drives nginx answering a bare `return 302`
+# and qrpool's middle page (`/m/{id}`) and scene API (`/v1/scene/{id}`) on a bound, cached
+# code, one after the other, same machine, same wrk settings. Prints requests/s, p50, p99
+# and the ratios to nginx.
+#
+#   benches/scan-vs-nginx.sh                 DURATION=10s CONNECTIONS=64 THREADS=2 by default
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=../scripts/lib/services.sh
+source "$repo/scripts/lib/services.sh"
+cd "$repo"
+
+duration=${DURATION:-10s}
+connections=${CONNECTIONS:-64}
+threads=${THREADS:-2}
+qrpool_port=18080
+nginx_port=18081
+work=$(mktemp -d)
+qrpool_pid=
+cleanup() {
+  [ -n "$qrpool_pid" ] && kill "$qrpool_pid" 2>/dev/null && wait "$qrpool_pid" 2>/dev/null
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+apt_install wrk nginx-light curl bc
+say "building the release binary"
+cargo build --release --locked --quiet -p qrpool
+
+say "starting nginx (return 302) on 127.0.0.1:$nginx_port"
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { return 302 https://example.com/listing; }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work"
+wait_for_port "$nginx_port" nginx
+
+say "starting qrpool up on 127.0.0.1:$qrpool_port and binding one code"
+QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port QRPOOL_EMBEDDED__DATA_DIR="$work/data" \
+  QRPOOL_PREGEN__TARGET_DEPTH=100 QRPOOL_PREGEN__LOW_WATER=0 QRPOOL_TELEMETRY__FILTER=warn \
+  target/release/qrpool up >"$work/qrpool.log" 2>&1 &
+qrpool_pid=$!
+for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$qrpool_port/readyz" >/dev/null && break; sleep 0.05; done
+id=$(curl -sf -X POST "http://127.0.0.1:$qrpool_port/v1/codes" -H 'content-type: application/json' \
+  -d '{"params": {"listing": "L-1001", "agent": "a-7"}}' | sed -E 's/.*"request_id":"([0-9A-Za-z]+)".*/\1/')
+curl -sf -o /dev/null "http://127.0.0.1:$qrpool_port/m/$id"
+
+# Runs wrk and prints "<requests/s> <p50 ms> <p99 ms>".
+measure() {
+  wrk -t"$threads" -c"$connections" -d"$duration" --latency "$1" | awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /Requests\/sec/ { rps = $2 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /Non-2xx or 3xx/ { bad = $NF }
+    END { if (bad > 0) { print "wrk saw " bad " error answers" > "/dev/stderr"; exit 1 } printf "%s %.3f %.3f\n", rps, p50, p99 }'
+}
+
+say "wrk -t$threads -c$connections -d$duration, one target at a time"
+read -r nginx_rps nginx_p50 nginx_p99 < <(measure "http://127.0.0.1:$nginx_port/r/abc")
+read -r page_rps page_p50 page_p99 < <(measure "http://127.0.0.1:$qrpool_port/m/$id")
+read -r scene_rps scene_p50 scene_p99 < <(measure "http://127.0.0.1:$qrpool_port/v1/scene/$id")
+printf '%-34s %12s %9s %9s %8s\n' target requests/s "p50 ms" "p99 ms" "× nginx"
+printf '%-34s %12.0f %9.2f %9.2f %8s\n' "nginx return 302" "$nginx_rps" "$nginx_p50" "$nginx_p99" "1.00"
+printf '%-34s %12.0f %9.2f %9.2f %8.2f\n' "qrpool /m/{id} (cached, HTML)" "$page_rps" "$page_p50" "$page_p99" "$(echo "$page_rps / $nginx_rps" | bc -l)"
+printf '%-34s %12.0f %9.2f %9.2f %8.2f\n' "qrpool /v1/scene/{id} (cached)" "$scene_rps" "$scene_p50" "$scene_p99" "$(echo "$scene_rps / $nginx_rps" | bc -l)"
