@@ -52,8 +52,4 @@ impl Binder {
             public_base: settings.server.public_base(),
         })
     }
-
-    pub fn pool(&self) -> &PoolReader {
-        &self.pool
-    }
 }

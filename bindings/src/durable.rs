@@ -277,14 +277,10 @@ impl PostgresStore {
         Ok(PostgresStore { db, commits })
     }
 
-    /// Brings the schema up to date; what `qrpool migrate` runs.
-    pub async fn migrate(db: &PgPool) -> Result<(), StoreError> {
+    /// Brings the schema up to date (at every start, and what `qrpool migrate` runs).
+    async fn migrate(db: &PgPool) -> Result<(), StoreError> {
         sqlx::migrate!("./migrations/postgres").run(db).await?;
         Ok(())
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.db
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<BindingRow>, sqlx::Error> {

@@ -182,9 +182,4 @@ impl Bindings {
     pub fn durable(&self) -> &DurableStore {
         &self.durable
     }
-
-    /// Drops a binding from this process's cache (the other tiers keep it).
-    pub async fn forget_locally(&self, id: RequestId) {
-        self.local.invalidate(&id).await;
-    }
 }
