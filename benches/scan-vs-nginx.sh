@@ -55,7 +55,7 @@ wait_for_port "$nginx_port" nginx
 
 say "starting qrpool up on 127.0.0.1:$qrpool_port and binding one code"
 QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port QRPOOL_EMBEDDED__DATA_DIR="$work/data" \
-  QRPOOL_PREGEN__TARGET_DEPTH=100 QRPOOL_PREGEN__LOW_WATER=0 QRPOOL_TELEMETRY__FILTER=warn \
+  QRPOOL_PREGEN__TARGET_DEPTH=100 QRPOOL_PREGEN__LOW_WATER=0 \
   target/release/qrpool up >"$work/qrpool.log" 2>&1 &
 qrpool_pid=$!
 for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$qrpool_port/readyz" >/dev/null && break; sleep 0.05; done
