@@ -62,6 +62,8 @@ pub struct Bindings {
     durable: DurableStore,
     redis: Option<RedisTier>,
     local: Cache<RequestId, Arc<Binding>>,
+    /// Ids recently found unbound (negative cache); `None` when turned off.
+    unbound: Option<Cache<RequestId, ()>>,
 }
 
 /// What a lookup found; kept apart from errors so that coalesced lookups share it.
@@ -83,17 +85,23 @@ impl Bindings {
     pub fn new(
         durable: DurableStore,
         redis: Option<RedisTier>,
-        cache_capacity: u64,
-        cache_ttl: Duration,
+        cache: &config::MiddlePageSettings,
     ) -> Self {
         let local = Cache::builder()
-            .max_capacity(cache_capacity)
-            .time_to_live(cache_ttl)
+            .max_capacity(cache.cache_capacity)
+            .time_to_live(Duration::from_secs(cache.cache_ttl_secs))
             .build();
+        let unbound = (cache.negative_ttl_ms > 0).then(|| {
+            Cache::builder()
+                .max_capacity(cache.cache_capacity)
+                .time_to_live(Duration::from_millis(cache.negative_ttl_ms))
+                .build()
+        });
         Bindings {
             durable,
             redis,
             local,
+            unbound,
         }
     }
 
@@ -108,13 +116,7 @@ impl Bindings {
             )?),
             None => None,
         };
-        let cache = &settings.middle_page;
-        Ok(Bindings::new(
-            durable,
-            redis,
-            cache.cache_capacity,
-            Duration::from_secs(cache.cache_ttl_secs),
-        ))
+        Ok(Bindings::new(durable, redis, &settings.middle_page))
     }
 
     /// Writes a binding (and its image) durably, then warms the faster tiers.
@@ -124,6 +126,9 @@ impl Bindings {
         image: Option<&CodeImage>,
     ) -> Result<Arc<Binding>, BindError> {
         self.durable.insert(&binding, image).await?;
+        if let Some(unbound) = &self.unbound {
+            unbound.invalidate(&binding.request_id).await;
+        }
         let binding = Arc::new(binding);
         if let Some(redis) = &self.redis {
             redis.set(&binding).await;
@@ -135,16 +140,28 @@ impl Bindings {
     }
 
     /// Finds a binding: in-process cache, then Redis, then the durable store. `None` means
-    /// not bound (unknown ids are not cached yet, so each one costs a lookup).
+    /// not bound; such an answer is remembered for `middle_page.negative_ttl_ms`.
     pub async fn resolve(&self, id: RequestId) -> Result<Option<Arc<Binding>>, StoreError> {
         if let Some(binding) = self.local.get(&id).await {
             events::lookup("local", true);
             return Ok(Some(binding));
         }
+        if let Some(unbound) = &self.unbound
+            && unbound.contains_key(&id)
+        {
+            events::lookup("local_unbound", true);
+            return Ok(None);
+        }
+        // Concurrent misses on one id wait for a single fetch (moka's `try_get_with`).
         match self.local.try_get_with(id, self.fetch(id)).await {
             Ok(binding) => Ok(Some(binding)),
             Err(lookup) => match &*lookup {
-                Lookup::NotBound => Ok(None),
+                Lookup::NotBound => {
+                    if let Some(unbound) = &self.unbound {
+                        unbound.insert(id, ()).await;
+                    }
+                    Ok(None)
+                }
                 Lookup::Store(error) => Err(StoreError::Shared(Arc::clone(error))),
             },
         }

@@ -45,6 +45,7 @@
 //! | `QRPOOL_BINDER__BINDING_TTL_DAYS` | lifetime of a binding (unset: no expiry) | unset |
 //! | `QRPOOL_MIDDLE_PAGE__CACHE_CAPACITY` | bindings held in process | `100000` |
 //! | `QRPOOL_MIDDLE_PAGE__CACHE_TTL_SECS` | how long a binding stays in process | `300` |
+//! | `QRPOOL_MIDDLE_PAGE__NEGATIVE_TTL_MS` | how long an unbound id is answered unknown without a lookup (0: off) | `2000` |
 //! | `QRPOOL_TELEMETRY__FORMAT` | `pretty` or `json` log lines | `pretty` |
 //! | `QRPOOL_TELEMETRY__FILTER` | tracing filter (`RUST_LOG` wins when set) | `info` |
 //!

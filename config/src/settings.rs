@@ -255,6 +255,10 @@ impl Default for BinderSettings {
 pub struct MiddlePageSettings {
     pub cache_capacity: u64,
     pub cache_ttl_secs: u64,
+    /// How long an id found unbound is answered "unknown" without asking the stores again:
+    /// a herd on a bad code, or someone enumerating ids, costs one lookup per id per period.
+    /// 0 turns it off.
+    pub negative_ttl_ms: u64,
 }
 
 impl Default for MiddlePageSettings {
@@ -262,6 +266,7 @@ impl Default for MiddlePageSettings {
         MiddlePageSettings {
             cache_capacity: 100_000,
             cache_ttl_secs: 300,
+            negative_ttl_ms: 2_000,
         }
     }
 }
@@ -471,6 +476,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "binder.binding_ttl_days",
                 "must be above 0 (unset it for no expiry)",
+            ));
+        }
+        if self.middle_page.negative_ttl_ms > self.middle_page.cache_ttl_secs * 1000 {
+            return Err(ConfigError::invalid(
+                "middle_page.negative_ttl_ms",
+                "must not exceed middle_page.cache_ttl_secs",
             ));
         }
         if self.middle_page.cache_capacity == 0 {
