@@ -130,3 +130,48 @@ async fn codes_flow_through_kafka_redis_and_postgres_and_resolve_without_redis()
     evict_redis(&backends, &prefix).await;
     database.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_binders_in_one_group_never_bind_a_code_twice_across_a_rebalance() {
+    let backends = Backends::from_env();
+    let database = TestDatabase::create(&backends).await;
+    let topic = unique("qrpool-pool");
+    let prefix = format!("{}:", unique("qrpool-test"));
+    let settings = || {
+        let mut settings = distributed_settings(&backends, &database, &topic, &prefix);
+        settings.pregen.target_depth = 400;
+        settings
+    };
+
+    // The first binder (with pregen) starts binding; the second joins the group mid-load,
+    // which rebalances the partitions between them while binds are in flight.
+    let first = TestApp::spawn(settings(), Parts::ALL).await;
+    let (early, (second, late_first)) = tokio::join!(first.bind_many(60, 8), async {
+        let second = TestApp::spawn(settings(), Parts::BINDER).await;
+        let late_first = first.bind_many(60, 8).await;
+        (second, late_first)
+    });
+    let (from_second, more_from_first) =
+        tokio::join!(second.bind_many(80, 8), first.bind_many(60, 8));
+
+    let all: Vec<&Value> = early
+        .iter()
+        .chain(&late_first)
+        .chain(&from_second)
+        .chain(&more_from_first)
+        .collect();
+    let ids: HashSet<&str> = all
+        .iter()
+        .map(|b| b["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), all.len(), "a code was handed out twice");
+    assert_eq!(
+        database.count_bindings().await,
+        all.len() as i64,
+        "one durable row per 201"
+    );
+    second.stop().await;
+    first.stop().await;
+    evict_redis(&backends, &prefix).await;
+    database.drop_now().await;
+}
