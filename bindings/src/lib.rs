@@ -156,12 +156,7 @@ impl Bindings {
         match self.local.try_get_with(id, self.fetch(id)).await {
             Ok(binding) => Ok(Some(binding)),
             Err(lookup) => match &*lookup {
-                Lookup::NotBound => {
-                    if let Some(unbound) = &self.unbound {
-                        unbound.insert(id, ()).await;
-                    }
-                    Ok(None)
-                }
+                Lookup::NotBound => Ok(None),
                 Lookup::Store(error) => Err(StoreError::Shared(Arc::clone(error))),
             },
         }
@@ -177,6 +172,11 @@ impl Bindings {
         }
         let Some(binding) = self.durable.get(id).await? else {
             events::lookup("database", false);
+            // Marked here, inside the one coalesced fetch, so that no request can slip in
+            // between this answer and the mark and start a second lookup.
+            if let Some(unbound) = &self.unbound {
+                unbound.insert(id, ()).await;
+            }
             return Err(Lookup::NotBound);
         };
         events::lookup("database", true);
