@@ -323,3 +323,73 @@ async fn each_part_runs_alone_and_they_meet_in_the_shared_stores() {
         app.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_with_binds_in_flight_loses_no_code_and_no_acknowledged_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = embedded_settings(dir.path());
+    let made = settings.pregen.target_depth;
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+
+    // 32 clients keep binding; the app is told to stop once 50 binds are acknowledged, so
+    // that binds are certainly in flight (300 codes, up to 640 attempts) when it stops.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (client, url, done) = (app.client.clone(), app.url("/v1/codes"), done.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for _ in 0..20 {
+                    let Ok(response) = client.post(&url).json(&json!({"params": {}})).send().await
+                    else {
+                        break;
+                    };
+                    if response.status() != 201 {
+                        break;
+                    }
+                    let body: Value = response.json().await.unwrap();
+                    acknowledged.push(body["request_id"].as_str().unwrap().to_owned());
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 50 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    app.stop().await;
+    let mut acknowledged = Vec::new();
+    for client in clients {
+        acknowledged.extend(client.await.unwrap());
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "some binds finished before the stop"
+    );
+
+    let settings = embedded_settings(dir.path());
+    let bindings = bindings::Bindings::connect(&settings).await.unwrap();
+    for id in &acknowledged {
+        let id = records::RequestId::parse(id).unwrap();
+        assert!(
+            bindings.resolve(id).await.unwrap().is_some(),
+            "a 201 was not durable"
+        );
+    }
+    let bound = bindings.durable().count().await.unwrap() as u64;
+    let pooled = pool::PoolWriter::Embedded(pool::EmbeddedPool::open(dir.path()).await.unwrap())
+        .depth()
+        .await
+        .unwrap();
+    assert_eq!(
+        bound,
+        acknowledged.len() as u64,
+        "every bound code was acknowledged to its client"
+    );
+    assert_eq!(
+        bound + pooled,
+        made,
+        "every code is either bound or still in the pool"
+    );
+}
