@@ -8,8 +8,11 @@ pub(crate) fn rendered(codes: usize, took: Duration) {
     tracing::debug!(codes, took_ms = took.as_millis() as u64, "batch rendered");
 }
 
+/// Also moves the depth gauge, which is otherwise set only between fills: a long fill would
+/// leave it stale for minutes.
 pub(crate) fn enqueued(codes: usize) {
     metrics::counter!("pregen_codes_enqueued_total").increment(codes as u64);
+    metrics::gauge!("pool_depth_codes").increment(codes as f64);
 }
 
 pub(crate) fn depth(depth: u64) {

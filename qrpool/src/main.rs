@@ -62,8 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
-    let app = App::build(&settings, parts).await?;
-    let primed = app.prime(&shutdown).await?;
+    // The port first: a port in use should fail the start before any other work.
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .with_context(|| {
@@ -72,6 +71,15 @@ async fn main() -> anyhow::Result<()> {
                 settings.server.listen
             )
         })?;
+    let app = App::build(&settings, parts).await?;
+    // `up` is the one-process path people try first: fill the pool before answering, so the
+    // first bind finds a code. A lone pregen serves its health endpoints at once and fills
+    // in the background, however large its target.
+    let primed = if parts == Parts::ALL {
+        app.prime(&shutdown).await?
+    } else {
+        None
+    };
     print_banner(&settings, parts, primed);
     app.run(listener, shutdown).await?;
     tracing::info!("stopped cleanly");
@@ -160,6 +168,11 @@ fn print_banner(settings: &Settings, parts: Parts, primed: Option<(u64, std::tim
         println!(
             "  pregen           topped the pool up with {added} codes in {:.2} s (target {})",
             took.as_secs_f64(),
+            settings.pregen.target_depth
+        );
+    } else if parts.pregen {
+        println!(
+            "  pregen           filling the pool to {} codes in the background",
             settings.pregen.target_depth
         );
     }
