@@ -170,6 +170,9 @@ struct ReaderInner {
     consumer: Arc<StreamConsumer>,
     topic: String,
     prefetched: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
+    /// Codes given back go into the prefetch channel, where waiting takers see them…
+    requeue: mpsc::Sender<Delivery>,
+    /// …or here when the channel is full (so no taker is waiting for want of codes).
     given_back: Mutex<VecDeque<Delivery>>,
     tracker: Arc<Mutex<OffsetTracker>>,
     fetcher: JoinHandle<()>,
@@ -212,12 +215,14 @@ impl KafkaReader {
         let consumer = Arc::new(consumer);
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let (sender, receiver) = mpsc::channel(settings.prefetch);
+        let requeue = sender.clone();
         let fetcher = tokio::spawn(fetch(Arc::clone(&consumer), Arc::clone(&tracker), sender));
         Ok(KafkaReader {
             inner: Arc::new(ReaderInner {
                 consumer,
                 topic: settings.pool_topic.clone(),
                 prefetched: tokio::sync::Mutex::new(receiver),
+                requeue,
                 given_back: Mutex::new(VecDeque::new()),
                 tracker,
                 fetcher,
@@ -256,7 +261,12 @@ impl KafkaReader {
     }
 
     pub(crate) fn give_back(&self, delivery: Delivery) {
-        lock(&self.inner.given_back).push_front(delivery);
+        use mpsc::error::TrySendError;
+        if let Err(TrySendError::Full(delivery) | TrySendError::Closed(delivery)) =
+            self.inner.requeue.try_send(delivery)
+        {
+            lock(&self.inner.given_back).push_front(delivery);
+        }
     }
 
     pub(crate) async fn check(&self) -> Result<(), PoolError> {
