@@ -5,14 +5,24 @@
 //!   bytes, which is why locally issued codes can be drawn again instead of stored).
 //! - [`png_batch`]: many codes on the rayon pool, for pregen.
 //!
+//! Where the time goes, and why some of it is ours: the `qrcode` crate segments the text,
+//! picks the version, computes Reed–Solomon codewords and places them; `symbol` chooses the
+//! mask on rows of bits (the crate's own mask search was half our time); `png_file` and
+//! `deflate` write the PNG knowing where its repeats are (zlib searching for them was the other
+//! half). Together about 6× libqrencode + libpng per core, with smaller files
+//! (`benches/render-vs-qrencode.sh`).
+//!
 //! This crate has no tokio and no network dependency on purpose: it is CPU work that callers
 //! move off their async runtime, and it must stay cheap to benchmark on its own.
 
 #[cfg(any(test, feature = "decode"))]
 pub mod decode;
+mod deflate;
+mod png_file;
+mod symbol;
 
-use qrcode::{Color, QrCode};
 use rayon::prelude::*;
+pub use symbol::Symbol;
 
 /// How a code is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,77 +54,31 @@ impl Default for Style {
 pub enum RenderError {
     #[error("the text does not fit in a QR code: {0}")]
     TooLong(qrcode::types::QrError),
-    #[error("PNG encoding failed: {0}")]
-    Png(#[from] png::EncodingError),
+    #[error("a {0}-pixel picture is larger than PNG allows")]
+    TooLarge(usize),
 }
 
-/// The dark/light grid of one code, with its quiet zone not yet added.
-struct Grid {
-    width: usize,
-    dark: Vec<bool>,
-}
-
-fn grid(text: &str, style: &Style) -> Result<Grid, RenderError> {
+fn symbol(text: &str, style: &Style) -> Result<Symbol, RenderError> {
     let level = match style.ec_level {
         config::EcLevel::L => qrcode::EcLevel::L,
         config::EcLevel::M => qrcode::EcLevel::M,
         config::EcLevel::Q => qrcode::EcLevel::Q,
         config::EcLevel::H => qrcode::EcLevel::H,
     };
-    let code = QrCode::with_error_correction_level(text, level).map_err(RenderError::TooLong)?;
-    Ok(Grid {
-        width: code.width(),
-        dark: code
-            .to_colors()
-            .into_iter()
-            .map(|c| c == Color::Dark)
-            .collect(),
-    })
+    symbol::encode(text.as_bytes(), level).map_err(RenderError::TooLong)
 }
 
 /// A 1-bit grayscale PNG: the smallest lossless form a QR code has, and every decoder reads it.
 pub fn png(text: &str, style: &Style) -> Result<Vec<u8>, RenderError> {
-    let grid = grid(text, style)?;
-    let px = style.module_px as usize;
-    let side_modules = grid.width + 2 * style.quiet_zone as usize;
-    let side_px = side_modules * px;
-    let row_bytes = side_px.div_ceil(8);
-
-    let mut image = vec![0xFF_u8; row_bytes * side_px];
-    for y in 0..grid.width {
-        // Build one pixel row per module row, then copy it `px` times.
-        let mut row = vec![0xFF_u8; row_bytes];
-        for x in 0..grid.width {
-            if grid.dark[y * grid.width + x] {
-                let start = (x + style.quiet_zone as usize) * px;
-                for bit in start..start + px {
-                    row[bit / 8] &= !(0x80 >> (bit % 8));
-                }
-            }
-        }
-        let top = (y + style.quiet_zone as usize) * px;
-        for line in top..top + px {
-            image[line * row_bytes..(line + 1) * row_bytes].copy_from_slice(&row);
-        }
-    }
-
-    let mut out = Vec::with_capacity(1024);
-    let side = u32::try_from(side_px).unwrap_or(u32::MAX);
-    let mut encoder = png::Encoder::new(&mut out, side, side);
-    encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::One);
-    encoder.set_compression(png::Compression::High);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(&image)?;
-    writer.finish()?;
-    Ok(out)
+    let symbol = symbol(text, style)?;
+    png_file::write(&symbol, style.quiet_zone as usize, style.module_px as usize)
 }
 
 /// An SVG with one path of unit squares, scaled by `module_px`; crisp at any zoom.
 pub fn svg(text: &str, style: &Style) -> Result<String, RenderError> {
     use std::fmt::Write;
 
-    let grid = grid(text, style)?;
+    let grid = symbol(text, style)?;
     let qz = style.quiet_zone as usize;
     let side = grid.width + 2 * qz;
     let size = side * style.module_px as usize;
@@ -122,11 +86,11 @@ pub fn svg(text: &str, style: &Style) -> Result<String, RenderError> {
     for y in 0..grid.width {
         let mut x = 0;
         while x < grid.width {
-            if grid.dark[y * grid.width + x] {
+            if grid.is_dark(x, y) {
                 // Merge horizontal runs into one rectangle: smaller files, same picture.
                 let run = grid.dark[y * grid.width + x..(y + 1) * grid.width]
                     .iter()
-                    .take_while(|&&dark| dark)
+                    .take_while(|&&dark| dark != 0)
                     .count();
                 let _ = write!(path, "M{},{}h{}v1h-{}z", x + qz, y + qz, run, run);
                 x += run;
