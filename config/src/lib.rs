@@ -55,6 +55,7 @@
 //! Secrets (`redis.url`, `postgres.url`) are read from the environment only: a file that
 //! sets them is refused, so that they never end up in a repository.
 
+mod pregen;
 mod settings;
 
 pub use settings::*;

@@ -1,5 +1,6 @@
 //! The settings tree, its defaults, and its validation.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -7,6 +8,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::Deserialize;
+
+pub use crate::pregen::*;
 
 /// Prefix of every environment variable qrpool reads.
 pub const ENV_PREFIX: &str = "QRPOOL_";
@@ -209,26 +212,6 @@ impl Default for RenderSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PregenSettings {
-    pub target_depth: u64,
-    pub low_water: u64,
-    pub batch: usize,
-    pub check_interval_ms: u64,
-}
-
-impl Default for PregenSettings {
-    fn default() -> Self {
-        PregenSettings {
-            target_depth: 2_000,
-            low_water: 1_000,
-            batch: 256,
-            check_interval_ms: 1_000,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BinderSettings {
@@ -301,15 +284,104 @@ pub enum ConfigError {
     #[error("{0}")]
     Load(String),
     #[error("setting `{key}` {problem}")]
-    Invalid { key: &'static str, problem: String },
+    Invalid { key: String, problem: String },
 }
 
 impl ConfigError {
-    fn invalid(key: &'static str, problem: impl Into<String>) -> Self {
+    fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError::Invalid {
-            key,
+            key: key.into(),
             problem: problem.into(),
         }
+    }
+}
+
+impl Settings {
+    fn validate_issuers(&self) -> Result<(), ConfigError> {
+        let pregen = &self.pregen;
+        if !(0.0..=1.0).contains(&pregen.peak_quota_share) {
+            return Err(ConfigError::invalid(
+                "pregen.peak_quota_share",
+                "must be between 0 and 1",
+            ));
+        }
+        if pregen.issuer != LOCAL_ISSUER && !pregen.issuers.contains_key(&pregen.issuer) {
+            return Err(ConfigError::invalid(
+                "pregen.issuer",
+                format!("names no issuer: use `{LOCAL_ISSUER}` or a name under pregen.issuers"),
+            ));
+        }
+        for (name, issuer) in &pregen.issuers {
+            let key = |field: &str| format!("pregen.issuers.{name}.{field}");
+            let valid_name = !name.is_empty()
+                && name != LOCAL_ISSUER
+                && name.len() <= 32
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid_name {
+                return Err(ConfigError::invalid(
+                    format!("pregen.issuers.{name}"),
+                    "must be named with a-z, 0-9, - and _ (at most 32) and not `local`",
+                ));
+            }
+            let quota = issuer.quota();
+            if quota.calls == 0 || quota.window_ms == 0 {
+                return Err(ConfigError::invalid(
+                    key("quota"),
+                    "calls and window_ms must be above 0",
+                ));
+            }
+            match issuer {
+                IssuerSettings::Wechat(wechat) => {
+                    if !(wechat.endpoint.starts_with("https://")
+                        || wechat.endpoint.starts_with("http://"))
+                    {
+                        return Err(ConfigError::invalid(
+                            key("endpoint"),
+                            "must start with https:// or http://",
+                        ));
+                    }
+                    if wechat.app_id.is_empty() {
+                        return Err(ConfigError::invalid(key("app_id"), "must be set"));
+                    }
+                    if wechat.app_secret.is_none() {
+                        return Err(ConfigError::invalid(
+                            key("app_secret"),
+                            format!(
+                                "must be set in the environment: QRPOOL_PREGEN__ISSUERS__{}__APP_SECRET",
+                                name.to_uppercase()
+                            ),
+                        ));
+                    }
+                    if wechat.page.is_empty() || wechat.page.starts_with('/') {
+                        return Err(ConfigError::invalid(
+                            key("page"),
+                            "must be a page path like pages/qr/index, without a leading /",
+                        ));
+                    }
+                    if !["release", "trial", "develop"].contains(&wechat.env_version.as_str()) {
+                        return Err(ConfigError::invalid(
+                            key("env_version"),
+                            "must be release, trial or develop",
+                        ));
+                    }
+                    if !(280..=1280).contains(&wechat.width) {
+                        return Err(ConfigError::invalid(
+                            key("width"),
+                            "must be between 280 and 1280",
+                        ));
+                    }
+                    if wechat.concurrency == 0 || wechat.request_timeout_ms == 0 {
+                        return Err(ConfigError::invalid(
+                            key("concurrency"),
+                            "concurrency and request_timeout_ms must be above 0",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -332,9 +404,20 @@ impl Settings {
     }
 
     pub fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
-        for key in SECRET_KEYS {
+        let issuer_names: Vec<String> = figment
+            .extract_inner::<BTreeMap<String, figment::value::Value>>("pregen.issuers")
+            .map(|issuers| issuers.into_keys().collect())
+            .unwrap_or_default();
+        let issuer_secrets = issuer_names
+            .iter()
+            .map(|name| format!("pregen.issuers.{name}.app_secret"));
+        for key in SECRET_KEYS
+            .map(str::to_owned)
+            .into_iter()
+            .chain(issuer_secrets)
+        {
             let from_file = figment
-                .find_metadata(key)
+                .find_metadata(&key)
                 .is_some_and(|meta| !meta.name.to_lowercase().contains("environment"));
             if from_file {
                 return Err(ConfigError::invalid(
@@ -466,6 +549,7 @@ impl Settings {
                 "must be above 0",
             ));
         }
+        self.validate_issuers()?;
         if !(16..=1024 * 1024).contains(&self.binder.max_params_bytes) {
             return Err(ConfigError::invalid(
                 "binder.max_params_bytes",
@@ -620,6 +704,43 @@ mod tests {
             jail.set_env("QRPOOL_BINDER__TENANT", "Acme Realty");
             let error = load_in(jail, None).expect_err("must fail").to_string();
             assert!(error.contains("binder.tenant"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_issuer_is_read_from_the_file_with_its_secret_from_the_environment() {
+        Jail::expect_with(|jail| {
+            let file = concat!(
+                "[pregen]\nissuer = \"wx\"\ntime_zone = \"Asia/Shanghai\"\n",
+                "off_peak = [\"Mon-Fri 22:00-07:00\"]\n",
+                "[pregen.issuers.wx]\nkind = \"wechat\"\napp_id = \"wx123\"\npage = \"pages/qr/index\"\n",
+                "quota = { calls = 100, window_ms = 2000 }\n",
+            );
+            let error = load_in(jail, Some(file))
+                .expect_err("no secret yet")
+                .to_string();
+            assert!(
+                error.contains("QRPOOL_PREGEN__ISSUERS__WX__APP_SECRET"),
+                "{error}"
+            );
+            jail.set_env("QRPOOL_PREGEN__ISSUERS__WX__APP_SECRET", "s3cret");
+            let settings = load_in(jail, Some(file)).expect("loads");
+            let IssuerSettings::Wechat(wx) = &settings.pregen.issuers["wx"];
+            assert_eq!(wx.quota.calls, 100);
+            assert_eq!(wx.width, 430);
+            assert_eq!(settings.pregen.time_zone, chrono_tz::Asia::Shanghai);
+            jail.clear_env();
+            let with_secret = format!("{file}app_secret = \"s3cret\"\n");
+            let error = load_in(jail, Some(&with_secret))
+                .expect_err("secret in file")
+                .to_string();
+            assert!(error.contains("pregen.issuers.wx.app_secret"), "{error}");
+            let bad_window = file.replace("22:00-07:00", "22:00");
+            let error = load_in(jail, Some(&bad_window))
+                .expect_err("bad window")
+                .to_string();
+            assert!(error.contains("off_peak"), "{error}");
             Ok(())
         });
     }

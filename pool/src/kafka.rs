@@ -123,11 +123,25 @@ impl KafkaWriter {
 
     /// Codes between the binder group's committed offsets and the end of each partition.
     pub(crate) async fn depth(&self) -> Result<u64, PoolError> {
+        Ok(self
+            .depth_per_partition()
+            .await?
+            .iter()
+            .map(|(_, depth)| depth)
+            .sum())
+    }
+
+    /// The binder group's lag on each partition of the pool topic.
+    pub(crate) async fn depth_per_partition(&self) -> Result<Vec<(i32, u64)>, PoolError> {
         let probe = Arc::clone(&self.probe);
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || depth_blocking(&probe, &topic))
             .await
             .map_err(|_| PoolError::Kafka(KafkaError::Canceled))?
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     pub(crate) async fn flush(&self) -> Result<(), PoolError> {
@@ -139,7 +153,7 @@ impl KafkaWriter {
     }
 }
 
-fn depth_blocking(probe: &BaseConsumer, topic: &str) -> Result<u64, PoolError> {
+fn depth_blocking(probe: &BaseConsumer, topic: &str) -> Result<Vec<(i32, u64)>, PoolError> {
     let metadata = probe.fetch_metadata(Some(topic), BROKER_TIMEOUT)?;
     let mut partitions = TopicPartitionList::new();
     for meta in metadata.topics().iter().filter(|t| t.name() == topic) {
@@ -148,16 +162,20 @@ fn depth_blocking(probe: &BaseConsumer, topic: &str) -> Result<u64, PoolError> {
         }
     }
     let committed = probe.committed_offsets(partitions, BROKER_TIMEOUT)?;
-    let mut depth = 0_u64;
+    let mut depths = Vec::new();
     for element in committed.elements() {
         let (low, high) = probe.fetch_watermarks(topic, element.partition(), BROKER_TIMEOUT)?;
         let start = match element.offset() {
             Offset::Offset(committed) => committed.max(low),
             _ => low,
         };
-        depth += u64::try_from(high - start).unwrap_or(0);
+        depths.push((
+            element.partition(),
+            u64::try_from(high - start).unwrap_or(0),
+        ));
     }
-    Ok(depth)
+    depths.sort_unstable();
+    Ok(depths)
 }
 
 /// Takes codes from the pool topic as a member of the binder consumer group.

@@ -54,6 +54,13 @@ enum Receipt {
     Kafka { partition: i32, offset: i64 },
 }
 
+/// Codes waiting in one partition of the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDepth {
+    pub partition: String,
+    pub depth: u64,
+}
+
 /// Enqueues pre-generated codes.
 #[derive(Debug, Clone)]
 pub enum PoolWriter {
@@ -75,6 +82,25 @@ impl PoolWriter {
         match self {
             PoolWriter::Embedded(pool) => pool.depth().await,
             PoolWriter::Kafka(writer) => writer.depth().await,
+        }
+    }
+
+    /// Depth per partition (Kafka: the binder group's lag on each; embedded: one table).
+    pub async fn status(&self) -> Result<Vec<PartitionDepth>, PoolError> {
+        match self {
+            PoolWriter::Embedded(pool) => Ok(vec![PartitionDepth {
+                partition: "embedded".to_owned(),
+                depth: pool.depth().await?,
+            }]),
+            PoolWriter::Kafka(writer) => Ok(writer
+                .depth_per_partition()
+                .await?
+                .into_iter()
+                .map(|(partition, depth)| PartitionDepth {
+                    partition: format!("{}/{partition}", writer.topic()),
+                    depth,
+                })
+                .collect()),
         }
     }
 

@@ -10,8 +10,9 @@ pub(crate) fn rendered(codes: usize, took: Duration) {
 
 /// Also moves the depth gauge, which is otherwise set only between fills: a long fill would
 /// leave it stale for minutes.
-pub(crate) fn enqueued(codes: usize) {
-    metrics::counter!("pregen_codes_enqueued_total").increment(codes as u64);
+pub(crate) fn enqueued(issuer: &str, codes: usize) {
+    metrics::counter!("pregen_codes_enqueued_total", "issuer" => issuer.to_owned())
+        .increment(codes as u64);
     metrics::gauge!("pool_depth_codes").increment(codes as f64);
 }
 
@@ -19,11 +20,79 @@ pub(crate) fn depth(depth: u64) {
     metrics::gauge!("pool_depth_codes").set(depth as f64);
 }
 
-pub(crate) fn topped_up(depth_before: u64, added: u64) {
-    tracing::info!(depth_before, added, "pool topped up");
+pub(crate) fn topped_up(depth_before: u64, added: u64, plan: &crate::Plan) {
+    tracing::info!(
+        depth_before,
+        added,
+        off_peak = plan.off_peak,
+        quota_share = plan.quota_share,
+        "pool topped up"
+    );
 }
 
 pub(crate) fn failed(error: &crate::PregenError) {
     metrics::counter!("pregen_failures_total").increment(1);
     tracing::error!(error = %error, cause = ?std::error::Error::source(error), "pregen failed; retrying on the next tick");
+}
+
+pub(crate) fn issued(issuer: &str) {
+    metrics::counter!("issuer_calls_total", "issuer" => issuer.to_owned(), "outcome" => "issued")
+        .increment(1);
+}
+
+pub(crate) fn over_quota(issuer: &str) {
+    metrics::counter!("issuer_calls_total", "issuer" => issuer.to_owned(), "outcome" => "over_quota").increment(1);
+    tracing::warn!(
+        issuer,
+        "the issuer answered over quota; waiting for the next window"
+    );
+}
+
+pub(crate) fn retrying(issuer: &str, reason: &str) {
+    metrics::counter!("issuer_calls_total", "issuer" => issuer.to_owned(), "outcome" => "retried")
+        .increment(1);
+    tracing::debug!(issuer, reason, "issuer call failed; retrying");
+}
+
+pub(crate) fn gave_up(issuer: &str, reason: &str) {
+    metrics::counter!("issuer_codes_given_up_total", "issuer" => issuer.to_owned()).increment(1);
+    tracing::warn!(issuer, reason, "gave a code up after retries");
+}
+
+pub(crate) fn issuer_stopped(issuer: &str, error: &crate::IssueError) {
+    metrics::gauge!("issuer_stopped", "issuer" => issuer.to_owned()).set(1.0);
+    tracing::error!(issuer, error = %error, "issuer stopped: its settings are wrong; no more calls until they are fixed");
+}
+
+pub(crate) fn issuer_still_stopped(issuer: &str) {
+    tracing::error!(
+        issuer,
+        "issuer is stopped by a configuration error; fix the settings and restart pregen"
+    );
+}
+
+pub(crate) fn quota_wait(issuer: &str) {
+    metrics::counter!("issuer_quota_waits_total", "issuer" => issuer.to_owned()).increment(1);
+}
+
+pub(crate) fn quota_unreachable(issuer: &str, error: &str) {
+    metrics::counter!("issuer_quota_unreachable_total", "issuer" => issuer.to_owned()).increment(1);
+    tracing::warn!(
+        issuer,
+        error,
+        "the shared quota budget is unreachable; pausing calls until the next window"
+    );
+}
+
+pub(crate) fn token_fetched(issuer: &str, forced: bool) {
+    metrics::counter!("issuer_token_fetches_total", "issuer" => issuer.to_owned(), "forced" => forced.to_string()).increment(1);
+    tracing::info!(issuer, forced, "fetching an access token");
+}
+
+pub(crate) fn token_shared_unreachable(issuer: &str, error: &str) {
+    tracing::warn!(
+        issuer,
+        error,
+        "the shared token is unreachable; this worker fetches its own"
+    );
 }

@@ -1,16 +1,22 @@
 //! Pregen: keeps the pool filled so that a bind never waits on an issuer.
 //!
-//! - [`Pregen::fill`] renders and enqueues a number of codes, a batch at a time: each batch
-//!   is drawn on the rayon pool (off the async runtime; one batch in flight bounds the work)
-//!   and enqueued before the next one starts.
-//! - [`Pregen::run`] is the long-running loop: fill to `pregen.target_depth` at start, then
-//!   refill to the target whenever the depth falls below `pregen.low_water`.
+//! - [`Pregen::fill`] issues and enqueues a number of codes, a batch at a time (one batch in
+//!   flight bounds the work); `qrpool pregen fill` drives it with a progress bar.
+//! - [`Pregen::top_up`] is one scheduling decision: inside an off-peak window fill to the
+//!   high-water mark (`pregen.target_depth`) with the whole quota; outside, only when the pool
+//!   is below `pregen.low_water`, only up to it, and with no more than `peak_quota_share` of a
+//!   remote issuer's quota, the rest being left for peak.
+//! - [`Pregen::run`] is the long-running scheduler: one decision per `check_interval_ms`.
 //!
-//! The issuer here is the local renderer: every code encodes the fixed middle-page URL with
-//! its request id. Off-peak windows and remote issuers under quota build on this loop.
+//! Who makes the codes is an [`Issuer`]: the local renderer, or a remote API under a shared
+//! [`quota`].
 
 mod events;
+pub mod issuer;
+pub mod quota;
+mod shared_redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -19,111 +25,148 @@ use tracing::Instrument;
 
 use config::{PregenSettings, Settings};
 use pool::{PoolError, PoolWriter};
-use records::{CodeImage, PoolRecord, RequestId};
-use render::{RenderError, Style};
+
+pub use issuer::{IssueError, Issuer};
+pub use shared_redis::SharedRedis;
 
 /// The issuer name of locally rendered codes.
-pub const LOCAL_ISSUER: &str = "local";
+pub const LOCAL_ISSUER: &str = config::LOCAL_ISSUER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PregenError {
     #[error("enqueueing codes failed")]
     Pool(#[from] PoolError),
-    #[error("rendering a code failed")]
-    Render(#[from] RenderError),
-    #[error("the render task stopped unexpectedly")]
-    RenderTask(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Issue(#[from] IssueError),
 }
 
 #[derive(Debug, Clone)]
 pub struct Pregen {
     writer: PoolWriter,
-    style: Style,
-    public_base: String,
+    issuer: Arc<Issuer>,
     settings: PregenSettings,
 }
 
+/// What one scheduling decision asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    /// Codes to add.
+    pub missing: u64,
+    /// Share of a remote issuer's quota this fill may use.
+    pub quota_share: f64,
+    pub off_peak: bool,
+}
+
 impl Pregen {
-    pub fn new(writer: PoolWriter, settings: &Settings) -> Self {
-        Pregen {
-            writer,
-            style: settings.render.into(),
-            public_base: settings.server.public_base(),
-            settings: settings.pregen,
-        }
+    /// Pregen for `pregen.issuer`, sharing quota and tokens through Redis when `redis.url` is
+    /// set.
+    pub fn from_settings(writer: PoolWriter, settings: &Settings) -> Result<Self, PregenError> {
+        Self::for_issuer(writer, settings, &settings.pregen.issuer)
     }
 
-    /// Renders and enqueues `count` codes; stops early (between batches) when `shutdown`
-    /// fires. Returns how many codes landed in the pool.
-    pub async fn fill(&self, count: u64, shutdown: &CancellationToken) -> Result<u64, PregenError> {
-        let mut landed = 0_u64;
-        while landed < count && !shutdown.is_cancelled() {
-            let batch = usize::try_from(count - landed)
+    /// Pregen for the issuer called `name`.
+    pub fn for_issuer(
+        writer: PoolWriter,
+        settings: &Settings,
+        name: &str,
+    ) -> Result<Self, PregenError> {
+        let redis = settings
+            .redis
+            .url
+            .as_ref()
+            .map(|url| SharedRedis::new(url, &settings.redis.key_prefix))
+            .transpose()
+            .map_err(|error| IssueError::Setup(format!("redis.url: {error}")))?;
+        let issuer = Issuer::from_settings(name, settings, redis)?;
+        Ok(Pregen {
+            writer,
+            issuer: Arc::new(issuer),
+            settings: settings.pregen.clone(),
+        })
+    }
+
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
+    }
+
+    /// Issues and enqueues `count` codes with `quota_share` of a remote issuer's quota; stops
+    /// early (the batch in flight still lands) when `shutdown` fires. Returns how many codes
+    /// landed in the pool.
+    pub async fn fill(
+        &self,
+        count: u64,
+        quota_share: f64,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, PregenError> {
+        self.fill_reporting(count, quota_share, shutdown, |_| {})
+            .await
+    }
+
+    /// [`Pregen::fill`], calling `landed` with the running total after each batch.
+    pub async fn fill_reporting(
+        &self,
+        count: u64,
+        quota_share: f64,
+        shutdown: &CancellationToken,
+        mut landed: impl FnMut(u64),
+    ) -> Result<u64, PregenError> {
+        let mut total = 0_u64;
+        while total < count && !shutdown.is_cancelled() {
+            let batch = usize::try_from(count - total)
                 .unwrap_or(usize::MAX)
                 .min(self.settings.batch);
-            let records = self.render_batch(batch).await?;
-            let span = tracing::debug_span!("enqueue", codes = records.len());
-            self.writer.push(&records).instrument(span).await?;
-            events::enqueued(records.len());
-            landed += records.len() as u64;
+            let records = self.issuer.issue(batch, quota_share, shutdown).await?;
+            if !records.is_empty() {
+                let span = tracing::debug_span!("enqueue", codes = records.len());
+                self.writer.push(&records).instrument(span).await?;
+                events::enqueued(self.issuer.name(), records.len());
+                total += records.len() as u64;
+                landed(total);
+            }
+            if let Issuer::Wechat(wechat) = &*self.issuer
+                && wechat.is_stopped()
+            {
+                break;
+            }
         }
-        Ok(landed)
+        self.writer.flush().await?;
+        Ok(total)
     }
 
-    /// Draws `count` new codes on the rayon pool.
-    async fn render_batch(&self, count: usize) -> Result<Vec<PoolRecord>, PregenError> {
-        let ids: Vec<RequestId> = (0..count).map(|_| RequestId::generate()).collect();
-        let urls: Vec<String> = ids
-            .iter()
-            .map(|&id| records::middle_page_url(&self.public_base, id))
-            .collect();
-        let style = self.style;
-        let span = tracing::debug_span!("render", codes = count);
-        let started = std::time::Instant::now();
-        let (urls, pngs) = tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            let pngs = render::png_batch(&urls, &style);
-            (urls, pngs)
-        })
-        .await?;
-        events::rendered(count, started.elapsed());
-        let created_at = Utc::now();
-        ids.into_iter()
-            .zip(urls)
-            .zip(pngs)
-            .map(|((request_id, content), png)| {
-                Ok(PoolRecord {
-                    request_id,
-                    issuer: LOCAL_ISSUER.to_owned(),
-                    content,
-                    image: Some(CodeImage {
-                        media_type: "image/png".to_owned(),
-                        bytes: png?,
-                    }),
-                    created_at,
-                })
-            })
-            .collect()
+    /// What the schedule asks for at a pool depth of `depth`, now.
+    pub fn plan(&self, depth: u64) -> Plan {
+        let off_peak = self.settings.is_off_peak(Utc::now());
+        let (goal, quota_share) = if off_peak {
+            (self.settings.target_depth, 1.0)
+        } else if depth < self.settings.low_water {
+            (self.settings.low_water, self.settings.peak_quota_share)
+        } else {
+            (depth, 0.0)
+        };
+        Plan {
+            missing: goal.saturating_sub(depth),
+            quota_share,
+            off_peak,
+        }
     }
 
-    /// Fills the pool up to the target depth. Returns how many codes were added.
+    /// One scheduling decision, carried out. Returns how many codes were added.
     pub async fn top_up(&self, shutdown: &CancellationToken) -> Result<u64, PregenError> {
         let depth = self.writer.depth().await?;
         events::depth(depth);
-        let missing = self.settings.target_depth.saturating_sub(depth);
-        if missing == 0 {
+        let plan = self.plan(depth);
+        if plan.missing == 0 {
             return Ok(0);
         }
-        let added = self.fill(missing, shutdown).await?;
-        self.writer.flush().await?;
-        events::topped_up(depth, added);
+        let added = self.fill(plan.missing, plan.quota_share, shutdown).await?;
+        events::topped_up(depth, added, &plan);
         Ok(added)
     }
 
-    /// Keeps the pool between the low-water mark and the target until `shutdown` fires.
-    /// A failing pool is retried on the next tick, never fatal: pregen is off the bind path.
+    /// Keeps the pool filled by the schedule until `shutdown` fires. A failing pool or
+    /// issuer is retried on the next tick, never fatal: pregen is off the bind path. A
+    /// misconfigured issuer is not retried: it stays stopped, and says so on every tick.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut first = true;
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.settings.check_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -132,18 +175,14 @@ impl Pregen {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let result = async {
-                let depth = self.writer.depth().await?;
-                events::depth(depth);
-                if first || depth < self.settings.low_water {
-                    self.top_up(&shutdown).await?;
-                }
-                Ok::<_, PregenError>(())
+            if let Issuer::Wechat(wechat) = &*self.issuer
+                && wechat.is_stopped()
+            {
+                events::issuer_still_stopped(wechat.name());
+                continue;
             }
-            .await;
-            match result {
-                Ok(()) => first = false,
-                Err(error) => events::failed(&error),
+            if let Err(error) = self.top_up(&shutdown).await {
+                events::failed(&error);
             }
         }
         if let Err(error) = self.writer.flush().await {
@@ -168,7 +207,7 @@ mod tests {
         settings.pregen.batch = 7;
         settings.server.public_url = Some("https://qr.example.com".into());
         (
-            Pregen::new(PoolWriter::Embedded(pool.clone()), &settings),
+            Pregen::from_settings(PoolWriter::Embedded(pool.clone()), &settings).unwrap(),
             pool,
         )
     }
@@ -187,7 +226,10 @@ mod tests {
     async fn pooled_codes_encode_the_middle_page_url_of_their_own_id() {
         let dir = tempfile::tempdir().unwrap();
         let (pregen, pool) = pregen_in(dir.path(), 3, 0).await;
-        pregen.fill(3, &CancellationToken::new()).await.unwrap();
+        pregen
+            .fill(3, 1.0, &CancellationToken::new())
+            .await
+            .unwrap();
         let reader = pool::PoolReader::Embedded(pool);
         while let Some(delivery) = reader.take(Duration::ZERO).await.unwrap() {
             let record = delivery.record;
@@ -203,11 +245,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn outside_the_windows_only_an_emergency_refill_to_low_water() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pregen, _pool) = pregen_in(dir.path(), 100, 40).await;
+        assert_eq!(
+            pregen.plan(10),
+            Plan {
+                missing: 90,
+                quota_share: 1.0,
+                off_peak: true
+            }
+        );
+        // A window that is never now: 00:00-00:01 on a day that is not today.
+        let today =
+            chrono::Datelike::weekday(&Utc::now().with_timezone(&pregen.settings.time_zone));
+        let other_day = today.succ().succ();
+        pregen.settings.off_peak = vec![format!("{other_day} 00:00-00:01").parse().unwrap()];
+        pregen.settings.peak_quota_share = 0.25;
+        assert_eq!(
+            pregen.plan(10),
+            Plan {
+                missing: 30,
+                quota_share: 0.25,
+                off_peak: false
+            }
+        );
+        assert_eq!(
+            pregen.plan(40).missing,
+            0,
+            "at low water: nothing to do at peak"
+        );
+        assert_eq!(pregen.plan(70).missing, 0);
+    }
+
+    #[tokio::test]
     async fn a_cancelled_fill_stops_between_batches() {
         let dir = tempfile::tempdir().unwrap();
         let (pregen, _pool) = pregen_in(dir.path(), 100, 0).await;
         let cancelled = CancellationToken::new();
         cancelled.cancel();
-        assert_eq!(pregen.fill(100, &cancelled).await.unwrap(), 0);
+        assert_eq!(pregen.fill(100, 1.0, &cancelled).await.unwrap(), 0);
     }
 }

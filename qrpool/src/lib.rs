@@ -50,6 +50,22 @@ impl Parts {
     };
 }
 
+/// The pool as pregen writes to it, for commands that only fill or inspect it.
+pub async fn open_pool_writer(settings: &Settings) -> anyhow::Result<PoolWriter> {
+    Ok(match settings.pool.backend {
+        PoolBackend::Embedded => PoolWriter::Embedded(
+            EmbeddedPool::open(&settings.embedded.data_dir)
+                .await
+                .context("opening the embedded pool")?,
+        ),
+        PoolBackend::Kafka => PoolWriter::Kafka(
+            KafkaWriter::connect(&settings.kafka)
+                .await
+                .context("connecting the pool producer to Kafka")?,
+        ),
+    })
+}
+
 /// The parts of one process, built and ready to serve.
 #[derive(Debug)]
 pub struct App {
@@ -74,11 +90,7 @@ impl App {
         let writer = match (&embedded, parts.pregen) {
             (_, false) => None,
             (Some(pool), true) => Some(PoolWriter::Embedded(pool.clone())),
-            (None, true) => Some(PoolWriter::Kafka(
-                KafkaWriter::connect(&settings.kafka)
-                    .await
-                    .context("connecting the pool producer to Kafka")?,
-            )),
+            (None, true) => Some(open_pool_writer(settings).await?),
         };
         let reader = match (&embedded, parts.binder) {
             (_, false) => None,
@@ -126,6 +138,25 @@ impl App {
                 })
             });
         }
+        let pregen = writer
+            .map(|writer| Pregen::from_settings(writer, settings))
+            .transpose()
+            .context("setting up pregen's issuer")?;
+        if let Some(pregen) = &pregen {
+            let pregen = pregen.clone();
+            readiness = readiness.with("issuer", move || {
+                let pregen = pregen.clone();
+                Box::pin(async move {
+                    match pregen.issuer() {
+                        pregen::Issuer::Wechat(wechat) if wechat.is_stopped() => Err(format!(
+                            "issuer `{}` is stopped by a configuration error",
+                            wechat.name()
+                        )),
+                        _ => Ok(()),
+                    }
+                })
+            });
+        }
         if let (true, Some(reader), Some(bindings)) = (parts.binder, &reader, &bindings) {
             router = router.merge(binder::router(Binder::new(
                 reader.clone(),
@@ -145,7 +176,7 @@ impl App {
 
         Ok(App {
             router,
-            pregen: writer.map(|writer| Pregen::new(writer, settings)),
+            pregen,
             reader,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         })

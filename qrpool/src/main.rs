@@ -29,14 +29,43 @@ struct Cli {
 enum Command {
     /// Every part in one process (embedded backends unless configured otherwise).
     Up,
-    /// Keeps the pool filled.
-    Pregen,
+    /// Keeps the pool filled (`run`, the default), or fills it once (`fill`).
+    Pregen {
+        #[command(subcommand)]
+        action: Option<PregenCommand>,
+    },
+    /// Looks at the pool.
+    Pool {
+        #[command(subcommand)]
+        action: PoolCommand,
+    },
     /// The codes API: binds pooled codes on demand.
     Binder,
     /// Scan-time resolution: the middle page and the scene API.
     MiddlePage,
     /// Brings the binding store's schema up to date, then exits.
     Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+enum PregenCommand {
+    /// The scheduler: fills in off-peak windows, refills below low water at peak.
+    Run,
+    /// Issues COUNT codes into the pool now, with a progress bar; Ctrl-C stops after the
+    /// codes in flight and reports how many landed.
+    Fill {
+        #[arg(long)]
+        count: u64,
+        /// `local`, or a name under `pregen.issuers` (default: `pregen.issuer`).
+        #[arg(long)]
+        issuer: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Codes waiting, per partition.
+    Status,
 }
 
 #[tokio::main]
@@ -47,7 +76,15 @@ async fn main() -> anyhow::Result<()> {
 
     let parts = match cli.command {
         Command::Up => Parts::ALL,
-        Command::Pregen => Parts::PREGEN,
+        Command::Pregen {
+            action: None | Some(PregenCommand::Run),
+        } => Parts::PREGEN,
+        Command::Pregen {
+            action: Some(PregenCommand::Fill { count, issuer }),
+        } => return fill(&settings, count, issuer.as_deref()).await,
+        Command::Pool {
+            action: PoolCommand::Status,
+        } => return pool_status(&settings).await,
         Command::Binder => Parts::BINDER,
         Command::MiddlePage => Parts::MIDDLE_PAGE,
         Command::Migrate => {
@@ -83,6 +120,60 @@ async fn main() -> anyhow::Result<()> {
     print_banner(&settings, parts, primed);
     app.run(listener, shutdown).await?;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// `qrpool pregen fill`: a batch with a progress bar, safe to interrupt.
+async fn fill(settings: &Settings, count: u64, issuer: Option<&str>) -> anyhow::Result<()> {
+    let writer = qrpool::open_pool_writer(settings).await?;
+    let issuer = issuer.unwrap_or(&settings.pregen.issuer);
+    let pregen = pregen::Pregen::for_issuer(writer, settings, issuer)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let bar = indicatif::ProgressBar::new(count).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} codes  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let result = pregen
+        .fill_reporting(count, 1.0, &shutdown, |landed| bar.set_position(landed))
+        .await;
+    bar.finish_and_clear();
+    let took = started.elapsed().as_secs_f64();
+    let landed = result.as_ref().map_or(bar.position(), |landed| *landed);
+    let how = if shutdown.is_cancelled() {
+        "interrupted: "
+    } else {
+        ""
+    };
+    println!(
+        "{how}{landed} of {count} codes from `{issuer}` landed in the pool in {took:.1} s ({:.0} codes/s)",
+        landed as f64 / took.max(f64::EPSILON)
+    );
+    result.map(drop).context("filling the pool")
+}
+
+/// `qrpool pool status`: depth per partition, and the marks pregen works to.
+async fn pool_status(settings: &Settings) -> anyhow::Result<()> {
+    let writer = qrpool::open_pool_writer(settings).await?;
+    let partitions = writer.status().await.context("reading the pool depth")?;
+    let total: u64 = partitions.iter().map(|partition| partition.depth).sum();
+    println!("{:<32} {:>12}", "partition", "codes");
+    for partition in &partitions {
+        println!("{:<32} {:>12}", partition.partition, partition.depth);
+    }
+    println!("{:<32} {:>12}", "total", total);
+    let pregen = &settings.pregen;
+    println!(
+        "pregen: issuer `{}`, high water {}, low water {}, off-peak now: {}",
+        pregen.issuer,
+        pregen.target_depth,
+        pregen.low_water,
+        pregen.is_off_peak(chrono::Utc::now())
+    );
     Ok(())
 }
 
