@@ -504,10 +504,13 @@ impl Settings {
                 "must be set (QRPOOL_POSTGRES__URL) when store.backend is postgres",
             ));
         }
-        if self.redis.url.is_some() && self.store.backend == StoreBackend::Embedded {
+        if self.redis.url.is_some()
+            && self.store.backend == StoreBackend::Embedded
+            && self.pregen.issuers.is_empty()
+        {
             return Err(ConfigError::invalid(
                 "redis.url",
-                "is only used with store.backend = postgres; unset it or switch the store",
+                "is only used with store.backend = postgres or remote issuers (pregen.issuers); unset it or switch the store",
             ));
         }
         if self.postgres.acquire_timeout_ms == 0 {

@@ -10,6 +10,9 @@
 //!   draws leases from, so several workers on several machines together never exceed it. On
 //!   the embedded backend the one process owns the whole quota and counts in memory.
 //!
+//! No call starts in the last 2 % of a window, so that one sent late cannot reach the issuer in
+//! the next window on top of that window's quota.
+//!
 //! When the issuer still answers "over quota" (another client shares the app id, or clocks
 //! disagree), [`CallQuota::exhausted`] closes the current window for everyone.
 
@@ -105,6 +108,15 @@ impl CallQuota {
                 _ = self.pacing.until_ready() => {}
             }
             let window = self.window_now();
+            if self.until_window(window + 1) < self.guard() {
+                // Too close to the window's end: the call could reach the issuer in the next
+                // window, on top of that window's full quota.
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(self.until_window(window + 1)) => {}
+                }
+                continue;
+            }
             let limit = (f64::from(self.settings.calls) * share).floor() as u32;
             match self.take(window, limit).await {
                 Ok(true) => return true,
@@ -158,6 +170,12 @@ impl CallQuota {
     /// How long until the next window opens.
     pub fn until_next_window(&self) -> Duration {
         self.until_window(self.window_now() + 1)
+    }
+
+    /// No call starts in the last 2 % of a window (at most two seconds): longer than a call
+    /// takes to arrive, short enough that pacing's burst makes up for it.
+    fn guard(&self) -> Duration {
+        Duration::from_millis(self.settings.window_ms / 50).min(Duration::from_secs(2))
     }
 
     fn window_now(&self) -> u64 {

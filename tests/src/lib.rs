@@ -348,3 +348,5 @@ impl TestDatabase {
             .expect("the test database URL names an IP and port")
     }
 }
+
+pub mod wechat_api;

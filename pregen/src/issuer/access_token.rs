@@ -159,19 +159,23 @@ impl AccessTokens {
         let token_key = redis.key(&format!("issuer:{}:token", self.issuer));
         let lock_key = redis.key(&format!("issuer:{}:token-lock", self.issuer));
         let deadline = Instant::now() + REFRESH_LOCK * 2;
+        let read = redis::pipe().get(&token_key).clone();
+        // A token another worker shared that is not the rejected one.
+        let shared_token = || async {
+            let (json,): (Option<String>,) = redis.query(&read).await?;
+            let shared = json.and_then(|json| serde_json::from_str::<SharedToken>(&json).ok());
+            Ok::<_, String>(shared.filter(|shared| Some(shared.access_token.as_str()) != rejected))
+        };
         loop {
-            let read = redis::pipe().get(&token_key).clone();
-            match redis.query::<(Option<String>,)>(&read).await {
-                Ok((Some(json),)) => {
-                    if let Ok(shared) = serde_json::from_str::<SharedToken>(&json)
-                        && Some(shared.access_token.as_str()) != rejected
-                    {
-                        let fresh_for = Duration::from_millis(shared.fresh_for_ms);
-                        self.remember(&shared.access_token, fresh_for);
-                        return Ok(shared.access_token);
-                    }
+            match shared_token().await {
+                Ok(Some(shared)) => {
+                    self.remember(
+                        &shared.access_token,
+                        Duration::from_millis(shared.fresh_for_ms),
+                    );
+                    return Ok(shared.access_token);
                 }
-                Ok((None,)) => {}
+                Ok(None) => {}
                 Err(error) => {
                     // Without Redis, this worker fetches for itself: the stable endpoint
                     // returns the same token to every caller, so nobody is invalidated.
@@ -193,6 +197,17 @@ impl AccessTokens {
                 Ok((Some(_),))
             );
             if holder {
+                // The holder before us may have written its token between our read and our
+                // lock: look once more before fetching.
+                if let Ok(Some(shared)) = shared_token().await {
+                    let release = redis::pipe().del(&lock_key).ignore().clone();
+                    let _ = redis.query::<()>(&release).await;
+                    self.remember(
+                        &shared.access_token,
+                        Duration::from_millis(shared.fresh_for_ms),
+                    );
+                    return Ok(shared.access_token);
+                }
                 let fetched = self.fetch(rejected).await;
                 if let Ok((token, fresh_for)) = &fetched {
                     let shared = SharedToken {

@@ -57,9 +57,9 @@ impl Issuer {
             return Ok(Issuer::Local(LocalIssuer::new(settings)));
         }
         match settings.pregen.issuers.get(name) {
-            Some(IssuerSettings::Wechat(wechat)) => {
-                Ok(Issuer::Wechat(Box::new(WechatIssuer::new(name, wechat, redis)?)))
-            }
+            Some(IssuerSettings::Wechat(wechat)) => Ok(Issuer::Wechat(Box::new(
+                WechatIssuer::new(name, wechat, redis)?,
+            ))),
             None => Err(IssueError::Setup(format!(
                 "no issuer `{name}`: use `{}` or a name under pregen.issuers",
                 config::LOCAL_ISSUER

@@ -197,6 +197,9 @@ impl WechatIssuer {
         share: f64,
         stop: &CancellationToken,
     ) -> Result<Option<PoolRecord>, IssueError> {
+        if stop.is_cancelled() || self.is_stopped() {
+            return Ok(None);
+        }
         let request_id = RequestId::generate();
         let scene = request_id.to_string();
         let mut token = match self.tokens.current().await {
