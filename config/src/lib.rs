@@ -39,6 +39,10 @@
 //! | `QRPOOL_PREGEN__LOW_WATER` | depth below which pregen refills | `1000` |
 //! | `QRPOOL_PREGEN__BATCH` | codes rendered and enqueued at a time | `256` |
 //! | `QRPOOL_PREGEN__CHECK_INTERVAL_MS` | how often pregen looks at the depth | `1000` |
+//! | `QRPOOL_PREGEN__ISSUER` | who fills the pool: `local` or a name under `pregen.issuers` | `local` |
+//! | `QRPOOL_PREGEN__TIME_ZONE` | IANA zone of the off-peak windows | `UTC` |
+//! | `QRPOOL_PREGEN__PEAK_QUOTA_SHARE` | share of a remote quota pregen may use outside the windows | `0.2` |
+//! | `QRPOOL_PREGEN__ISSUERS__<NAME>__APP_SECRET` | secret of a remote issuer | unset |
 //! | `QRPOOL_BINDER__TENANT` | tenant of binds (API keys come later) | `default` |
 //! | `QRPOOL_BINDER__CLAIM_WAIT_MS` | how long a bind waits for a code when the pool is dry | `250` |
 //! | `QRPOOL_BINDER__MAX_PARAMS_BYTES` | largest `params` object | `4096` |
@@ -52,7 +56,11 @@
 //! `kafka.producer_options` (extra librdkafka producer properties, whose names contain dots)
 //! is set in the file: `[kafka.producer_options]` then `"linger.ms" = "10"`.
 //!
-//! Secrets (`redis.url`, `postgres.url`) are read from the environment only: a file that
+//! `pregen.off_peak` (a list) and the issuers under `[pregen.issuers.<name>]` are set in the
+//! file; see `config/qrpool.example.toml`.
+//!
+//! Secrets (`redis.url`, `postgres.url`, `pregen.issuers.<name>.app_secret`) are read from the
+//! environment only: a file that
 //! sets them is refused, so that they never end up in a repository.
 
 mod pregen;

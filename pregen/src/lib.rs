@@ -110,18 +110,37 @@ impl Pregen {
         shutdown: &CancellationToken,
         mut landed: impl FnMut(u64),
     ) -> Result<u64, PregenError> {
+        // One batch is enqueued while the next is issued, so that a slow enqueue does not leave
+        // quota unused; that is also the bound on work in flight: two batches.
         let mut total = 0_u64;
-        while total < count && !shutdown.is_cancelled() {
-            let batch = usize::try_from(count - total)
+        let mut requested = 0_u64;
+        let mut enqueueing: Option<tokio::task::JoinHandle<Result<usize, PoolError>>> = None;
+        let mut issue_error = None;
+        while requested < count && !shutdown.is_cancelled() {
+            let batch = usize::try_from(count - requested)
                 .unwrap_or(usize::MAX)
                 .min(self.settings.batch);
-            let records = self.issuer.issue(batch, quota_share, shutdown).await?;
-            if !records.is_empty() {
-                let span = tracing::debug_span!("enqueue", codes = records.len());
-                self.writer.push(&records).instrument(span).await?;
-                events::enqueued(self.issuer.name(), records.len());
-                total += records.len() as u64;
+            requested += batch as u64;
+            let records = match self.issuer.issue(batch, quota_share, shutdown).await {
+                Ok(records) => records,
+                Err(error) => {
+                    issue_error = Some(error);
+                    break;
+                }
+            };
+            if let Some(previous) = enqueueing.take() {
+                total += self.enqueued(previous).await? as u64;
                 landed(total);
+            }
+            // Codes given up were not made: ask for them again in a later batch.
+            requested -= (batch - records.len()) as u64;
+            if !records.is_empty() {
+                let writer = self.writer.clone();
+                let span = tracing::debug_span!("enqueue", codes = records.len());
+                enqueueing = Some(tokio::spawn(
+                    async move { writer.push(&records).await.map(|()| records.len()) }
+                        .instrument(span),
+                ));
             }
             if let Issuer::Wechat(wechat) = &*self.issuer
                 && wechat.is_stopped()
@@ -129,8 +148,30 @@ impl Pregen {
                 break;
             }
         }
+        if let Some(previous) = enqueueing.take() {
+            total += self.enqueued(previous).await? as u64;
+            landed(total);
+        }
         self.writer.flush().await?;
-        Ok(total)
+        match issue_error {
+            Some(error) if total == 0 => Err(error.into()),
+            Some(error) => {
+                tracing::error!(error = %error, landed = total, "issuing stopped");
+                Err(error.into())
+            }
+            None => Ok(total),
+        }
+    }
+
+    async fn enqueued(
+        &self,
+        push: tokio::task::JoinHandle<Result<usize, PoolError>>,
+    ) -> Result<usize, PregenError> {
+        let codes = push
+            .await
+            .map_err(|error| IssueError::Setup(format!("the enqueue task failed: {error}")))??;
+        events::enqueued(self.issuer.name(), codes);
+        Ok(codes)
     }
 
     /// What the schedule asks for at a pool depth of `depth`, now.

@@ -271,7 +271,10 @@ async fn health_readiness_and_metrics_answer() {
     assert_eq!(app.get("/healthz").await.status(), 200);
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200);
-    assert_eq!(ready.text().await.unwrap(), "bindings: ok\npool: ok\n");
+    assert_eq!(
+        ready.text().await.unwrap(),
+        "bindings: ok\npool: ok\nissuer: ok\n"
+    );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains(r#"http_requests_total{route="/v1/codes",method="POST",status="201"}"#),
@@ -308,7 +311,7 @@ async fn each_part_runs_alone_and_they_meet_in_the_shared_stores() {
     assert_eq!(middle_page.bind(&json!({"params": {}})).await.status(), 404);
     assert_eq!(
         pregen.get("/readyz").await.text().await.unwrap(),
-        "pool: ok\n"
+        "pool: ok\nissuer: ok\n"
     );
     assert_eq!(
         binder.get("/readyz").await.text().await.unwrap(),
