@@ -301,7 +301,19 @@ impl KafkaReader {
     /// Stops fetching and commits every stored offset synchronously.
     pub(crate) async fn close(&self) -> Result<(), PoolError> {
         self.inner.fetcher.abort();
-        let points = lock(&self.inner.tracker).commit_points();
+        // A partition a rebalance took away is no longer ours to commit (librdkafka refuses
+        // with "erroneous state"); its new owner redelivers from the last commit and the
+        // binding store skips codes already bound.
+        let assigned = self.inner.consumer.assignment()?;
+        let points: Vec<(i32, i64)> = lock(&self.inner.tracker)
+            .commit_points()
+            .into_iter()
+            .filter(|&(partition, _)| {
+                assigned
+                    .find_partition(&self.inner.topic, partition)
+                    .is_some()
+            })
+            .collect();
         if points.is_empty() {
             return Ok(());
         }
