@@ -174,10 +174,15 @@ impl Pregen {
         Ok(codes)
     }
 
-    /// What the schedule asks for at a pool depth of `depth`, now.
-    pub fn plan(&self, depth: u64) -> Plan {
+    /// What the schedule asks for at a pool depth of `depth`, now. Without windows there is
+    /// no peak: fill to the target at start and whenever the pool falls below low water (the
+    /// gap between the marks keeps fills few and large).
+    pub fn plan(&self, depth: u64, starting: bool) -> Plan {
         let off_peak = self.settings.is_off_peak(Utc::now());
-        let (goal, quota_share) = if off_peak {
+        let no_windows = self.settings.off_peak.is_empty();
+        let (goal, quota_share) = if no_windows && !starting && depth >= self.settings.low_water {
+            (depth, 0.0)
+        } else if off_peak {
             (self.settings.target_depth, 1.0)
         } else if depth < self.settings.low_water {
             (self.settings.low_water, self.settings.peak_quota_share)
@@ -191,11 +196,20 @@ impl Pregen {
         }
     }
 
-    /// One scheduling decision, carried out. Returns how many codes were added.
+    /// The first scheduling decision (at start every plan may fill to the target).
     pub async fn top_up(&self, shutdown: &CancellationToken) -> Result<u64, PregenError> {
+        self.decide(shutdown, true).await
+    }
+
+    /// One scheduling decision, carried out. Returns how many codes were added.
+    async fn decide(
+        &self,
+        shutdown: &CancellationToken,
+        starting: bool,
+    ) -> Result<u64, PregenError> {
         let depth = self.writer.depth().await?;
         events::depth(depth);
-        let plan = self.plan(depth);
+        let plan = self.plan(depth, starting);
         if plan.missing == 0 {
             return Ok(0);
         }
@@ -211,6 +225,7 @@ impl Pregen {
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.settings.check_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut starting = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -222,8 +237,9 @@ impl Pregen {
                 events::issuer_still_stopped(wechat.name());
                 continue;
             }
-            if let Err(error) = self.top_up(&shutdown).await {
-                events::failed(&error);
+            match self.decide(&shutdown, starting).await {
+                Ok(_) => starting = false,
+                Err(error) => events::failed(&error),
             }
         }
         if let Err(error) = self.writer.flush().await {
@@ -290,13 +306,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut pregen, _pool) = pregen_in(dir.path(), 100, 40).await;
         assert_eq!(
-            pregen.plan(10),
+            pregen.plan(10, false),
             Plan {
                 missing: 90,
                 quota_share: 1.0,
                 off_peak: true
             }
         );
+        assert_eq!(
+            pregen.plan(50, false).missing,
+            0,
+            "no windows: refill only below low water"
+        );
+        assert_eq!(pregen.plan(50, true).missing, 50, "or at start");
         // A window that is never now: 00:00-00:01 on a day that is not today.
         let today =
             chrono::Datelike::weekday(&Utc::now().with_timezone(&pregen.settings.time_zone));
@@ -304,7 +326,7 @@ mod tests {
         pregen.settings.off_peak = vec![format!("{other_day} 00:00-00:01").parse().unwrap()];
         pregen.settings.peak_quota_share = 0.25;
         assert_eq!(
-            pregen.plan(10),
+            pregen.plan(10, false),
             Plan {
                 missing: 30,
                 quota_share: 0.25,
@@ -312,11 +334,11 @@ mod tests {
             }
         );
         assert_eq!(
-            pregen.plan(40).missing,
+            pregen.plan(40, true).missing,
             0,
             "at low water: nothing to do at peak"
         );
-        assert_eq!(pregen.plan(70).missing, 0);
+        assert_eq!(pregen.plan(70, false).missing, 0);
     }
 
     #[tokio::test]
