@@ -139,7 +139,7 @@ pub fn distributed_settings(
     settings.pregen.low_water = 0;
     settings.pregen.batch = 100;
     // The first bind waits for the consumer group to form.
-    settings.binder.claim_wait_ms = 15_000;
+    settings.binder.claim_wait_ms = 25_000;
     settings.server.request_timeout_ms = 30_000;
     settings
 }
