@@ -142,9 +142,7 @@ impl Pregen {
                         .instrument(span),
                 ));
             }
-            if let Issuer::Wechat(wechat) = &*self.issuer
-                && wechat.is_stopped()
-            {
+            if self.issuer.is_stopped() {
                 break;
             }
         }
@@ -231,10 +229,8 @@ impl Pregen {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            if let Issuer::Wechat(wechat) = &*self.issuer
-                && wechat.is_stopped()
-            {
-                events::issuer_still_stopped(wechat.name());
+            if self.issuer.is_stopped() {
+                events::issuer_still_stopped(self.issuer.name());
                 continue;
             }
             match self.decide(&shutdown, starting).await {

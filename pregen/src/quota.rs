@@ -167,11 +167,6 @@ impl CallQuota {
         }
     }
 
-    /// How long until the next window opens.
-    pub fn until_next_window(&self) -> Duration {
-        self.until_window(self.window_now() + 1)
-    }
-
     /// No call starts in the last 2 % of a window (at most two seconds): longer than a call
     /// takes to arrive, short enough that pacing's burst makes up for it.
     fn guard(&self) -> Duration {

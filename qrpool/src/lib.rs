@@ -147,12 +147,14 @@ impl App {
             readiness = readiness.with("issuer", move || {
                 let pregen = pregen.clone();
                 Box::pin(async move {
-                    match pregen.issuer() {
-                        pregen::Issuer::Wechat(wechat) if wechat.is_stopped() => Err(format!(
+                    let issuer = pregen.issuer();
+                    if issuer.is_stopped() {
+                        Err(format!(
                             "issuer `{}` is stopped by a configuration error",
-                            wechat.name()
-                        )),
-                        _ => Ok(()),
+                            issuer.name()
+                        ))
+                    } else {
+                        Ok(())
                     }
                 })
             });

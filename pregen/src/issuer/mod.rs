@@ -74,6 +74,14 @@ impl Issuer {
         }
     }
 
+    /// Whether a configuration error has stopped this issuer (it makes no more calls).
+    pub fn is_stopped(&self) -> bool {
+        match self {
+            Issuer::Local(_) => false,
+            Issuer::Wechat(wechat) => wechat.is_stopped(),
+        }
+    }
+
     /// Issues up to `count` codes. Stops starting new ones when `shutdown` fires, and returns
     /// the codes already made (finishing the calls in flight). Codes that failed for a
     /// passing reason are left out and counted; only a misconfiguration is an error.
