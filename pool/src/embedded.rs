@@ -1,11 +1,12 @@
-//! The embedded pool: a table in a local SQLite file (`pool.db` in the data folder).
+//! The embedded pool: a table in a local SQLite file (`pool.db` in the data folder), one
+//! lane per issuer (an `issuer` column).
 //!
-//! Takers share an in-memory prefetch buffer filled in `seq` order; acks are collected and
+//! Takers of a lane share an in-memory prefetch buffer filled in `seq` order; acks are collected and
 //! deleted in one transaction every [`ACK_FLUSH_INTERVAL`]. A crash before that flush loses
 //! nothing: the un-deleted codes come back at the next start and the binding store's unique
 //! key skips the ones already bound. One process owns the file.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -23,7 +24,7 @@ const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Rows read into memory at a time.
 const PREFETCH: i64 = 512;
 
-/// A pool in a local SQLite file. Cheap to clone: clones share one database and buffer.
+/// A pool in a local SQLite file. Cheap to clone: clones share one database and buffers.
 #[derive(Debug, Clone)]
 pub struct EmbeddedPool {
     inner: Arc<Inner>,
@@ -32,12 +33,33 @@ pub struct EmbeddedPool {
 #[derive(Debug)]
 struct Inner {
     db: SqlitePool,
+    lanes: Mutex<HashMap<String, Arc<Lane>>>,
+    acked: Mutex<Vec<Acked>>,
+    /// Wakes takers waiting on a dry lane when pregen pushes.
+    pushed: Notify,
+}
+
+/// The taking side of one issuer's lane, shared by every taker of that lane in the process.
+#[derive(Debug)]
+struct Lane {
+    issuer: Arc<str>,
     buffer: Mutex<VecDeque<Delivery>>,
     /// Highest `seq` read into the buffer; the next refill starts after it.
     cursor: tokio::sync::Mutex<i64>,
-    acked: Mutex<Vec<i64>>,
-    /// Wakes takers waiting on a dry pool when pregen pushes.
-    pushed: Notify,
+}
+
+/// A row bound and waiting to be deleted; until then it still counts in no lane's depth.
+#[derive(Debug)]
+struct Acked {
+    seq: i64,
+    issuer: Arc<str>,
+}
+
+/// Takes one issuer's codes from an [`EmbeddedPool`].
+#[derive(Debug, Clone)]
+pub struct EmbeddedLane {
+    pool: EmbeddedPool,
+    lane: Arc<Lane>,
 }
 
 impl EmbeddedPool {
@@ -62,8 +84,7 @@ impl EmbeddedPool {
         let pool = EmbeddedPool {
             inner: Arc::new(Inner {
                 db,
-                buffer: Mutex::new(VecDeque::new()),
-                cursor: tokio::sync::Mutex::new(0),
+                lanes: Mutex::default(),
                 acked: Mutex::new(Vec::new()),
                 pushed: Notify::new(),
             }),
@@ -75,7 +96,8 @@ impl EmbeddedPool {
     pub(crate) async fn push(&self, records: &[PoolRecord]) -> Result<(), PoolError> {
         let mut tx = self.inner.db.begin().await?;
         for record in records {
-            sqlx::query("INSERT INTO pool (record) VALUES (?)")
+            sqlx::query("INSERT INTO pool (issuer, record) VALUES (?, ?)")
+                .bind(&record.issuer)
                 .bind(record.encode())
                 .execute(&mut *tx)
                 .await?;
@@ -85,23 +107,79 @@ impl EmbeddedPool {
         Ok(())
     }
 
-    pub(crate) async fn depth(&self) -> Result<u64, PoolError> {
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pool")
+    /// The taker of `issuer`'s lane (one per issuer and process: takers share its buffer).
+    pub fn lane(&self, issuer: &str) -> EmbeddedLane {
+        let lane = Arc::clone(
+            lock(&self.inner.lanes)
+                .entry(issuer.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Lane {
+                        issuer: issuer.into(),
+                        buffer: Mutex::default(),
+                        cursor: tokio::sync::Mutex::new(0),
+                    })
+                }),
+        );
+        EmbeddedLane {
+            pool: self.clone(),
+            lane,
+        }
+    }
+
+    pub(crate) async fn depth(&self, issuer: &str) -> Result<u64, PoolError> {
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pool WHERE issuer = ?")
+            .bind(issuer)
             .fetch_one(&self.inner.db)
             .await?;
-        let acked_not_deleted = lock(&self.inner.acked).len() as i64;
+        let acked_not_deleted = lock(&self.inner.acked)
+            .iter()
+            .filter(|acked| &*acked.issuer == issuer)
+            .count() as i64;
         Ok(u64::try_from(rows - acked_not_deleted).unwrap_or(0))
+    }
+
+    /// Codes waiting in each lane that holds any, by issuer.
+    pub(crate) async fn depth_per_issuer(&self) -> Result<Vec<(String, u64)>, PoolError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT issuer, COUNT(*) FROM pool GROUP BY issuer ORDER BY issuer")
+                .fetch_all(&self.inner.db)
+                .await?;
+        let acked = lock(&self.inner.acked);
+        Ok(rows
+            .into_iter()
+            .map(|(issuer, count)| {
+                let bound = acked.iter().filter(|a| *a.issuer == *issuer).count() as i64;
+                (issuer, u64::try_from(count - bound).unwrap_or(0))
+            })
+            .collect())
+    }
+
+    /// Whether the database answers.
+    pub(crate) async fn check(&self) -> Result<(), PoolError> {
+        sqlx::query("SELECT 1").execute(&self.inner.db).await?;
+        Ok(())
+    }
+
+    /// Deletes the acked rows now.
+    pub(crate) async fn flush_acks(&self) -> Result<(), PoolError> {
+        flush(&self.inner).await
+    }
+}
+
+impl EmbeddedLane {
+    pub fn issuer(&self) -> &str {
+        &self.lane.issuer
     }
 
     pub(crate) async fn take(&self, wait: Duration) -> Result<Option<Delivery>, PoolError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register for a wake-up before looking, so a push in between is not missed.
-            let pushed = self.inner.pushed.notified();
+            let pushed = self.pool.inner.pushed.notified();
             tokio::pin!(pushed);
             pushed.as_mut().enable();
 
-            if let Some(delivery) = lock(&self.inner.buffer).pop_front() {
+            if let Some(delivery) = lock(&self.lane.buffer).pop_front() {
                 return Ok(Some(delivery));
             }
             if self.refill().await? {
@@ -113,20 +191,23 @@ impl EmbeddedPool {
         }
     }
 
-    /// Reads the next rows after the cursor into the buffer. Returns whether the buffer
-    /// holds anything afterwards.
+    /// Reads the lane's next rows after the cursor into the buffer. Returns whether the
+    /// buffer holds anything afterwards.
     async fn refill(&self) -> Result<bool, PoolError> {
-        let mut cursor = self.inner.cursor.lock().await;
+        let mut cursor = self.lane.cursor.lock().await;
         // Another taker may have refilled while this one waited for the cursor.
-        if !lock(&self.inner.buffer).is_empty() {
+        if !lock(&self.lane.buffer).is_empty() {
             return Ok(true);
         }
-        let rows = sqlx::query("SELECT seq, record FROM pool WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(*cursor)
-            .bind(PREFETCH)
-            .fetch_all(&self.inner.db)
-            .await?;
-        let mut buffer = lock(&self.inner.buffer);
+        let rows = sqlx::query(
+            "SELECT seq, record FROM pool WHERE issuer = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(&*self.lane.issuer)
+        .bind(*cursor)
+        .bind(PREFETCH)
+        .fetch_all(&self.pool.inner.db)
+        .await?;
+        let mut buffer = lock(&self.lane.buffer);
         for row in rows {
             let seq: i64 = row.get(0);
             let bytes: Vec<u8> = row.get(1);
@@ -138,7 +219,7 @@ impl EmbeddedPool {
                 }),
                 Err(error) => {
                     record_undecodable(&error);
-                    lock(&self.inner.acked).push(seq);
+                    self.ack(seq);
                 }
             }
         }
@@ -146,17 +227,24 @@ impl EmbeddedPool {
     }
 
     pub(crate) fn ack(&self, seq: i64) {
-        lock(&self.inner.acked).push(seq);
+        lock(&self.pool.inner.acked).push(Acked {
+            seq,
+            issuer: Arc::clone(&self.lane.issuer),
+        });
     }
 
     pub(crate) fn give_back(&self, delivery: Delivery) {
-        lock(&self.inner.buffer).push_front(delivery);
-        self.inner.pushed.notify_one();
+        lock(&self.lane.buffer).push_front(delivery);
+        // Every waiter, not one: a single wake-up could go to a taker of another lane.
+        self.pool.inner.pushed.notify_waiters();
     }
 
-    /// Deletes the acked rows now.
     pub(crate) async fn flush_acks(&self) -> Result<(), PoolError> {
-        flush(&self.inner).await
+        self.pool.flush_acks().await
+    }
+
+    pub(crate) async fn check(&self) -> Result<(), PoolError> {
+        self.pool.check().await
     }
 }
 
@@ -167,9 +255,9 @@ async fn flush(inner: &Inner) -> Result<(), PoolError> {
     }
     let result = async {
         let mut tx = inner.db.begin().await?;
-        for seq in &seqs {
+        for acked in &seqs {
             sqlx::query("DELETE FROM pool WHERE seq = ?")
-                .bind(seq)
+                .bind(acked.seq)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -227,29 +315,59 @@ mod tests {
         let pool = EmbeddedPool::open(dir.path()).await.unwrap();
         let (writer, reader) = (
             PoolWriter::Embedded(pool.clone()),
-            PoolReader::Embedded(pool),
+            PoolReader::Embedded(pool.lane("local")),
         );
         let pushed = records(5);
         writer.push(&pushed).await.unwrap();
-        assert_eq!(writer.depth().await.unwrap(), 5);
+        assert_eq!(writer.depth("local").await.unwrap(), 5);
 
         for expected in &pushed[..3] {
             let delivery = reader.take(Duration::ZERO).await.unwrap().unwrap();
             assert_eq!(delivery.record.request_id, expected.request_id);
             reader.ack(&delivery);
         }
-        assert_eq!(writer.depth().await.unwrap(), 2);
+        assert_eq!(writer.depth("local").await.unwrap(), 2);
         reader.close().await.unwrap();
         drop((writer, reader));
 
         // Reopen: the two unacked codes are still there, the three acked ones are gone.
         let pool = EmbeddedPool::open(dir.path()).await.unwrap();
-        let reader = PoolReader::Embedded(pool);
+        let reader = PoolReader::Embedded(pool.lane("local"));
         let mut left = Vec::new();
         while let Some(delivery) = reader.take(Duration::ZERO).await.unwrap() {
             left.push(delivery.record.request_id);
         }
         assert_eq!(left, vec![pushed[3].request_id, pushed[4].request_id]);
+    }
+
+    #[tokio::test]
+    async fn each_issuer_has_a_lane_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+        let writer = PoolWriter::Embedded(pool.clone());
+        let mut mixed = records(3);
+        mixed[1].issuer = "wx".into();
+        writer.push(&mixed).await.unwrap();
+        assert_eq!(writer.depth("local").await.unwrap(), 2);
+        assert_eq!(writer.depth("wx").await.unwrap(), 1);
+
+        let wx = PoolReader::Embedded(pool.lane("wx"));
+        let delivery = wx.take(Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!(delivery.record.request_id, mixed[1].request_id);
+        wx.ack(&delivery);
+        assert!(
+            wx.take(Duration::ZERO).await.unwrap().is_none(),
+            "local codes stay out"
+        );
+
+        let status: Vec<(String, u64)> = writer
+            .status()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.issuer, p.depth))
+            .collect();
+        assert_eq!(status, vec![("local".into(), 2), ("wx".into(), 0)]);
     }
 
     #[tokio::test]
@@ -260,7 +378,7 @@ mod tests {
             .push(&records(2))
             .await
             .unwrap();
-        let reader = PoolReader::Embedded(pool);
+        let reader = PoolReader::Embedded(pool.lane("local"));
         let first = reader.take(Duration::ZERO).await.unwrap().unwrap();
         let id = first.record.request_id;
         reader.give_back(first);
@@ -280,7 +398,7 @@ mod tests {
     async fn a_dry_pool_answers_none_after_the_wait_and_wakes_on_push() {
         let dir = tempfile::tempdir().unwrap();
         let pool = EmbeddedPool::open(dir.path()).await.unwrap();
-        let reader = PoolReader::Embedded(pool.clone());
+        let reader = PoolReader::Embedded(pool.lane("local"));
         assert!(
             reader
                 .take(Duration::from_millis(20))
@@ -314,7 +432,7 @@ mod tests {
             .push(&good)
             .await
             .unwrap();
-        let reader = PoolReader::Embedded(pool);
+        let reader = PoolReader::Embedded(pool.lane("local"));
         let delivery = reader.take(Duration::ZERO).await.unwrap().unwrap();
         assert_eq!(delivery.record.request_id, good[0].request_id);
     }
@@ -327,7 +445,7 @@ mod tests {
             .push(&records(2000))
             .await
             .unwrap();
-        let reader = PoolReader::Embedded(pool);
+        let reader = PoolReader::Embedded(pool.lane("local"));
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let reader = reader.clone();

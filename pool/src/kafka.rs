@@ -1,5 +1,6 @@
-//! The Kafka pool: one topic of pre-generated codes, keyed by request id so that they spread
-//! over the partitions; binders read it as one consumer group.
+//! The Kafka pool: one topic per issuer (its *lane*, `<pool_topic>.<issuer>`), keyed by
+//! request id so that codes spread over the partitions; the binders read each lane as one
+//! consumer group (`<group_id>.<issuer>`), so a lane's depth is that group's lag.
 //!
 //! Writer: an idempotent producer (`enable.idempotence`, `acks=all`): a retried send never
 //! enqueues a code twice. Reader: offsets are *stored* only up to the lowest code still in
@@ -7,13 +8,16 @@
 //! dies re-delivers every code it had not bound yet, and nothing more is lost than a
 //! re-delivery of codes that the binding store then skips as already bound.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -38,11 +42,11 @@ fn base_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// Creates the pool topic with the configured partitions when it does not exist yet.
-pub async fn ensure_topic(settings: &KafkaSettings) -> Result<(), PoolError> {
+/// Creates a lane's topic with the configured partitions when it does not exist yet.
+pub async fn ensure_topic(settings: &KafkaSettings, topic: &str) -> Result<(), PoolError> {
     let admin: AdminClient<DefaultClientContext> = base_config(settings).create()?;
     let topic = NewTopic::new(
-        &settings.pool_topic,
+        topic,
         settings.partitions,
         TopicReplication::Fixed(settings.replication),
     );
@@ -61,26 +65,31 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> Result<(), PoolError> {
     Ok(())
 }
 
-/// Enqueues codes on the pool topic.
+/// Enqueues codes on the lane of their issuer.
 #[derive(Clone)]
 pub struct KafkaWriter {
     producer: FutureProducer,
-    /// Never subscribes: it only reads the binder group's committed offsets, for the depth.
-    probe: Arc<BaseConsumer>,
+    settings: Arc<KafkaSettings>,
+    /// Lanes whose topic exists, with the probe that reads their binder group's offsets.
+    lanes: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
+}
+
+struct Lane {
     topic: String,
+    /// Never subscribes: it only reads the lane's binder group offsets, for the depth.
+    probe: BaseConsumer,
 }
 
 impl std::fmt::Debug for KafkaWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaWriter")
-            .field("topic", &self.topic)
+            .field("pool_topic", &self.settings.pool_topic)
             .finish_non_exhaustive()
     }
 }
 
 impl KafkaWriter {
     pub async fn connect(settings: &KafkaSettings) -> Result<Self, PoolError> {
-        ensure_topic(settings).await?;
         let mut producer = base_config(settings);
         producer
             .set("enable.idempotence", "true")
@@ -91,23 +100,43 @@ impl KafkaWriter {
             producer.set(key, value);
         }
         let producer: FutureProducer = producer.create()?;
-        let probe: BaseConsumer = base_config(settings)
-            .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "false")
-            .create()?;
         Ok(KafkaWriter {
             producer,
-            probe: Arc::new(probe),
-            topic: settings.pool_topic.clone(),
+            settings: Arc::new(settings.clone()),
+            lanes: Arc::default(),
         })
     }
 
+    /// `issuer`'s lane, creating its topic on first use.
+    async fn lane(&self, issuer: &str) -> Result<Arc<Lane>, PoolError> {
+        if let Some(lane) = lock(&self.lanes).get(issuer) {
+            return Ok(Arc::clone(lane));
+        }
+        let topic = self.settings.lane_topic(issuer);
+        ensure_topic(&self.settings, &topic).await?;
+        let probe: BaseConsumer = base_config(&self.settings)
+            .set("group.id", self.settings.lane_group(issuer))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let lane = Arc::new(Lane { topic, probe });
+        lock(&self.lanes).insert(issuer.to_owned(), Arc::clone(&lane));
+        Ok(lane)
+    }
+
     pub(crate) async fn push(&self, records: &[PoolRecord]) -> Result<(), PoolError> {
+        let mut topics = HashMap::new();
+        for record in records {
+            if !topics.contains_key(record.issuer.as_str()) {
+                let lane = self.lane(&record.issuer).await?;
+                topics.insert(record.issuer.as_str(), lane.topic.clone());
+            }
+        }
         let sends = records.iter().map(|record| {
             let key = record.request_id.to_text();
             let payload = record.encode();
+            let topic = &topics[record.issuer.as_str()];
             async move {
-                let message = FutureRecord::to(&self.topic)
+                let message = FutureRecord::to(topic)
                     .key(key.as_bytes())
                     .payload(&payload);
                 self.producer
@@ -121,27 +150,48 @@ impl KafkaWriter {
         Ok(())
     }
 
-    /// Codes between the binder group's committed offsets and the end of each partition.
-    pub(crate) async fn depth(&self) -> Result<u64, PoolError> {
+    /// Codes of `issuer` between its binder group's committed offsets and the partition ends.
+    pub(crate) async fn depth(&self, issuer: &str) -> Result<u64, PoolError> {
         Ok(self
-            .depth_per_partition()
+            .depth_per_partition(issuer)
             .await?
             .iter()
             .map(|(_, depth)| depth)
             .sum())
     }
 
-    /// The binder group's lag on each partition of the pool topic.
-    pub(crate) async fn depth_per_partition(&self) -> Result<Vec<(i32, u64)>, PoolError> {
-        let probe = Arc::clone(&self.probe);
-        let topic = self.topic.clone();
-        tokio::task::spawn_blocking(move || depth_blocking(&probe, &topic))
+    /// The lag of `issuer`'s binder group on each partition of its topic.
+    pub(crate) async fn depth_per_partition(
+        &self,
+        issuer: &str,
+    ) -> Result<Vec<(i32, u64)>, PoolError> {
+        let lane = self.lane(issuer).await?;
+        tokio::task::spawn_blocking(move || depth_blocking(&lane.probe, &lane.topic))
             .await
             .map_err(|_| PoolError::Kafka(KafkaError::Canceled))?
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
+    /// The issuers that have a lane on the brokers (configured or not: a lane left by an
+    /// issuer since removed may still hold codes).
+    pub(crate) async fn issuers(&self) -> Result<Vec<String>, PoolError> {
+        let producer = self.producer.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, BROKER_TIMEOUT)
+        })
+        .await
+        .map_err(|_| PoolError::Kafka(KafkaError::Canceled))??;
+        let mut issuers: Vec<String> = metadata
+            .topics()
+            .iter()
+            .filter_map(|topic| self.settings.lane_of_topic(topic.name()))
+            .map(str::to_owned)
+            .collect();
+        issuers.sort_unstable();
+        Ok(issuers)
+    }
+
+    pub fn lane_topic(&self, issuer: &str) -> String {
+        self.settings.lane_topic(issuer)
     }
 
     pub(crate) async fn flush(&self) -> Result<(), PoolError> {
@@ -178,14 +228,15 @@ fn depth_blocking(probe: &BaseConsumer, topic: &str) -> Result<Vec<(i32, u64)>, 
     Ok(depths)
 }
 
-/// Takes codes from the pool topic as a member of the binder consumer group.
+/// Takes codes from one issuer's lane as a member of that lane's binder group.
 #[derive(Debug, Clone)]
 pub struct KafkaReader {
     inner: Arc<ReaderInner>,
 }
 
 struct ReaderInner {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<LaneContext>>,
+    issuer: String,
     topic: String,
     prefetched: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
     /// Codes given back go into the prefetch channel, where waiting takers see them…
@@ -211,11 +262,18 @@ impl Drop for ReaderInner {
 }
 
 impl KafkaReader {
-    /// Joins the binder group and starts prefetching `settings.prefetch` codes.
-    pub async fn connect(settings: &KafkaSettings) -> Result<Self, PoolError> {
-        ensure_topic(settings).await?;
-        let consumer: StreamConsumer = base_config(settings)
-            .set("group.id", &settings.group_id)
+    /// Joins the binder group of `issuer`'s lane and starts prefetching `settings.prefetch`
+    /// codes.
+    pub async fn connect(settings: &KafkaSettings, issuer: &str) -> Result<Self, PoolError> {
+        let topic = settings.lane_topic(issuer);
+        ensure_topic(settings, &topic).await?;
+        let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+        let context = LaneContext {
+            issuer: issuer.to_owned(),
+            tracker: Arc::clone(&tracker),
+        };
+        let consumer: StreamConsumer<LaneContext> = base_config(settings)
+            .set("group.id", settings.lane_group(issuer))
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "500")
@@ -228,17 +286,17 @@ impl KafkaReader {
                 "heartbeat.interval.ms",
                 (settings.session_timeout_ms / 4).max(100).to_string(),
             )
-            .create()?;
-        consumer.subscribe(&[&settings.pool_topic])?;
+            .create_with_context(context)?;
+        consumer.subscribe(&[&topic])?;
         let consumer = Arc::new(consumer);
-        let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let (sender, receiver) = mpsc::channel(settings.prefetch);
         let requeue = sender.clone();
         let fetcher = tokio::spawn(fetch(Arc::clone(&consumer), Arc::clone(&tracker), sender));
         Ok(KafkaReader {
             inner: Arc::new(ReaderInner {
                 consumer,
-                topic: settings.pool_topic.clone(),
+                issuer: issuer.to_owned(),
+                topic,
                 prefetched: tokio::sync::Mutex::new(receiver),
                 requeue,
                 given_back: Mutex::new(VecDeque::new()),
@@ -248,18 +306,46 @@ impl KafkaReader {
         })
     }
 
-    pub(crate) async fn take(&self, wait: Duration) -> Option<Delivery> {
-        if let Some(delivery) = lock(&self.inner.given_back).pop_front() {
-            return Some(delivery);
-        }
-        // The wait covers queueing for the receiver too: takers line up behind each other
-        // when the pool is dry, and none may wait longer than it was allowed to.
-        let next = async { self.inner.prefetched.lock().await.recv().await };
-        tokio::time::timeout(wait, next).await.ok().flatten()
+    pub fn issuer(&self) -> &str {
+        &self.inner.issuer
     }
 
-    pub(crate) fn ack(&self, partition: i32, offset: i64) {
-        let point = lock(&self.inner.tracker).done(partition, offset);
+    pub(crate) async fn take(&self, wait: Duration) -> Option<Delivery> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let given_back = lock(&self.inner.given_back).pop_front();
+            let delivery = match given_back {
+                Some(delivery) => delivery,
+                None => {
+                    // The wait covers queueing for the receiver too: takers line up behind
+                    // each other when the pool is dry, and none may wait longer than allowed.
+                    let next = async { self.inner.prefetched.lock().await.recv().await };
+                    tokio::time::timeout_at(deadline, next)
+                        .await
+                        .ok()
+                        .flatten()?
+                }
+            };
+            if self.is_current(&delivery) {
+                return Some(delivery);
+            }
+            // Its partition went to another binder, which delivers it again.
+            metrics::counter!("pool_stale_deliveries_dropped_total", "issuer" => self.inner.issuer.clone())
+                .increment(1);
+        }
+    }
+
+    fn is_current(&self, delivery: &Delivery) -> bool {
+        match delivery.receipt {
+            Receipt::Kafka {
+                partition, epoch, ..
+            } => lock(&self.inner.tracker).is_current(partition, epoch),
+            Receipt::Embedded { .. } => false,
+        }
+    }
+
+    pub(crate) fn ack(&self, partition: i32, offset: i64, epoch: u64) {
+        let point = lock(&self.inner.tracker).done(partition, offset, epoch);
         if let Some(point) = point
             && let Err(error) = self.store(&[(partition, point)])
         {
@@ -326,15 +412,50 @@ impl KafkaReader {
     }
 }
 
-/// Moves messages from the consumer into the prefetch channel; the channel's bound is the
-/// prefetch depth, so a full channel simply pauses consumption.
+/// Moves messages from the consumer into the prefetch channel, whose bound is the prefetch
+/// depth. When it is full the assigned partitions are paused, but the consumer is still
+/// polled: a rebalance is only served from a poll, and a binder that stopped polling because
+/// nobody binds would hold up every other binder of its group until librdkafka's poll limit.
 async fn fetch(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<LaneContext>>,
     tracker: Arc<Mutex<OffsetTracker>>,
     sender: mpsc::Sender<Delivery>,
 ) {
+    // Messages received while the channel was full (already fetched when we paused, or of
+    // partitions assigned since): handed on first, in order.
+    let mut stash: VecDeque<Delivery> = VecDeque::new();
+    let mut paused = false;
     loop {
-        let message = match consumer.recv().await {
+        while let Some(delivery) = stash.pop_front() {
+            match sender.try_send(delivery) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(delivery)) => {
+                    stash.push_front(delivery);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        let full = !stash.is_empty() || sender.capacity() == 0;
+        if full != paused {
+            paused = set_paused(&consumer, full);
+        }
+        let received = if full {
+            tokio::select! {
+                room = sender.reserve() => match room {
+                    Ok(_) => continue,
+                    Err(_) => return,
+                },
+                received = consumer.recv() => {
+                    // A message although we paused: a newly assigned partition, not paused yet.
+                    paused = set_paused(&consumer, true);
+                    received
+                }
+            }
+        } else {
+            consumer.recv().await
+        };
+        let message = match received {
             Ok(message) => message,
             Err(error) => {
                 tracing::warn!(%error, "reading the pool topic failed; retrying");
@@ -344,25 +465,85 @@ async fn fetch(
             }
         };
         let (partition, offset) = (message.partition(), message.offset());
-        lock(&tracker).received(partition, offset);
+        let Some(epoch) = lock(&tracker).received(partition, offset) else {
+            // Fetched just before its partition was revoked: the new owner delivers it.
+            continue;
+        };
         let record = PoolRecord::decode(message.payload().unwrap_or_default());
         drop(message);
         match record {
-            Ok(record) => {
-                let delivery = Delivery {
-                    record,
-                    receipt: Receipt::Kafka { partition, offset },
-                };
-                if sender.send(delivery).await.is_err() {
-                    return;
-                }
-            }
+            Ok(record) => stash.push_back(Delivery {
+                record,
+                receipt: Receipt::Kafka {
+                    partition,
+                    offset,
+                    epoch,
+                },
+            }),
             Err(error) => {
                 record_undecodable(&error);
-                lock(&tracker).done(partition, offset);
+                lock(&tracker).done(partition, offset, epoch);
             }
         }
     }
+}
+
+/// Pauses or resumes fetching on every assigned partition; returns whether fetching is now
+/// paused (unchanged when the consumer refuses, which the next turn retries).
+fn set_paused(consumer: &StreamConsumer<LaneContext>, pause: bool) -> bool {
+    let result = consumer.assignment().and_then(|assigned| {
+        if pause {
+            consumer.pause(&assigned)
+        } else {
+            consumer.resume(&assigned)
+        }
+    });
+    match result {
+        Ok(()) => pause,
+        Err(error) => {
+            tracing::debug!(%error, pause, "pausing or resuming the pool partitions failed");
+            !pause
+        }
+    }
+}
+
+/// Keeps the offset tracker in step with the group's assignments, and says so in the logs.
+struct LaneContext {
+    issuer: String,
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl ClientContext for LaneContext {}
+
+impl ConsumerContext for LaneContext {
+    /// Runs before librdkafka applies the change, so no message of a new assignment arrives
+    /// before the tracker knows it, and none of a revoked one is taken after.
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions = partition_ids(list);
+                tracing::info!(issuer = %self.issuer, ?partitions, "pool partitions assigned");
+                metrics::counter!("pool_rebalances_total", "issuer" => self.issuer.clone())
+                    .increment(1);
+                lock(&self.tracker).assigned(partitions);
+            }
+            Rebalance::Revoke(list) => {
+                let partitions = partition_ids(list);
+                tracing::info!(issuer = %self.issuer, ?partitions, "pool partitions revoked");
+                lock(&self.tracker).revoked(partitions);
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(issuer = %self.issuer, %error, "pool rebalance failed");
+            }
+        }
+    }
+}
+
+fn partition_ids(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements()
+        .iter()
+        .map(|element| element.partition())
+        .collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -5,7 +5,11 @@
 //! crate knows which one runs:
 //!
 //! - [`embedded`]: a table in a local SQLite file; one process owns it.
-//! - [`kafka`]: a topic with partitions; binders form one consumer group.
+//! - [`kafka`]: topics with partitions; binders form consumer groups.
+//!
+//! The pool has one **lane** per issuer: a writer puts each code in the lane of the issuer
+//! that made it, a reader takes from one lane. So the depth of each issuer's codes is read
+//! from the pool itself, and a caller who needs a mini-program code never gets a plain one.
 //!
 //! Delivery is **at least once**: a [`Delivery`] taken and never [acked](PoolReader::ack)
 //! comes back (after a crash, a rebalance, or [`PoolReader::give_back`]). Binding is made
@@ -20,7 +24,7 @@ use std::time::Duration;
 
 use records::PoolRecord;
 
-pub use embedded::EmbeddedPool;
+pub use embedded::{EmbeddedLane, EmbeddedPool};
 pub use kafka::{KafkaReader, KafkaWriter};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,13 +54,21 @@ pub struct Delivery {
 
 #[derive(Debug, Clone, Copy)]
 enum Receipt {
-    Embedded { seq: i64 },
-    Kafka { partition: i32, offset: i64 },
+    Embedded {
+        seq: i64,
+    },
+    Kafka {
+        partition: i32,
+        offset: i64,
+        /// The assignment of its partition it was delivered under (see `offsets`).
+        epoch: u64,
+    },
 }
 
-/// Codes waiting in one partition of the pool.
+/// Codes waiting in one partition of one issuer's lane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionDepth {
+    pub issuer: String,
     pub partition: String,
     pub depth: u64,
 }
@@ -69,7 +81,7 @@ pub enum PoolWriter {
 }
 
 impl PoolWriter {
-    /// Enqueues every record; returns once all of them are durable in the pool.
+    /// Enqueues every record in its issuer's lane; returns once all are durable in the pool.
     pub async fn push(&self, records: &[PoolRecord]) -> Result<(), PoolError> {
         match self {
             PoolWriter::Embedded(pool) => pool.push(records).await,
@@ -77,30 +89,42 @@ impl PoolWriter {
         }
     }
 
-    /// Codes enqueued and not yet bound.
-    pub async fn depth(&self) -> Result<u64, PoolError> {
+    /// Codes of `issuer` enqueued and not yet bound.
+    pub async fn depth(&self, issuer: &str) -> Result<u64, PoolError> {
         match self {
-            PoolWriter::Embedded(pool) => pool.depth().await,
-            PoolWriter::Kafka(writer) => writer.depth().await,
+            PoolWriter::Embedded(pool) => pool.depth(issuer).await,
+            PoolWriter::Kafka(writer) => writer.depth(issuer).await,
         }
     }
 
-    /// Depth per partition (Kafka: the binder group's lag on each; embedded: one table).
+    /// Depth per issuer and partition, for every lane the pool holds (Kafka: each lane
+    /// group's lag per partition; embedded: a count per lane).
     pub async fn status(&self) -> Result<Vec<PartitionDepth>, PoolError> {
         match self {
-            PoolWriter::Embedded(pool) => Ok(vec![PartitionDepth {
-                partition: "embedded".to_owned(),
-                depth: pool.depth().await?,
-            }]),
-            PoolWriter::Kafka(writer) => Ok(writer
-                .depth_per_partition()
+            PoolWriter::Embedded(pool) => Ok(pool
+                .depth_per_issuer()
                 .await?
                 .into_iter()
-                .map(|(partition, depth)| PartitionDepth {
-                    partition: format!("{}/{partition}", writer.topic()),
+                .map(|(issuer, depth)| PartitionDepth {
+                    issuer,
+                    partition: "embedded".to_owned(),
                     depth,
                 })
                 .collect()),
+            PoolWriter::Kafka(writer) => {
+                let mut partitions = Vec::new();
+                for issuer in writer.issuers().await? {
+                    let topic = writer.lane_topic(&issuer);
+                    for (partition, depth) in writer.depth_per_partition(&issuer).await? {
+                        partitions.push(PartitionDepth {
+                            issuer: issuer.clone(),
+                            partition: format!("{topic}/{partition}"),
+                            depth,
+                        });
+                    }
+                }
+                Ok(partitions)
+            }
         }
     }
 
@@ -113,14 +137,22 @@ impl PoolWriter {
     }
 }
 
-/// Takes pre-generated codes for binding.
+/// Takes pre-generated codes of one issuer for binding.
 #[derive(Debug, Clone)]
 pub enum PoolReader {
-    Embedded(EmbeddedPool),
+    Embedded(EmbeddedLane),
     Kafka(KafkaReader),
 }
 
 impl PoolReader {
+    /// The issuer whose lane this reader takes from.
+    pub fn issuer(&self) -> &str {
+        match self {
+            PoolReader::Embedded(lane) => lane.issuer(),
+            PoolReader::Kafka(reader) => reader.issuer(),
+        }
+    }
+
     /// The next code, waiting up to `wait` when the pool is dry; `None` means still dry.
     pub async fn take(&self, wait: Duration) -> Result<Option<Delivery>, PoolError> {
         match self {
@@ -133,9 +165,14 @@ impl PoolReader {
     pub fn ack(&self, delivery: &Delivery) {
         match (self, delivery.receipt) {
             (PoolReader::Embedded(pool), Receipt::Embedded { seq }) => pool.ack(seq),
-            (PoolReader::Kafka(reader), Receipt::Kafka { partition, offset }) => {
-                reader.ack(partition, offset)
-            }
+            (
+                PoolReader::Kafka(reader),
+                Receipt::Kafka {
+                    partition,
+                    offset,
+                    epoch,
+                },
+            ) => reader.ack(partition, offset, epoch),
             _ => tracing::error!("a delivery was acked on a pool of another backend"),
         }
     }
@@ -151,7 +188,7 @@ impl PoolReader {
     /// Whether the backend answers; for `/readyz`.
     pub async fn check(&self) -> Result<(), PoolError> {
         match self {
-            PoolReader::Embedded(pool) => pool.depth().await.map(drop),
+            PoolReader::Embedded(lane) => lane.check().await,
             PoolReader::Kafka(reader) => reader.check().await,
         }
     }
