@@ -7,21 +7,35 @@
 //! - [`pool_record`]: [`PoolRecord`], one pre-generated code waiting in the pool, and its
 //!   versioned binary wire format.
 //! - [`binding`]: [`Binding`], what a request id was bound to, and the bounded [`Params`].
+//! - [`target`]: [`TargetTemplate`], where a scan is redirected, filled from params.
+//! - [`scan_event`]: [`ScanEvent`], one scan as analytics receive it.
+//! - [`api_key`]: the API keys apps call with ([`KeyToken`]) and what they may do ([`Scopes`]).
 //!
 //! No I/O happens here: the adapters in `pool` and `bindings` move these records around.
 
+pub mod api_key;
 pub mod binding;
 pub mod pool_record;
 pub mod request_id;
+pub mod scan_event;
+pub mod target;
 
+pub use api_key::{KeyToken, Scope, Scopes, ScopesError};
 pub use binding::{Binding, Params, ParamsError, ParamsLimits, Tenant, TenantError};
 pub use pool_record::{CodeImage, DecodeError, PoolRecord};
 pub use request_id::{ParseRequestIdError, RequestId};
+pub use scan_event::{DeviceClass, ScanEvent};
+pub use target::{TargetError, TargetTemplate};
 
 /// The fixed path prefix of the middle page; every pooled code opens `<public base>/m/<id>`.
 pub const MIDDLE_PAGE_PATH: &str = "/m/";
 
-/// The URL a locally issued code encodes: the one fixed middle-page path with the request id.
+/// The marker a printed code's URL carries, so that a scan of the code is told from a click
+/// on a shared link (which drops or lacks it) in the scan events.
+pub const PRINTED_MARKER: &str = "qr=1";
+
+/// The URL a locally issued code encodes: the one fixed middle-page path with the request id
+/// and the printed-code marker.
 pub fn middle_page_url(public_base: &str, id: RequestId) -> String {
-    format!("{public_base}{MIDDLE_PAGE_PATH}{id}")
+    format!("{public_base}{MIDDLE_PAGE_PATH}{id}?{PRINTED_MARKER}")
 }
