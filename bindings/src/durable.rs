@@ -67,12 +67,19 @@ impl DurableStore {
         &self,
         binding: &Binding,
         image: Option<&CodeImage>,
+        idempotency_key: Option<&str>,
     ) -> Result<(), BindError> {
         let commits = match self {
             DurableStore::Embedded(store) => &store.commits,
             DurableStore::Postgres(store) => &store.commits,
         };
-        let inserted = commits.insert(binding.clone(), image.cloned()).await?;
+        let inserted = commits
+            .insert(
+                binding.clone(),
+                image.cloned(),
+                idempotency_key.map(str::to_owned),
+            )
+            .await?;
         if inserted {
             Ok(())
         } else {
@@ -80,10 +87,36 @@ impl DurableStore {
         }
     }
 
-    pub(crate) async fn get(&self, id: RequestId) -> Result<Option<Binding>, StoreError> {
+    pub async fn get(&self, id: RequestId) -> Result<Option<Binding>, StoreError> {
         let row = match self {
             DurableStore::Embedded(store) => store.get(id).await?,
             DurableStore::Postgres(store) => store.get(id).await?,
+        };
+        row.map(BindingRow::into_binding).transpose()
+    }
+
+    /// The binding an app's earlier request with this `Idempotency-Key` made, if any.
+    pub async fn by_idempotency_key(
+        &self,
+        tenant: &Tenant,
+        key: &str,
+    ) -> Result<Option<Binding>, StoreError> {
+        let query = SELECT_BY_IDEMPOTENCY_KEY;
+        let row: Option<BindingRow> = match self {
+            DurableStore::Embedded(store) => {
+                sqlx::query_as(query)
+                    .bind(tenant.as_str())
+                    .bind(key)
+                    .fetch_optional(&store.db)
+                    .await?
+            }
+            DurableStore::Postgres(store) => {
+                sqlx::query_as(query)
+                    .bind(tenant.as_str())
+                    .bind(key)
+                    .fetch_optional(&store.db)
+                    .await?
+            }
         };
         row.map(BindingRow::into_binding).transpose()
     }
@@ -160,13 +193,23 @@ impl BindingRow {
     }
 }
 
-const SELECT_BINDING: &str = "SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at \
-     FROM bindings WHERE request_id = $1";
+macro_rules! select_binding_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at \
+             FROM bindings WHERE ",
+            $condition
+        )
+    };
+}
+const SELECT_BINDING: &str = select_binding_where!("request_id = $1");
+const SELECT_BY_IDEMPOTENCY_KEY: &str =
+    select_binding_where!("tenant = $1 AND idempotency_key = $2");
 
 /// The embedded store: `bindings.db` in the data folder.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    db: SqlitePool,
+    pub(crate) db: SqlitePool,
     commits: GroupCommit,
 }
 
@@ -208,11 +251,19 @@ impl WriteBatch for SqliteBatches {
     async fn write_batch(&self, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
         let mut tx = self.0.begin().await?;
         let mut inserted = Vec::with_capacity(batch.len());
-        for Pending { binding, image, .. } in batch {
+        for Pending {
+            binding,
+            image,
+            idempotency_key,
+            ..
+        } in batch
+        {
             let id = binding.request_id.to_text();
+            // No conflict target: a clash on the request id (bound already) or on the
+            // tenant's idempotency key (a retried request) both leave the row out.
             let new = sqlx::query(
-                "INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING",
+                "INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
             )
             .bind(id.as_str())
             .bind(binding.tenant.as_str())
@@ -222,6 +273,7 @@ impl WriteBatch for SqliteBatches {
             .bind(i64::from(binding.version))
             .bind(binding.created_at)
             .bind(binding.expires_at)
+            .bind(idempotency_key.as_deref())
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -246,7 +298,7 @@ impl WriteBatch for SqliteBatches {
 /// The PostgreSQL store.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
-    db: PgPool,
+    pub(crate) db: PgPool,
     commits: GroupCommit,
 }
 
@@ -305,12 +357,14 @@ impl WriteBatch for PgBatches {
         let inserted: Vec<String> = sqlx::query_scalar(
             "WITH input AS ( \
                  SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::JSONB[], $4::TEXT[], $5::TEXT[], \
-                                      $6::INT[], $7::TIMESTAMPTZ[], $8::TIMESTAMPTZ[], $9::TEXT[], $10::BYTEA[]) \
-                 AS t(request_id, tenant, params, content, issuer, version, created_at, expires_at, media_type, bytes)), \
+                                      $6::INT[], $7::TIMESTAMPTZ[], $8::TIMESTAMPTZ[], $9::TEXT[], $10::BYTEA[], \
+                                      $11::TEXT[]) \
+                 AS t(request_id, tenant, params, content, issuer, version, created_at, expires_at, media_type, bytes, \
+                      idempotency_key)), \
              inserted AS ( \
-                 INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at) \
-                 SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at FROM input \
-                 ON CONFLICT (request_id) DO NOTHING \
+                 INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key) \
+                 SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key FROM input \
+                 ON CONFLICT DO NOTHING \
                  RETURNING request_id), \
              images AS ( \
                  INSERT INTO code_images (request_id, media_type, bytes) \
@@ -328,6 +382,7 @@ impl WriteBatch for PgBatches {
         .bind(batch.iter().map(|p| p.binding.expires_at).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.image.as_ref().map(|i| i.media_type.as_str())).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.image.as_ref().map(|i| i.bytes.as_slice())).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| p.idempotency_key.as_deref()).collect::<Vec<_>>())
         .fetch_all(&self.0)
         .await?;
         let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();

@@ -21,6 +21,7 @@ use crate::StoreError;
 pub(crate) struct Pending {
     pub(crate) binding: Binding,
     pub(crate) image: Option<CodeImage>,
+    pub(crate) idempotency_key: Option<String>,
     reply: oneshot::Sender<Result<bool, Arc<StoreError>>>,
 }
 
@@ -55,17 +56,20 @@ impl GroupCommit {
         GroupCommit { queue }
     }
 
-    /// Makes one bind durable; `Ok(false)` when its request id was bound already.
+    /// Makes one bind durable; `Ok(false)` when its request id was bound already, or its
+    /// idempotency key names another bind of the tenant.
     pub(crate) async fn insert(
         &self,
         binding: Binding,
         image: Option<CodeImage>,
+        idempotency_key: Option<String>,
     ) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending {
                 binding,
                 image,
+                idempotency_key,
                 reply,
             })
             .await

@@ -3,16 +3,21 @@
 //! - [`durable`]: the truth. An embedded SQLite file or PostgreSQL; its primary key is what
 //!   makes a bind happen **at most once**, and a bind returns only once it is committed.
 //! - [`redis_tier`]: the hot copy shared by every process, filled on bind and on a miss.
+//! - [`api_keys`]: the tenants' API keys (hashed), kept in the same database.
+//! - [`versions`]: changing a binding as a new version, keeping the ones before.
 //! - [`Bindings`]: the tiered lookup: in-process cache → Redis → durable store, refilling
 //!   the faster tiers, with concurrent lookups of one id coalesced into one.
 //!
 //! Degradation: Redis failing never fails a bind or a resolve (it is skipped and counted,
 //! and used again as soon as it answers); the durable store failing fails both, cleanly.
 
+pub mod api_keys;
+mod change_events;
 pub mod durable;
 mod events;
 mod group_commit;
 pub mod redis_tier;
+pub mod versions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +25,10 @@ use std::time::Duration;
 use moka::future::Cache;
 use records::{Binding, CodeImage, RequestId};
 
+pub use api_keys::ApiKey;
 pub use durable::{DurableStore, PostgresStore, SqliteStore};
 pub use redis_tier::RedisTier;
+pub use versions::{Change, ChangeError, PastVersion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,6 +71,17 @@ pub struct Bindings {
     local: Cache<RequestId, Arc<Binding>>,
     /// Ids recently found unbound (negative cache); `None` when turned off.
     unbound: Option<Cache<RequestId, ()>>,
+    /// Keeps `local` in step with changes made by other processes; stops with the last clone.
+    _listening: Option<Arc<Listening>>,
+}
+
+#[derive(Debug)]
+struct Listening(tokio::task::JoinHandle<()>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What a lookup found; kept apart from errors so that coalesced lookups share it.
@@ -97,11 +115,15 @@ impl Bindings {
                 .time_to_live(Duration::from_millis(cache.negative_ttl_ms))
                 .build()
         });
+        let listening = redis
+            .as_ref()
+            .map(|redis| Arc::new(Listening(redis.listen_for_changes(local.clone()))));
         Bindings {
             durable,
             redis,
             local,
             unbound,
+            _listening: listening,
         }
     }
 
@@ -120,15 +142,24 @@ impl Bindings {
     }
 
     /// Writes a binding (and its image) durably, then warms the faster tiers.
+    /// `AlreadyBound` also when `idempotency_key` names another bind of the tenant.
     pub async fn bind(
         &self,
         binding: Binding,
         image: Option<&CodeImage>,
+        idempotency_key: Option<&str>,
     ) -> Result<Arc<Binding>, BindError> {
-        self.durable.insert(&binding, image).await?;
+        self.durable
+            .insert(&binding, image, idempotency_key)
+            .await?;
         if let Some(unbound) = &self.unbound {
             unbound.invalidate(&binding.request_id).await;
         }
+        Ok(self.refresh(binding).await)
+    }
+
+    /// Puts a binding just committed into the faster tiers.
+    async fn refresh(&self, binding: Binding) -> Arc<Binding> {
         let binding = Arc::new(binding);
         if let Some(redis) = &self.redis {
             redis.set(&binding).await;
@@ -136,7 +167,7 @@ impl Bindings {
         self.local
             .insert(binding.request_id, Arc::clone(&binding))
             .await;
-        Ok(binding)
+        binding
     }
 
     /// Finds a binding: in-process cache, then Redis, then the durable store. `None` means

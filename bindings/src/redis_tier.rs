@@ -20,16 +20,16 @@ use crate::StoreError;
 use crate::events::redis_skipped;
 
 /// Time limit of one Redis command.
-const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long the tier stays out of the way after Redis failed.
 const REST_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct RedisTier {
-    client: redis::Client,
+    pub(crate) client: redis::Client,
     connection: std::sync::Arc<OnceCell<ConnectionManager>>,
     resting_until: std::sync::Arc<Mutex<Option<Instant>>>,
-    prefix: String,
+    pub(crate) prefix: String,
     ttl_secs: u64,
 }
 
@@ -60,7 +60,7 @@ impl RedisTier {
         format!("{}b:{}", self.prefix, id)
     }
 
-    async fn connection(&self) -> Option<ConnectionManager> {
+    pub(crate) async fn connection(&self) -> Option<ConnectionManager> {
         if let Some(connection) = self.connection.get() {
             return Some(connection.clone());
         }
@@ -131,23 +131,57 @@ impl RedisTier {
         }
     }
 
-    /// Stores the hot copy; failures are counted and otherwise ignored.
+    /// Removes the hot copy of `id`; `false` when Redis could not be told.
+    pub(crate) async fn forget(&self, id: RequestId) -> bool {
+        let Some(mut connection) = self.connection().await else {
+            return false;
+        };
+        let reply: Result<Result<(), _>, _> =
+            tokio::time::timeout(COMMAND_TIMEOUT, connection.del(self.key(id))).await;
+        match reply {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                redis_skipped("del", &error);
+                false
+            }
+            Err(elapsed) => {
+                self.rest();
+                redis_skipped("del", &elapsed);
+                false
+            }
+        }
+    }
+
+    /// Stores the hot copy (an expired binding removes it: the store answers for those);
+    /// failures are counted and otherwise ignored.
     pub(crate) async fn set(&self, binding: &Binding) {
         let Some(mut connection) = self.connection().await else {
             return;
         };
+        let key = self.key(binding.request_id);
         let mut ttl = self.ttl_secs;
         if let Some(expires_at) = binding.expires_at {
             let left = (expires_at - chrono::Utc::now()).num_seconds();
             match u64::try_from(left) {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    let reply: Result<Result<(), _>, _> =
+                        tokio::time::timeout(COMMAND_TIMEOUT, connection.del(&key)).await;
+                    match reply {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => redis_skipped("del", &error),
+                        Err(elapsed) => {
+                            self.rest();
+                            redis_skipped("del", &elapsed);
+                        }
+                    }
+                    return;
+                }
                 Ok(left) => ttl = ttl.min(left),
             }
         }
         let Ok(json) = serde_json::to_string(binding) else {
             return;
         };
-        let key = self.key(binding.request_id);
         let reply: Result<Result<(), _>, _> =
             tokio::time::timeout(COMMAND_TIMEOUT, connection.set_ex(&key, json, ttl)).await;
         match reply {
