@@ -20,3 +20,15 @@ pub(crate) fn pool_dry() {
 pub(crate) fn code_given_back() {
     metrics::counter!("binder_codes_given_back_total").increment(1);
 }
+
+pub(crate) fn idempotent_replay() {
+    metrics::counter!("binder_idempotent_replays_total").increment(1);
+    tracing::debug!("a retried request got the code its first attempt bound");
+}
+
+pub(crate) fn bound_on_demand(binding: &Binding) {
+    metrics::counter!("binder_binds_total").increment(1);
+    metrics::counter!("binder_on_demand_codes_total", "issuer" => binding.issuer.clone())
+        .increment(1);
+    tracing::debug!(request_id = %binding.request_id, "local lane dry: code drawn on demand");
+}

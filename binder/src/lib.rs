@@ -2,20 +2,23 @@
 //!
 //! - [`claim`]: takes a code from the pool and binds it, at most once, durably.
 //! - [`routes`]: the HTTP API (`POST /v1/codes`, `GET /v1/codes/{id}`, its images).
+//! - [`auth`]: API keys, scopes, per-key rate limits; every route is tenant-scoped.
 //!
 //! Only the binder writes bindings.
 
+pub mod auth;
 pub mod claim;
 mod events;
 pub mod routes;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bindings::Bindings;
 use config::Settings;
 use pool::PoolReader;
-use records::{ParamsLimits, Tenant};
+use records::ParamsLimits;
 
 pub use claim::ClaimError;
 pub use routes::router;
@@ -23,9 +26,14 @@ pub use routes::router;
 /// Everything a bind needs; shared by every request.
 #[derive(Debug)]
 pub struct Binder {
-    pool: PoolReader,
+    /// One reader per issuer lane the binder serves, by issuer name.
+    lanes: BTreeMap<String, PoolReader>,
+    /// The lane of a request that names no issuer (`pregen.issuer`).
+    default_issuer: String,
+    /// Draws a code at bind time when the local lane is dry (`binder.on_demand_local`).
+    on_demand: Option<pregen::issuer::LocalIssuer>,
     bindings: Bindings,
-    tenant: Tenant,
+    keys: auth::Keys,
     limits: ParamsLimits,
     claim_wait: Duration,
     binding_ttl: Option<chrono::Duration>,
@@ -34,12 +42,20 @@ pub struct Binder {
 }
 
 impl Binder {
-    pub fn new(pool: PoolReader, bindings: Bindings, settings: &Settings) -> Arc<Self> {
+    /// A binder taking from the lanes of `readers` (one per issuer).
+    pub fn new(readers: Vec<PoolReader>, bindings: Bindings, settings: &Settings) -> Arc<Self> {
         let binder = &settings.binder;
         Arc::new(Binder {
-            pool,
+            lanes: readers
+                .into_iter()
+                .map(|reader| (reader.issuer().to_owned(), reader))
+                .collect(),
+            default_issuer: settings.pregen.issuer.clone(),
+            on_demand: binder
+                .on_demand_local
+                .then(|| pregen::issuer::LocalIssuer::new(settings)),
+            keys: auth::Keys::new(bindings.durable().clone()),
             bindings,
-            tenant: binder.tenant.clone(),
             limits: ParamsLimits {
                 max_bytes: binder.max_params_bytes,
                 ..ParamsLimits::default()

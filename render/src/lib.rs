@@ -32,6 +32,34 @@ pub struct Style {
     /// Blank modules around the code; scanners want 4.
     pub quiet_zone: u32,
     pub ec_level: config::EcLevel,
+    /// The modules' colour; black by default.
+    pub dark: Rgb,
+    /// The background's colour; white by default.
+    pub light: Rgb,
+}
+
+/// A colour as red, green and blue bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rgb(pub [u8; 3]);
+
+impl Rgb {
+    pub const BLACK: Rgb = Rgb([0, 0, 0]);
+    pub const WHITE: Rgb = Rgb([0xFF, 0xFF, 0xFF]);
+
+    /// Reads `RRGGBB` (six hex digits, an optional leading `#`).
+    pub fn parse_hex(text: &str) -> Option<Rgb> {
+        let hex = text.strip_prefix('#').unwrap_or(text);
+        if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let byte = |at: usize| u8::from_str_radix(&hex[at..at + 2], 16).ok();
+        Some(Rgb([byte(0)?, byte(2)?, byte(4)?]))
+    }
+
+    fn hex(self) -> String {
+        let [r, g, b] = self.0;
+        format!("#{r:02x}{g:02x}{b:02x}")
+    }
 }
 
 impl From<config::RenderSettings> for Style {
@@ -40,6 +68,8 @@ impl From<config::RenderSettings> for Style {
             module_px: settings.module_px,
             quiet_zone: settings.quiet_zone,
             ec_level: settings.ec_level,
+            dark: Rgb::BLACK,
+            light: Rgb::WHITE,
         }
     }
 }
@@ -68,10 +98,18 @@ fn symbol(text: &str, style: &Style) -> Result<Symbol, RenderError> {
     symbol::encode(text.as_bytes(), level).map_err(RenderError::TooLong)
 }
 
-/// A 1-bit grayscale PNG: the smallest lossless form a QR code has, and every decoder reads it.
+/// A 1-bit PNG: the smallest lossless form a QR code has, and every decoder reads it.
+/// Grayscale in black and white; other colours are a two-entry palette.
 pub fn png(text: &str, style: &Style) -> Result<Vec<u8>, RenderError> {
     let symbol = symbol(text, style)?;
-    png_file::write(&symbol, style.quiet_zone as usize, style.module_px as usize)
+    let palette = (style.dark != Rgb::BLACK || style.light != Rgb::WHITE)
+        .then_some([style.dark.0, style.light.0]);
+    png_file::write(
+        &symbol,
+        style.quiet_zone as usize,
+        style.module_px as usize,
+        palette,
+    )
 }
 
 /// An SVG with one path of unit squares, scaled by `module_px`; crisp at any zoom.
@@ -103,10 +141,12 @@ pub fn svg(text: &str, style: &Style) -> Result<String, RenderError> {
         concat!(
             r#"<?xml version="1.0" encoding="UTF-8"?>"#,
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" viewBox="0 0 {side} {side}" shape-rendering="crispEdges">"#,
-            r##"<rect width="{side}" height="{side}" fill="#fff"/><path fill="#000" d="{path}"/></svg>"##
+            r#"<rect width="{side}" height="{side}" fill="{light}"/><path fill="{dark}" d="{path}"/></svg>"#
         ),
         size = size,
         side = side,
+        light = style.light.hex(),
+        dark = style.dark.hex(),
         path = path
     ))
 }
@@ -164,9 +204,43 @@ mod tests {
                     module_px,
                     quiet_zone,
                     ec_level,
+                    ..Style::default()
                 };
                 assert_eq!(decode(&png(URL, &style).unwrap()), URL, "{style:?}");
             }
+        }
+    }
+
+    #[test]
+    fn coloured_codes_are_a_two_entry_palette_and_still_decode() {
+        let style = Style {
+            dark: Rgb::parse_hex("#1a237e").unwrap(),
+            light: Rgb::parse_hex("fff8e1").unwrap(),
+            ..Style::default()
+        };
+        let bytes = png(URL, &style).unwrap();
+        assert_eq!(bytes[25], 3, "IHDR colour type: palette");
+        assert_eq!(&bytes[37..41], b"PLTE");
+        assert_eq!(&bytes[41..47], &[0x1a, 0x23, 0x7e, 0xff, 0xf8, 0xe1]);
+        assert_eq!(decode(&bytes), URL);
+        let svg = svg(URL, &style).unwrap();
+        assert!(svg.contains(r##"fill="#fff8e1""##) && svg.contains(r##"fill="#1a237e""##));
+    }
+
+    #[test]
+    fn colours_are_six_hex_digits() {
+        assert_eq!(Rgb::parse_hex("#000000"), Some(Rgb::BLACK));
+        assert_eq!(Rgb::parse_hex("FFFFFF"), Some(Rgb::WHITE));
+        for bad in [
+            "",
+            "#fff",
+            "12345",
+            "1234567",
+            "gg0000",
+            "#+1+1+1",
+            "\u{e9}\u{e9}\u{e9}",
+        ] {
+            assert_eq!(Rgb::parse_hex(bad), None, "{bad}");
         }
     }
 

@@ -1,4 +1,5 @@
-//! A symbol as a 1-bit grayscale PNG: scanlines, our own DEFLATE stream, and the chunks.
+//! A symbol as a 1-bit PNG (grayscale, or a two-colour palette): scanlines, our own DEFLATE
+//! stream, and the chunks.
 //!
 //! Written by hand because the general encoders spend their time discovering repeats that we
 //! know by construction (see [`crate::deflate`]); the container itself is a few fixed chunks.
@@ -13,7 +14,14 @@ const ZLIB_HEADER: [u8; 2] = [0x78, 0xDA];
 /// PNG limits width and height to 2³¹ − 1.
 const MAX_SIDE: usize = i32::MAX as usize;
 
-pub fn write(symbol: &Symbol, quiet_zone: usize, module_px: usize) -> Result<Vec<u8>, RenderError> {
+/// `palette`: `[dark, light]` colours, or `None` for black on white (grayscale). Pixel bit 0
+/// is dark and 1 is light in both forms.
+pub fn write(
+    symbol: &Symbol,
+    quiet_zone: usize,
+    module_px: usize,
+    palette: Option<[[u8; 3]; 2]>,
+) -> Result<Vec<u8>, RenderError> {
     let side_modules = symbol.width + 2 * quiet_zone;
     let side = side_modules * module_px;
     if side > MAX_SIDE || side == 0 {
@@ -52,8 +60,15 @@ pub fn write(symbol: &Symbol, quiet_zone: usize, module_px: usize) -> Result<Vec
     header[..4].copy_from_slice(&side.to_be_bytes());
     header[4..8].copy_from_slice(&side.to_be_bytes());
     header[8] = 1; // bit depth
-    // colour type 0 (grayscale), compression 0, filter 0, interlace 0: the rest stay zero.
+    // Colour type 0 (grayscale) or 3 (palette); compression, filter, interlace stay 0.
+    header[9] = if palette.is_some() { 3 } else { 0 };
     chunk(&mut png, *b"IHDR", |out| out.extend_from_slice(&header));
+    if let Some(colours) = palette {
+        chunk(&mut png, *b"PLTE", |out| {
+            out.extend_from_slice(&colours[0]);
+            out.extend_from_slice(&colours[1]);
+        });
+    }
     chunk(&mut png, *b"IDAT", |out| {
         out.extend_from_slice(&ZLIB_HEADER);
         deflate::compress(&scanlines, line_len, out);

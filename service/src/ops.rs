@@ -53,13 +53,31 @@ pub fn prometheus() -> &'static PrometheusHandle {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ])
             .unwrap_or_else(|_| PrometheusBuilder::new());
-        match builder.install_recorder() {
+        let handle = match builder.install_recorder() {
             Ok(handle) => handle,
             // Another recorder is installed (a test harness, say): keep ours unattached.
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        };
+        // Histograms keep every sample until upkeep folds them into their buckets; without
+        // it, a process nobody scrapes grows by every request it serves.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start metrics upkeep; histograms will grow until scraped");
         }
+        handle
     })
 }
+
+/// How often histogram samples are folded into buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn router(readiness: Readiness) -> Router {
     prometheus();
