@@ -2,34 +2,96 @@
 //!
 //! | route | for | answer |
 //! | --- | --- | --- |
-//! | `GET /m/{request_id}` | people | an HTML landing page built from the params (escaped) |
+//! | `GET /m/{request_id}` | people | an HTML landing page built from the params (escaped), or a `302` to the tenant's target the params name (`"target": "listing"`) |
 //! | `GET /v1/scene/{request_id}` | mini-programs (the `scene` they were opened with) | the params as JSON |
 //!
 //! People get friendly pages for unknown (404), expired (410) and unavailable (503) codes;
 //! programs get `application/problem+json`. Resolution goes through the tiered lookup of
-//! [`bindings::Bindings`] and never writes.
+//! [`bindings::Bindings`] and never writes; each scan's event goes to [`scans`], never in
+//! the scan's way.
+//!
+//! Caching: a bound code's answer carries an `ETag` of its version and `Cache-Control:
+//! private, no-cache`, so a browser may keep it but asks again (a `304` when unchanged), and a
+//! change or revocation is seen at the next scan. Unknown and unavailable answers are
+//! `no-store`: the code may be bound, or the store back, a moment later. `HEAD` answers as
+//! `GET` without the body.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use askama::Template;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use bindings::Bindings;
-use records::{Binding, RequestId};
+use records::{Binding, RequestId, TargetTemplate};
 use service::Problem;
 
-pub fn router(bindings: Bindings) -> Router {
+pub mod scans;
+
+/// Redirect targets by tenant, then by name (the `targets` settings, checked at start).
+pub type Targets = BTreeMap<String, BTreeMap<String, TargetTemplate>>;
+
+/// Reads the `targets` settings; they were validated at start, so none is dropped here
+/// unless it is unreadable, which is logged.
+pub fn targets(settings: &BTreeMap<String, BTreeMap<String, String>>) -> Targets {
+    settings
+        .iter()
+        .map(|(tenant, named)| {
+            let templates = named
+                .iter()
+                .filter_map(|(name, text)| match TargetTemplate::parse(text) {
+                    Ok(template) => Some((name.clone(), template)),
+                    Err(error) => {
+                        tracing::error!(%tenant, %name, %error, "skipping a redirect target");
+                        None
+                    }
+                })
+                .collect();
+            (tenant.clone(), templates)
+        })
+        .collect()
+}
+
+/// What the scan routes share.
+struct MiddlePage {
+    bindings: Bindings,
+    /// `None` when `scans.enabled` is off.
+    scans: Option<scans::ScanEvents>,
+    targets: Targets,
+}
+
+pub fn router(bindings: Bindings, scans: Option<scans::ScanEvents>, targets: Targets) -> Router {
     Router::new()
         .route("/m/{request_id}", get(landing))
         .route("/v1/scene/{request_id}", get(scene))
-        .with_state(Arc::new(bindings))
+        .with_state(Arc::new(MiddlePage {
+            bindings,
+            scans,
+            targets,
+        }))
+}
+
+/// The URL a binding sends scanners to: its `target` param names one of its tenant's
+/// templates, filled from its params. `None` (the landing page) otherwise, and when the
+/// template cannot be filled (counted).
+fn redirect_target(targets: &Targets, binding: &Binding) -> Option<String> {
+    let name = binding.params.as_map().get("target")?.as_str()?;
+    let url = targets
+        .get(binding.tenant.as_str())
+        .and_then(|named| named.get(name))
+        .and_then(|template| template.fill(&binding.params));
+    if url.is_none() {
+        metrics::counter!("middle_page_targets_unresolved_total").increment(1);
+        tracing::debug!(request_id = %binding.request_id, target = name, "target not found or not fillable; landing page instead");
+    }
+    url
 }
 
 /// What a scan found.
@@ -38,6 +100,42 @@ enum Resolved {
     Unknown,
     Expired,
     Unavailable,
+}
+
+impl Resolved {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Resolved::Bound(_) => "bound",
+            Resolved::Unknown => "unknown",
+            Resolved::Expired => "expired",
+            Resolved::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Resolves a scan and records its event (off the scan's path: see [`scans`]).
+async fn scan(
+    page: &MiddlePage,
+    request_id: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Resolved {
+    let resolved = resolve(&page.bindings, request_id).await;
+    // Malformed ids are probes, not scans of a code: counted in the resolve metric only.
+    if let (Some(scans), true) = (&page.scans, RequestId::parse(request_id).is_ok()) {
+        let tenant = match &resolved {
+            Resolved::Bound(binding) => Some(binding.tenant.as_str().to_owned()),
+            _ => None,
+        };
+        scans.record(scans.event(
+            request_id.to_owned(),
+            resolved.outcome(),
+            tenant,
+            headers,
+            query,
+        ));
+    }
+    resolved
 }
 
 async fn resolve(bindings: &Bindings, request_id: &str) -> Resolved {
@@ -77,13 +175,74 @@ struct ExpiredPage;
 #[template(path = "unavailable.html")]
 struct UnavailablePage;
 
-#[tracing::instrument(name = "scan", skip_all)]
-async fn landing(
-    State(bindings): State<Arc<Bindings>>,
-    Path(request_id): Path<String>,
+/// Bound answers may be kept by the scanner's browser, but must be asked for again.
+const REVALIDATE: &str = "private, no-cache";
+/// Answers that may change any moment (not bound yet, store unavailable).
+const NO_STORE: &str = "no-store";
+
+/// The version of a binding as an entity tag: a change makes a new one.
+fn etag(binding: &Binding) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}.{}\"", binding.request_id, binding.version))
+        .unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// `304 Not Modified` when the scanner already holds this version.
+fn not_modified(headers: &HeaderMap, etag: &HeaderValue) -> Option<Response> {
+    let held = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?;
+    let current = etag.to_str().ok()?;
+    held.split(',')
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == current || tag == "*")
+        .then(|| {
+            (
+                StatusCode::NOT_MODIFIED,
+                [
+                    (header::ETAG, etag.clone()),
+                    (header::CACHE_CONTROL, HeaderValue::from_static(REVALIDATE)),
+                ],
+            )
+                .into_response()
+        })
+}
+
+fn with_cache_headers(
+    mut response: Response,
+    cache: &'static str,
+    etag: Option<HeaderValue>,
 ) -> Response {
-    match resolve(&bindings, &request_id).await {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if let Some(etag) = etag {
+        headers.insert(header::ETAG, etag);
+    }
+    response
+}
+
+#[tracing::instrument(name = "scan", level = "debug", skip_all)]
+async fn landing(
+    State(page): State<Arc<MiddlePage>>,
+    Path(request_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    match scan(&page, &request_id, &headers, query.as_deref()).await {
         Resolved::Bound(binding) => {
+            if let Some(url) = redirect_target(&page.targets, &binding)
+                && let Ok(location) = HeaderValue::from_str(&url)
+            {
+                return (
+                    StatusCode::FOUND,
+                    [
+                        (header::LOCATION, location),
+                        (header::CACHE_CONTROL, HeaderValue::from_static(REVALIDATE)),
+                    ],
+                )
+                    .into_response();
+            }
+            let etag = etag(&binding);
+            if let Some(response) = not_modified(&headers, &etag) {
+                return response;
+            }
             let fields = binding
                 .params
                 .as_map()
@@ -100,17 +259,28 @@ async fn landing(
                 request_id: binding.request_id.to_string(),
                 fields,
             };
-            let mut response = page_response(StatusCode::OK, page.render());
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            response
+            with_cache_headers(
+                page_response(StatusCode::OK, page.render()),
+                REVALIDATE,
+                Some(etag),
+            )
         }
-        Resolved::Unknown => page_response(StatusCode::NOT_FOUND, UnknownPage.render()),
-        Resolved::Expired => page_response(StatusCode::GONE, ExpiredPage.render()),
+        Resolved::Unknown => with_cache_headers(
+            page_response(StatusCode::NOT_FOUND, UnknownPage.render()),
+            NO_STORE,
+            None,
+        ),
+        Resolved::Expired => with_cache_headers(
+            page_response(StatusCode::GONE, ExpiredPage.render()),
+            REVALIDATE,
+            None,
+        ),
         Resolved::Unavailable => {
-            let mut response =
-                page_response(StatusCode::SERVICE_UNAVAILABLE, UnavailablePage.render());
+            let mut response = with_cache_headers(
+                page_response(StatusCode::SERVICE_UNAVAILABLE, UnavailablePage.render()),
+                NO_STORE,
+                None,
+            );
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(1));
@@ -138,21 +308,40 @@ struct Scene<'a> {
     expires_at: Option<DateTime<Utc>>,
 }
 
-async fn scene(State(bindings): State<Arc<Bindings>>, Path(request_id): Path<String>) -> Response {
-    match resolve(&bindings, &request_id).await {
-        Resolved::Bound(binding) => Json(Scene {
-            request_id: binding.request_id,
-            params: &binding.params,
-            created_at: binding.created_at,
-            expires_at: binding.expires_at,
-        })
-        .into_response(),
-        Resolved::Unknown => Problem::not_found("code").into_response(),
-        Resolved::Expired => Problem::new(StatusCode::GONE, "about:blank", "Gone")
-            .with_detail("this code has expired")
-            .into_response(),
-        Resolved::Unavailable => {
-            Problem::unavailable("the binding store is unavailable").into_response()
+async fn scene(
+    State(page): State<Arc<MiddlePage>>,
+    Path(request_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    match scan(&page, &request_id, &headers, query.as_deref()).await {
+        Resolved::Bound(binding) => {
+            let etag = etag(&binding);
+            if let Some(response) = not_modified(&headers, &etag) {
+                return response;
+            }
+            let scene = Json(Scene {
+                request_id: binding.request_id,
+                params: &binding.params,
+                created_at: binding.created_at,
+                expires_at: binding.expires_at,
+            });
+            with_cache_headers(scene.into_response(), REVALIDATE, Some(etag))
         }
+        Resolved::Unknown => {
+            with_cache_headers(Problem::not_found("code").into_response(), NO_STORE, None)
+        }
+        Resolved::Expired => with_cache_headers(
+            Problem::new(StatusCode::GONE, "about:blank", "Gone")
+                .with_detail("this code has expired")
+                .into_response(),
+            REVALIDATE,
+            None,
+        ),
+        Resolved::Unavailable => with_cache_headers(
+            Problem::unavailable("the binding store is unavailable").into_response(),
+            NO_STORE,
+            None,
+        ),
     }
 }
