@@ -20,6 +20,29 @@ pub(crate) fn depth(depth: u64) {
     metrics::gauge!("pool_depth_codes").set(depth as f64);
 }
 
+/// How fast the binders take codes from the lane, and how long it lasts at that rate.
+pub(crate) fn draining(issuer: &str, codes_per_sec: f64, seconds_left: f64) {
+    metrics::gauge!("pool_drain_codes_per_second", "issuer" => issuer.to_owned())
+        .set(codes_per_sec);
+    metrics::gauge!("pool_seconds_left", "issuer" => issuer.to_owned()).set(seconds_left);
+}
+
+/// The low-water alarm: a gauge an operator can alert on, and a warning in the log. At start
+/// an empty pool is expected and not warned about.
+pub(crate) fn low_water(issuer: &str, depth: u64, low_water: u64, warn: bool) {
+    let below = depth < low_water;
+    metrics::gauge!("pool_below_low_water", "issuer" => issuer.to_owned())
+        .set(f64::from(u8::from(below)));
+    if below && warn {
+        tracing::warn!(
+            issuer,
+            depth,
+            low_water,
+            "the pool is below its low-water mark"
+        );
+    }
+}
+
 pub(crate) fn topped_up(depth_before: u64, added: u64, plan: &crate::Plan) {
     tracing::info!(
         depth_before,

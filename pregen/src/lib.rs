@@ -11,6 +11,7 @@
 //! Who makes the codes is an [`Issuer`]: the local renderer, or a remote API under a shared
 //! [`quota`].
 
+mod drain;
 mod events;
 pub mod issuer;
 pub mod quota;
@@ -40,11 +41,15 @@ pub enum PregenError {
     Issue(#[from] IssueError),
 }
 
+/// Batches in a row that may come back empty before a fill gives up on its issuer.
+const MAX_EMPTY_BATCHES: u32 = 3;
+
 #[derive(Debug, Clone)]
 pub struct Pregen {
     writer: PoolWriter,
     issuer: Arc<Issuer>,
     settings: PregenSettings,
+    drain: Arc<std::sync::Mutex<drain::DrainRate>>,
 }
 
 /// What one scheduling decision asks for.
@@ -82,7 +87,14 @@ impl Pregen {
             writer,
             issuer: Arc::new(issuer),
             settings: settings.pregen.clone(),
+            drain: Arc::default(),
         })
+    }
+
+    fn drain(&self) -> std::sync::MutexGuard<'_, drain::DrainRate> {
+        self.drain
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn issuer(&self) -> &Issuer {
@@ -116,6 +128,7 @@ impl Pregen {
         let mut requested = 0_u64;
         let mut enqueueing: Option<tokio::task::JoinHandle<Result<usize, PoolError>>> = None;
         let mut issue_error = None;
+        let mut empty_batches = 0;
         while requested < count && !shutdown.is_cancelled() {
             let batch = usize::try_from(count - requested)
                 .unwrap_or(usize::MAX)
@@ -132,8 +145,21 @@ impl Pregen {
                 total += self.enqueued(previous).await? as u64;
                 landed(total);
             }
-            // Codes given up were not made: ask for them again in a later batch.
+            // Codes given up were not made: ask for them again in a later batch, unless
+            // nothing at all comes back batch after batch.
             requested -= (batch - records.len()) as u64;
+            empty_batches = if records.is_empty() && !shutdown.is_cancelled() {
+                empty_batches + 1
+            } else {
+                0
+            };
+            if empty_batches == MAX_EMPTY_BATCHES {
+                issue_error = Some(IssueError::Failing {
+                    issuer: self.issuer.name().to_owned(),
+                    batches: MAX_EMPTY_BATCHES,
+                });
+                break;
+            }
             if !records.is_empty() {
                 let writer = self.writer.clone();
                 let span = tracing::debug_span!("enqueue", codes = records.len());
@@ -205,13 +231,24 @@ impl Pregen {
         shutdown: &CancellationToken,
         starting: bool,
     ) -> Result<u64, PregenError> {
-        let depth = self.writer.depth().await?;
+        let depth = self.writer.depth(self.issuer.name()).await?;
         events::depth(depth);
+        let rate = self.drain().observe(std::time::Instant::now(), depth);
+        if let Some(rate) = rate {
+            events::draining(self.issuer.name(), rate, drain::seconds_left(depth, rate));
+        }
+        events::low_water(
+            self.issuer.name(),
+            depth,
+            self.settings.low_water,
+            !starting,
+        );
         let plan = self.plan(depth, starting);
         if plan.missing == 0 {
             return Ok(0);
         }
         let added = self.fill(plan.missing, plan.quota_share, shutdown).await?;
+        self.drain().added(added);
         events::topped_up(depth, added, &plan);
         Ok(added)
     }
@@ -272,7 +309,13 @@ mod tests {
         let never = CancellationToken::new();
         assert_eq!(pregen.top_up(&never).await.unwrap(), 30);
         assert_eq!(pregen.top_up(&never).await.unwrap(), 0);
-        assert_eq!(PoolWriter::Embedded(pool).depth().await.unwrap(), 30);
+        assert_eq!(
+            PoolWriter::Embedded(pool)
+                .depth(LOCAL_ISSUER)
+                .await
+                .unwrap(),
+            30
+        );
     }
 
     #[tokio::test]
@@ -283,12 +326,12 @@ mod tests {
             .fill(3, 1.0, &CancellationToken::new())
             .await
             .unwrap();
-        let reader = pool::PoolReader::Embedded(pool);
+        let reader = pool::PoolReader::Embedded(pool.lane(LOCAL_ISSUER));
         while let Some(delivery) = reader.take(Duration::ZERO).await.unwrap() {
             let record = delivery.record;
             assert_eq!(
                 record.content,
-                format!("https://qr.example.com/m/{}", record.request_id)
+                format!("https://qr.example.com/m/{}?qr=1", record.request_id)
             );
             assert_eq!(record.issuer, LOCAL_ISSUER);
             let image = record.image.unwrap();

@@ -31,6 +31,12 @@ pub enum IssueError {
         code: i64,
         message: String,
     },
+    /// Every code of several batches in a row was given up (the API unreachable or failing
+    /// on every retry): a fill ends here rather than spin; the scheduler tries again later.
+    #[error(
+        "issuer `{issuer}` made no code in {batches} batches in a row; see the warnings for why"
+    )]
+    Failing { issuer: String, batches: u32 },
     #[error("rendering a code failed")]
     Render(#[from] render::RenderError),
     #[error("the render task stopped unexpectedly")]
