@@ -20,10 +20,10 @@
 //! | `QRPOOL_STORE__BACKEND` | `embedded` or `postgres` | `embedded` |
 //! | `QRPOOL_EMBEDDED__DATA_DIR` | folder of the embedded databases | `qrpool-data` |
 //! | `QRPOOL_KAFKA__BROKERS` | bootstrap servers | `127.0.0.1:9092` |
-//! | `QRPOOL_KAFKA__POOL_TOPIC` | topic of pre-generated codes | `qrpool.pool` |
+//! | `QRPOOL_KAFKA__POOL_TOPIC` | prefix of the pool topics: issuer `X`'s codes go to `<pool_topic>.X` | `qrpool.pool` |
 //! | `QRPOOL_KAFKA__PARTITIONS` | partitions when qrpool creates the topic | `8` |
 //! | `QRPOOL_KAFKA__REPLICATION` | replication factor when qrpool creates the topic | `1` |
-//! | `QRPOOL_KAFKA__GROUP_ID` | consumer group of the binders | `qrpool-binder` |
+//! | `QRPOOL_KAFKA__GROUP_ID` | prefix of the binder groups: `<group_id>.X` reads issuer `X`'s topic | `qrpool-binder` |
 //! | `QRPOOL_KAFKA__SESSION_TIMEOUT_MS` | consumer-group session timeout | `10000` |
 //! | `QRPOOL_KAFKA__PREFETCH` | codes a binder holds ready | `512` |
 //! | `QRPOOL_REDIS__URL` | secret; Redis hot tier of the bindings (unset: no Redis) | unset |
@@ -43,13 +43,18 @@
 //! | `QRPOOL_PREGEN__TIME_ZONE` | IANA zone of the off-peak windows | `UTC` |
 //! | `QRPOOL_PREGEN__PEAK_QUOTA_SHARE` | share of a remote quota pregen may use outside the windows | `0.2` |
 //! | `QRPOOL_PREGEN__ISSUERS__<NAME>__APP_SECRET` | secret of a remote issuer | unset |
-//! | `QRPOOL_BINDER__TENANT` | tenant of binds (API keys come later) | `default` |
+//! | `QRPOOL_BINDER__ON_DEMAND_LOCAL` | a dry local lane draws a code at bind time instead of answering 503 | `true` |
+//! | `QRPOOL_BINDER__TENANT` | tenant of the first API key `qrpool up` makes when there is none (each key names its tenant) | `default` |
 //! | `QRPOOL_BINDER__CLAIM_WAIT_MS` | how long a bind waits for a code when the pool is dry | `250` |
 //! | `QRPOOL_BINDER__MAX_PARAMS_BYTES` | largest `params` object | `4096` |
 //! | `QRPOOL_BINDER__BINDING_TTL_DAYS` | lifetime of a binding (unset: no expiry) | unset |
 //! | `QRPOOL_MIDDLE_PAGE__CACHE_CAPACITY` | bindings held in process | `100000` |
 //! | `QRPOOL_MIDDLE_PAGE__CACHE_TTL_SECS` | how long a binding stays in process | `300` |
 //! | `QRPOOL_MIDDLE_PAGE__NEGATIVE_TTL_MS` | how long an unbound id is answered unknown without a lookup (0: off) | `2000` |
+//! | `QRPOOL_SCANS__ENABLED` | record an event per scan | `true` |
+//! | `QRPOOL_SCANS__QUEUE` | events waiting to be written before new ones are dropped (counted) | `65536` |
+//! | `QRPOOL_SCANS__COUNTRY_HEADER` | request header carrying the scanner's country | unset |
+//! | `QRPOOL_KAFKA__EVENTS_TOPIC` | topic of scan events when the pool is on Kafka | `qrpool.scans` |
 //! | `QRPOOL_TELEMETRY__FORMAT` | `pretty` or `json` log lines | `pretty` |
 //! | `QRPOOL_TELEMETRY__FILTER` | tracing filter (`RUST_LOG` wins when set) | `info` |
 //!

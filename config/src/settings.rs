@@ -30,6 +30,10 @@ pub struct Settings {
     pub pregen: PregenSettings,
     pub binder: BinderSettings,
     pub middle_page: MiddlePageSettings,
+    pub scans: ScanSettings,
+    /// Redirect targets per tenant: `[targets.<tenant>] <name> = "https://…/{param}"`. A
+    /// binding whose params say `"target": "<name>"` sends scanners there with a 302.
+    pub targets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     pub telemetry: TelemetrySettings,
 }
 
@@ -124,6 +128,8 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u32,
     /// Codes a binder receives ahead of demand, so a bind never waits on a fetch.
     pub prefetch: usize,
+    /// Where scan events go when the pool is on Kafka.
+    pub events_topic: String,
     /// Extra librdkafka properties for the pool producer (`linger.ms`, `batch.num.messages`,
     /// security settings…); they win over qrpool's own choices.
     pub producer_options: std::collections::BTreeMap<String, String>,
@@ -139,8 +145,31 @@ impl Default for KafkaSettings {
             group_id: "qrpool-binder".into(),
             session_timeout_ms: 10_000,
             prefetch: 512,
+            events_topic: "qrpool.scans".into(),
             producer_options: Default::default(),
         }
+    }
+}
+
+impl KafkaSettings {
+    /// The topic of `issuer`'s codes. Each issuer has a lane of its own (`<pool_topic>.<issuer>`)
+    /// so that its depth is the lag on its topic and a caller can ask for its kind of code.
+    pub fn lane_topic(&self, issuer: &str) -> String {
+        format!("{}.{issuer}", self.pool_topic)
+    }
+
+    /// The binder group reading `issuer`'s lane: one group per lane, so a binder joining one
+    /// lane never rebalances another.
+    pub fn lane_group(&self, issuer: &str) -> String {
+        format!("{}.{issuer}", self.group_id)
+    }
+
+    /// The issuer whose lane `topic` is, when it is one.
+    pub fn lane_of_topic<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(self.pool_topic.as_str())?
+            .strip_prefix('.')
+            .filter(|issuer| !issuer.is_empty())
     }
 }
 
@@ -215,9 +244,13 @@ impl Default for RenderSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BinderSettings {
-    /// The tenant every bind belongs to until API keys name one per caller.
+    /// The tenant of the first API key `qrpool up` makes when the store has none; every
+    /// other key names its own tenant.
     pub tenant: records::Tenant,
     pub claim_wait_ms: u64,
+    /// When the local lane is dry, draw a code on demand instead of answering 503 (remote
+    /// issuers' codes are never made at bind time: their quota is pregen's).
+    pub on_demand_local: bool,
     pub max_params_bytes: usize,
     pub binding_ttl_days: Option<u32>,
 }
@@ -227,6 +260,7 @@ impl Default for BinderSettings {
         BinderSettings {
             tenant: records::Tenant::default(),
             claim_wait_ms: 250,
+            on_demand_local: true,
             max_params_bytes: 4096,
             binding_ttl_days: None,
         }
@@ -250,6 +284,28 @@ impl Default for MiddlePageSettings {
             cache_capacity: 100_000,
             cache_ttl_secs: 300,
             negative_ttl_ms: 2_000,
+        }
+    }
+}
+
+/// Scan events: one per scan, off the scan's path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScanSettings {
+    pub enabled: bool,
+    /// Events waiting to be written; when full, new ones are dropped (and counted), never
+    /// waited for.
+    pub queue: usize,
+    /// A request header a proxy or CDN fills with the scanner's country (`cf-ipcountry`, say).
+    pub country_header: Option<String>,
+}
+
+impl Default for ScanSettings {
+    fn default() -> Self {
+        ScanSettings {
+            enabled: true,
+            queue: 65_536,
+            country_header: None,
         }
     }
 }
@@ -553,6 +609,22 @@ impl Settings {
             ));
         }
         self.validate_issuers()?;
+        for (tenant, targets) in &self.targets {
+            if records::Tenant::parse(tenant).is_err() {
+                return Err(ConfigError::invalid(
+                    format!("targets.{tenant}"),
+                    "must be named by a tenant: a-z, 0-9, - and _",
+                ));
+            }
+            for (name, template) in targets {
+                if let Err(error) = records::TargetTemplate::parse(template) {
+                    return Err(ConfigError::invalid(
+                        format!("targets.{tenant}.{name}"),
+                        error.to_string(),
+                    ));
+                }
+            }
+        }
         if !(16..=1024 * 1024).contains(&self.binder.max_params_bytes) {
             return Err(ConfigError::invalid(
                 "binder.max_params_bytes",
@@ -699,6 +771,26 @@ mod tests {
             assert!(load_in(jail, None).is_err());
             Ok(())
         });
+    }
+
+    #[test]
+    fn redirect_targets_must_keep_their_host() {
+        let mut settings = Settings::default();
+        settings.targets.insert(
+            "acme".into(),
+            [("listing".to_owned(), "https://{host}/x".to_owned())].into(),
+        );
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("targets.acme.listing"), "{error}");
+        settings.targets.insert(
+            "acme".into(),
+            [(
+                "listing".to_owned(),
+                "https://m.acme.example/{id}".to_owned(),
+            )]
+            .into(),
+        );
+        settings.validate().unwrap();
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! [`App::build`] opens the backends the settings name and wires the chosen [`Parts`]
 //! together; [`App::run`] serves them until shutdown and then stops them in order:
-//! HTTP first (requests in flight finish), then pregen, then the pool reader (so every
+//! HTTP first (requests in flight finish), then pregen, then the pool readers (so every
 //! ack is committed). The `qrpool` binary is a thin face over this; tests use it directly.
+
+pub mod keys;
 
 use std::time::{Duration, Instant};
 
@@ -66,18 +68,29 @@ pub async fn open_pool_writer(settings: &Settings) -> anyhow::Result<PoolWriter>
     })
 }
 
+/// The issuers whose lanes a binder takes from: `local` and every configured issuer.
+fn served_issuers(settings: &Settings) -> impl Iterator<Item = &str> {
+    std::iter::once(config::LOCAL_ISSUER).chain(settings.pregen.issuers.keys().map(String::as_str))
+}
+
 /// The parts of one process, built and ready to serve.
 #[derive(Debug)]
 pub struct App {
     router: Router,
     pregen: Option<Pregen>,
-    reader: Option<PoolReader>,
+    /// One per issuer lane the binder serves; empty without the binder.
+    readers: Vec<PoolReader>,
+    /// Writes scan events; drained at shutdown once no request can record any more.
+    scan_writer: Option<middle_page::scans::ScanWriter>,
     grace: Duration,
 }
 
 impl App {
     /// Opens the backends the parts need and wires the routes.
     pub async fn build(settings: &Settings, parts: Parts) -> anyhow::Result<App> {
+        // The recorder first: what happens while the backends open (a consumer group's first
+        // assignment, say) is counted too, not sent to the no-op recorder.
+        service::ops::prometheus();
         // The embedded pool is one SQLite file that pregen and binder share in-process.
         let embedded = match settings.pool.backend {
             PoolBackend::Embedded if parts.pregen || parts.binder => Some(
@@ -92,15 +105,21 @@ impl App {
             (Some(pool), true) => Some(PoolWriter::Embedded(pool.clone())),
             (None, true) => Some(open_pool_writer(settings).await?),
         };
-        let reader = match (&embedded, parts.binder) {
-            (_, false) => None,
-            (Some(pool), true) => Some(PoolReader::Embedded(pool.clone())),
-            (None, true) => Some(PoolReader::Kafka(
-                KafkaReader::connect(&settings.kafka)
-                    .await
-                    .context("joining the binder group on Kafka")?,
-            )),
-        };
+        let mut readers = Vec::new();
+        if parts.binder {
+            for issuer in served_issuers(settings) {
+                readers.push(match &embedded {
+                    Some(pool) => PoolReader::Embedded(pool.lane(issuer)),
+                    None => PoolReader::Kafka(
+                        KafkaReader::connect(&settings.kafka, issuer)
+                            .await
+                            .with_context(|| {
+                                format!("joining the binder group of `{issuer}` on Kafka")
+                            })?,
+                    ),
+                });
+            }
+        }
         let bindings = if parts.binder || parts.middle_page {
             Some(
                 Bindings::connect(settings)
@@ -120,7 +139,8 @@ impl App {
                 Box::pin(async move { store.check().await.map_err(|error| error.to_string()) })
             });
         }
-        if let Some(reader) = &reader {
+        if let Some(reader) = readers.first() {
+            // Every lane lives on the same brokers (or file): one answers for all.
             let pool = reader.clone();
             readiness = readiness.with("pool", move || {
                 let pool = pool.clone();
@@ -128,10 +148,11 @@ impl App {
             });
         } else if let Some(writer) = &writer {
             let pool = writer.clone();
+            let issuer = settings.pregen.issuer.clone();
             readiness = readiness.with("pool", move || {
-                let pool = pool.clone();
+                let (pool, issuer) = (pool.clone(), issuer.clone());
                 Box::pin(async move {
-                    pool.depth()
+                    pool.depth(&issuer)
                         .await
                         .map(drop)
                         .map_err(|error| error.to_string())
@@ -159,15 +180,46 @@ impl App {
                 })
             });
         }
-        if let (true, Some(reader), Some(bindings)) = (parts.binder, &reader, &bindings) {
+        if let (true, Some(bindings)) = (parts.binder, &bindings) {
             router = router.merge(binder::router(Binder::new(
-                reader.clone(),
+                readers.clone(),
                 bindings.clone(),
                 settings,
             )));
         }
+        let mut scan_writer = None;
         if let (true, Some(bindings)) = (parts.middle_page, &bindings) {
-            router = router.merge(middle_page::router(bindings.clone()));
+            let scans = if settings.scans.enabled {
+                let sink = match settings.pool.backend {
+                    PoolBackend::Kafka => {
+                        pool::kafka::ensure_topic(&settings.kafka, &settings.kafka.events_topic)
+                            .await
+                            .context("creating the scan events topic")?;
+                        middle_page::scans::ScanSink::Kafka {
+                            brokers: settings.kafka.brokers.clone(),
+                            topic: settings.kafka.events_topic.clone(),
+                        }
+                    }
+                    PoolBackend::Embedded => middle_page::scans::ScanSink::Files(
+                        settings.embedded.data_dir.join("scans"),
+                    ),
+                };
+                let (events, writer) = middle_page::scans::ScanEvents::start(
+                    sink,
+                    settings.scans.queue,
+                    settings.scans.country_header.clone(),
+                )
+                .context("starting the scan event writer")?;
+                scan_writer = Some(writer);
+                Some(events)
+            } else {
+                None
+            };
+            router = router.merge(middle_page::router(
+                bindings.clone(),
+                scans,
+                middle_page::targets(&settings.targets),
+            ));
         }
         let router = service::layers::around(
             router,
@@ -179,7 +231,8 @@ impl App {
         Ok(App {
             router,
             pregen,
-            reader,
+            readers,
+            scan_writer,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         })
     }
@@ -226,11 +279,19 @@ impl App {
         if let Some(pregen) = pregen {
             pregen.await.context("the pregen task panicked")?;
         }
-        if let Some(reader) = self.reader {
-            reader
-                .close()
-                .await
-                .context("committing the pool position at shutdown")?;
+        if let Some(writer) = self.scan_writer {
+            writer.finish().await;
+        }
+        for reader in self.readers {
+            // Not an error of the shutdown: a position not committed only means the codes
+            // after it are delivered again, and the binding store skips those already bound.
+            if let Err(error) = reader.close().await {
+                tracing::warn!(
+                    issuer = reader.issuer(),
+                    error = %error,
+                    "could not commit the pool position at shutdown; bound codes after it will be redelivered and skipped"
+                );
+            }
         }
         served.context("serving HTTP")
     }

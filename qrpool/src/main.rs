@@ -45,6 +45,30 @@ enum Command {
     MiddlePage,
     /// Brings the binding store's schema up to date, then exits.
     Migrate,
+    /// The API keys of the tenants' apps.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Makes a key and prints it once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// What the key may do: bind, read, admin (repeat, or separate with commas).
+        #[arg(long = "scope", default_value = "bind,read", num_args = 1..)]
+        scopes: Vec<String>,
+        /// Requests per second the key may make.
+        #[arg(long, default_value_t = qrpool::keys::DEFAULT_RATE_PER_SEC)]
+        rate: u32,
+    },
+    /// Every key: id, tenant, scopes, rate, when made and revoked.
+    List,
+    /// Revokes a key for good.
+    Revoke { key_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +111,17 @@ async fn main() -> anyhow::Result<()> {
         } => return pool_status(&settings).await,
         Command::Binder => Parts::BINDER,
         Command::MiddlePage => Parts::MIDDLE_PAGE,
+        Command::Keys { action } => {
+            return match action {
+                KeysCommand::Create {
+                    tenant,
+                    scopes,
+                    rate,
+                } => qrpool::keys::create(&settings, &tenant, &scopes.join(","), rate).await,
+                KeysCommand::List => qrpool::keys::list(&settings).await,
+                KeysCommand::Revoke { key_id } => qrpool::keys::revoke(&settings, &key_id).await,
+            };
+        }
         Command::Migrate => {
             bindings::DurableStore::connect(&settings)
                 .await
@@ -112,12 +147,23 @@ async fn main() -> anyhow::Result<()> {
     // `up` is the one-process path people try first: fill the pool before answering, so the
     // first bind finds a code. A lone pregen serves its health endpoints at once and fills
     // in the background, however large its target.
-    let primed = if parts == Parts::ALL {
-        app.prime(&shutdown).await?
+    let (primed, first_key) = if parts == Parts::ALL {
+        (
+            app.prime(&shutdown).await?,
+            qrpool::keys::first_key(&settings).await?,
+        )
     } else {
-        None
+        (None, None)
     };
     print_banner(&settings, parts, primed);
+    if let Some(key) = first_key {
+        println!(
+            "No API key existed, so one was made for tenant `{}` (every scope). It is shown \
+             only now:\n\n  export QRPOOL_KEY={}\n\nMore with `qrpool keys create --tenant <name>`.\n",
+            settings.binder.tenant.as_str(),
+            key.reveal()
+        );
+    }
     app.run(listener, shutdown).await?;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -156,16 +202,30 @@ async fn fill(settings: &Settings, count: u64, issuer: Option<&str>) -> anyhow::
     result.map(drop).context("filling the pool")
 }
 
-/// `qrpool pool status`: depth per partition, and the marks pregen works to.
+/// `qrpool pool status`: depth per issuer and partition, and the marks pregen works to.
 async fn pool_status(settings: &Settings) -> anyhow::Result<()> {
     let writer = qrpool::open_pool_writer(settings).await?;
     let partitions = writer.status().await.context("reading the pool depth")?;
-    let total: u64 = partitions.iter().map(|partition| partition.depth).sum();
-    println!("{:<32} {:>12}", "partition", "codes");
+    println!("{:<16} {:<32} {:>12}", "issuer", "partition", "codes");
     for partition in &partitions {
-        println!("{:<32} {:>12}", partition.partition, partition.depth);
+        println!(
+            "{:<16} {:<32} {:>12}",
+            partition.issuer, partition.partition, partition.depth
+        );
     }
-    println!("{:<32} {:>12}", "total", total);
+    let mut per_issuer = std::collections::BTreeMap::<&str, u64>::new();
+    for partition in &partitions {
+        *per_issuer.entry(&partition.issuer).or_default() += partition.depth;
+    }
+    for (issuer, depth) in &per_issuer {
+        println!("{:<16} {:<32} {:>12}", issuer, "(all partitions)", depth);
+    }
+    println!(
+        "{:<16} {:<32} {:>12}",
+        "total",
+        "",
+        per_issuer.values().sum::<u64>()
+    );
     let pregen = &settings.pregen;
     println!(
         "pregen: issuer `{}`, high water {}, low water {}, off-peak now: {}",
@@ -223,7 +283,7 @@ fn print_banner(settings: &Settings, parts: Parts, primed: Option<(u64, std::tim
             settings.embedded.data_dir.join("pool.db").display()
         ),
         PoolBackend::Kafka => format!(
-            "Kafka topic {} at {}",
+            "Kafka topics {}.<issuer> at {}",
             settings.kafka.pool_topic, settings.kafka.brokers
         ),
     };
@@ -243,7 +303,9 @@ fn print_banner(settings: &Settings, parts: Parts, primed: Option<(u64, std::tim
         env!("CARGO_PKG_VERSION")
     );
     if parts.binder {
-        println!("  bind a code      POST {base}/v1/codes   {{\"params\": {{...}}}}");
+        println!(
+            "  bind a code      POST {base}/v1/codes   {{\"params\": {{...}}}}  (Authorization: Bearer <key>)"
+        );
         println!("  its image        GET  {base}/v1/codes/<request_id>/qr.png  (or qr.svg)");
     }
     if parts.middle_page {
