@@ -104,6 +104,8 @@ impl TestDatabase {
 pub fn embedded_settings(data_dir: &Path) -> Settings {
     let mut settings = Settings::default();
     settings.embedded.data_dir = data_dir.to_owned();
+    // Tests watch the pool itself: a dry lane answers 503 unless a test turns this back on.
+    settings.binder.on_demand_local = false;
     settings.pregen.target_depth = 300;
     settings.pregen.low_water = 100;
     settings.pregen.batch = 100;
@@ -128,6 +130,7 @@ pub fn distributed_settings(
     settings.kafka.group_id = format!("{topic}-binders");
     settings.kafka.partitions = 4;
     settings.kafka.session_timeout_ms = 6_000;
+    settings.binder.on_demand_local = false;
     // tansu reports a partition's high watermark as the last *batch's* base offset + 1, so
     // with multi-record batches the pool depth reads low and pregen over-fills. Single-record
     // batches keep its watermarks exact; Apache Kafka needs no such setting.
@@ -149,7 +152,10 @@ pub fn distributed_settings(
 pub struct TestApp {
     pub address: SocketAddr,
     pub base: String,
+    /// Sends `key` with every request.
     pub client: reqwest::Client,
+    /// An API key of tenant `default` with every scope (when the app runs the binder).
+    pub key: Option<String>,
     shutdown: CancellationToken,
     running: JoinHandle<anyhow::Result<()>>,
 }
@@ -168,6 +174,18 @@ impl TestApp {
 
         let shutdown = CancellationToken::new();
         let app = App::build(&settings, parts).await.expect("the app builds");
+        let key = if parts.binder {
+            Some(Self::make_key(&settings, &records::Tenant::default(), "bind read admin").await)
+        } else {
+            None
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = &key {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {key}").parse().expect("a header value"),
+            );
+        }
         app.prime(&shutdown).await.expect("the pool fills");
         let running = tokio::spawn({
             let shutdown = shutdown.clone();
@@ -176,7 +194,9 @@ impl TestApp {
         TestApp {
             address,
             base: format!("http://{address}"),
+            key,
             client: reqwest::Client::builder()
+                .default_headers(headers)
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
@@ -195,6 +215,19 @@ impl TestApp {
         if let Err(error) = result {
             panic!("the app stopped with an error: {error:#}");
         }
+    }
+
+    /// Makes an API key in the app's store, as `qrpool keys create` does.
+    pub async fn make_key(settings: &Settings, tenant: &records::Tenant, scopes: &str) -> String {
+        let store = bindings::DurableStore::connect(settings)
+            .await
+            .expect("open the key store");
+        let scopes = records::Scopes::parse(scopes).expect("scopes");
+        let (token, _) = store
+            .create_api_key(tenant, scopes, 1_000_000)
+            .await
+            .expect("create a key");
+        token.reveal()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -48,7 +48,10 @@ async fn each_id_is_bound_once_under_a_concurrent_burst(bindings: Bindings) {
                     media_type: "image/png".into(),
                     bytes: vec![n as u8; 8],
                 });
-                (id, bindings.bind(binding(id, n), image.as_ref()).await)
+                (
+                    id,
+                    bindings.bind(binding(id, n), image.as_ref(), None).await,
+                )
             })
         })
         .collect();

@@ -144,12 +144,27 @@ async fn binds_and_scans_go_on_while_redis_is_unreachable_and_use_it_again_after
         "the degradation is counted"
     );
 
+    // A change is refused while Redis's copy cannot be removed: it would outlive the change.
+    let changed_path = format!("/v1/codes/{}", bound[0]["request_id"].as_str().unwrap());
+    let change = || {
+        app.client
+            .patch(app.url(&changed_path))
+            .json(&serde_json::json!({"params": {"listing": "changed"}}))
+            .send()
+    };
+    let refused = change().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let unchanged: serde_json::Value = app.get(&changed_path).await.json().await.unwrap();
+    assert_eq!(unchanged["version"], 1, "nothing was changed");
+
     // Redis comes back: after its one-second rest the tier is used again, with no restart.
     link.restore();
     assert!(
         binds_reach_redis(&app, &backends, &prefix).await,
         "binds write to Redis once it is up"
     );
+    let accepted = change().await.unwrap();
+    assert_eq!(accepted.status(), 200, "changes go through again");
 
     // Redis goes away while connected, then returns: the connection is re-made by itself.
     link.cut();

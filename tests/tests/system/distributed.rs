@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is how a failure is reported
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -139,7 +140,11 @@ async fn two_binders_in_one_group_never_bind_a_code_twice_across_a_rebalance() {
     let prefix = format!("{}:", unique("qrpool-test"));
     let settings = || {
         let mut settings = distributed_settings(&backends, &database, &topic, &prefix);
-        settings.pregen.target_depth = 400;
+        // Far more codes than binds: a lane's partitions are not evenly filled (keys hash),
+        // and a binder left with the emptier half must not run dry for that reason. Also
+        // more than a binder prefetches (512): a binder with a full buffer must still serve
+        // the rebalance, or the second one waits for partitions until it times out.
+        settings.pregen.target_depth = 1_200;
         settings
     };
 
@@ -172,6 +177,62 @@ async fn two_binders_in_one_group_never_bind_a_code_twice_across_a_rebalance() {
     );
     second.stop().await;
     first.stop().await;
+    evict_redis(&backends, &prefix).await;
+    database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_events_reach_the_events_topic() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+
+    let backends = Backends::from_env();
+    let database = TestDatabase::create(&backends).await;
+    let topic = unique("qrpool-pool");
+    let prefix = format!("{}:", unique("qrpool-test"));
+    let mut settings = distributed_settings(&backends, &database, &topic, &prefix);
+    let events_topic = unique("qrpool-scans");
+    settings.kafka.events_topic = events_topic.clone();
+    settings.pregen.target_depth = 5;
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+    let code: Value = app
+        .bind(&serde_json::json!({"params": {}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = code["request_id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert_eq!(app.get(&format!("/m/{id}?qr=1")).await.status(), 200);
+    }
+    app.stop().await; // flushes the producer
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &backends.kafka_brokers)
+        .set("group.id", unique("scan-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&events_topic]).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("scan events arrive within 30 s")
+            .unwrap();
+        assert_eq!(
+            message.key(),
+            Some(id.as_bytes()),
+            "keyed by the scanned id"
+        );
+        let event: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        seen.push(event);
+    }
+    assert!(
+        seen.iter()
+            .all(|event| event["outcome"] == "bound" && event["via_qr"] == true)
+    );
     evict_redis(&backends, &prefix).await;
     database.drop_now().await;
 }

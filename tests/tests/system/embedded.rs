@@ -26,8 +26,8 @@ async fn codes_are_bound_once_each_and_resolve_on_the_middle_page() {
         let id = body["request_id"].as_str().unwrap();
         assert_eq!(
             body["url"],
-            format!("{}/m/{id}", app.base),
-            "the code opens the fixed middle page"
+            format!("{}/m/{id}?qr=1", app.base),
+            "the code opens the fixed middle page, marked as printed"
         );
         assert!(id.len() <= 32, "fits a WeChat scene");
 
@@ -227,7 +227,7 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
     );
     let pool = pool::PoolWriter::Embedded(pool::EmbeddedPool::open(dir.path()).await.unwrap());
     assert_eq!(
-        pool.depth().await.unwrap(),
+        pool.depth("local").await.unwrap(),
         target,
         "no bad request used up a code"
     );
@@ -382,7 +382,7 @@ async fn stopping_with_binds_in_flight_loses_no_code_and_no_acknowledged_bind() 
     }
     let bound = bindings.durable().count().await.unwrap() as u64;
     let pooled = pool::PoolWriter::Embedded(pool::EmbeddedPool::open(dir.path()).await.unwrap())
-        .depth()
+        .depth("local")
         .await
         .unwrap();
     assert_eq!(
@@ -395,4 +395,280 @@ async fn stopping_with_binds_in_flight_loses_no_code_and_no_acknowledged_bind() 
         made,
         "every code is either bound or still in the pool"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_local_lane_draws_codes_on_demand_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = embedded_settings(dir.path());
+    settings.binder.on_demand_local = true;
+    settings.pregen.target_depth = 3;
+    settings.pregen.low_water = 0;
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+
+    // Three from the pool, then five more than it holds, each answered at once.
+    let codes = app.bind_many(8, 2).await;
+    let ids: std::collections::HashSet<&str> = codes
+        .iter()
+        .map(|code| code["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 8, "no code handed out twice");
+    for code in &codes {
+        let id = code["request_id"].as_str().unwrap();
+        let png = app.get(&format!("/v1/codes/{id}/qr.png")).await;
+        assert_eq!(
+            decode_qr(&png.bytes().await.unwrap()),
+            format!("{}/m/{id}?qr=1", app.base),
+            "an on-demand code is a real code of the middle page"
+        );
+        assert_eq!(app.get(&format!("/m/{id}")).await.status(), 200);
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let on_demand = metrics
+        .lines()
+        .find(|line| line.starts_with("binder_on_demand_codes_total"))
+        .unwrap_or_default();
+    assert_eq!(
+        on_demand, "binder_on_demand_codes_total{issuer=\"local\"} 5",
+        "the five the pool lacked were drawn on demand, and counted"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_drawn_to_the_options_asked_for_and_still_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+    let code: Value = app.bind(&json!({"params": {}})).await.json().await.unwrap();
+    let id = code["request_id"].as_str().unwrap();
+    let url = format!("{}/m/{id}?qr=1", app.base);
+
+    let default = app
+        .get(&format!("/v1/codes/{id}/qr.png"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    let small = app
+        .get(&format!(
+            "/v1/codes/{id}/qr.png?scale=3&margin=2&ec=H&dark=1a237e&light=fff8e1"
+        ))
+        .await;
+    assert_eq!(small.status(), 200);
+    let small = small.bytes().await.unwrap();
+    let side = |png: &[u8]| u32::from_be_bytes(png[16..20].try_into().unwrap());
+    assert!(
+        side(&small) < side(&default),
+        "scale 3 is smaller than the default 8"
+    );
+    assert_eq!(side(&small) % 3, 0);
+    assert_eq!(small[25], 3, "colours make a palette PNG");
+    assert_eq!(
+        decode_qr(&small),
+        url,
+        "the options keep it a readable code"
+    );
+
+    let svg = app
+        .get(&format!("/v1/codes/{id}/qr.svg?dark=004d40"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(svg.contains(r##"fill="#004d40""##));
+
+    for bad in [
+        "scale=0",
+        "scale=21",
+        "margin=11",
+        "dark=zzz",
+        "ec=X",
+        "size=3",
+    ] {
+        let response = app.get(&format!("/v1/codes/{id}/qr.png?{bad}")).await;
+        assert_eq!(response.status(), 400, "{bad}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(
+            problem["type"], "urn:qrpool:problem:bad-image-options",
+            "{bad}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_answer_head_and_revalidate_by_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+    let code: Value = app
+        .bind(&json!({"params": {"price": 1}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = code["request_id"].as_str().unwrap();
+
+    for path in [format!("/m/{id}"), format!("/v1/scene/{id}")] {
+        let first = app.get(&path).await;
+        assert_eq!(first.status(), 200, "{path}");
+        assert_eq!(first.headers()["cache-control"], "private, no-cache");
+        let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+
+        let head = app.client.head(app.url(&path)).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["etag"], etag.as_str());
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD has no body");
+
+        let again = app
+            .client
+            .get(app.url(&path))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            again.status(),
+            304,
+            "{path}: the scanner holds this version"
+        );
+        assert!(again.bytes().await.unwrap().is_empty());
+    }
+
+    // A change is a new version: the old tag no longer matches.
+    let old = app.get(&format!("/m/{id}")).await.headers()["etag"].clone();
+    let changed = app
+        .client
+        .patch(app.url(&format!("/v1/codes/{id}")))
+        .json(&json!({"params": {"price": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let fresh = app
+        .client
+        .get(app.url(&format!("/m/{id}")))
+        .header("if-none-match", old.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 200);
+    assert_ne!(fresh.headers()["etag"], old);
+
+    let unknown = app.get("/m/0000000000000000000000").await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.headers()["cache-control"], "no-store");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scan_leaves_an_event_and_never_the_scanners_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = embedded_settings(dir.path());
+    settings.scans.country_header = Some("cf-ipcountry".into());
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+    let code: Value = app.bind(&json!({"params": {}})).await.json().await.unwrap();
+    let id = code["request_id"].as_str().unwrap().to_owned();
+
+    let scanned = app
+        .client
+        .get(app.url(&format!("/m/{id}?qr=1")))
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) MicroMessenger/8.0",
+        )
+        .header("referer", "https://poster.example/summer")
+        .header("x-forwarded-for", "198.51.100.23")
+        .header("cf-ipcountry", "cn")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scanned.status(), 200);
+    assert_eq!(app.get(&format!("/v1/scene/{id}")).await.status(), 200);
+    assert_eq!(app.get("/m/0000000000000000000000").await.status(), 404);
+    app.stop().await; // drains the event queue
+
+    let file = dir
+        .path()
+        .join("scans")
+        .join(format!("{}.jsonl", chrono::Utc::now().date_naive()));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains("198.51.100"), "the address is never written");
+    let events: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{text}");
+    let qr = &events[0];
+    assert_eq!(qr["key"], id.as_str());
+    assert_eq!(qr["outcome"], "bound");
+    assert_eq!(qr["tenant"], "default");
+    assert_eq!(qr["device"], "ios");
+    assert_eq!(qr["country"], "CN");
+    assert_eq!(qr["referrer"], "https://poster.example/summer");
+    assert_eq!(qr["via_qr"], true);
+    assert_eq!(qr["visitor"].as_str().unwrap().len(), 16);
+    assert_eq!(
+        events[1]["via_qr"], false,
+        "the scene fetch is no printed-code scan"
+    );
+    assert_eq!(events[2]["outcome"], "unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_naming_a_target_redirects_scanners_there_and_only_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = embedded_settings(dir.path());
+    settings.targets.insert(
+        "default".into(),
+        [(
+            "listing".to_owned(),
+            "https://m.acme.example/listing/{listing_id}?agent={agent}".to_owned(),
+        )]
+        .into(),
+    );
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let scan = |params: Value| {
+        let app = &app;
+        let no_follow = no_follow.clone();
+        async move {
+            let code: Value = app
+                .bind(&json!({ "params": params }))
+                .await
+                .json()
+                .await
+                .unwrap();
+            let id = code["request_id"].as_str().unwrap().to_owned();
+            no_follow
+                .get(app.url(&format!("/m/{id}")))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let redirected =
+        scan(json!({"target": "listing", "listing_id": "L 7", "agent": "a/1@x"})).await;
+    assert_eq!(redirected.status(), 302);
+    assert_eq!(
+        redirected.headers()["location"],
+        "https://m.acme.example/listing/L%207?agent=a%2F1%40x",
+        "values are encoded: they cannot leave the operator's host"
+    );
+
+    for params in [
+        json!({"target": "listing", "listing_id": "L 7"}),
+        json!({"target": "elsewhere", "listing_id": "L 7", "agent": "a"}),
+        json!({"listing_id": "L 7", "agent": "a"}),
+    ] {
+        assert_eq!(
+            scan(params.clone()).await.status(),
+            200,
+            "landing page for {params}"
+        );
+    }
+    app.stop().await;
 }

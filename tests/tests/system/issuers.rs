@@ -3,14 +3,16 @@
 //! Quota windows are shortened to one second so that several fit in a test.
 #![allow(clippy::unwrap_used)]
 
+use qrpool::Parts;
 use secrecy::SecretString;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use config::{IssuerSettings, QuotaSettings, Settings, WechatIssuerSettings};
 use pool::{EmbeddedPool, PoolReader, PoolWriter};
 use pregen::{IssueError, Pregen, PregenError};
 use tests::wechat_api::{APP_ID, APP_SECRET, Behaviour, Counts, PAGE, WechatApi};
-use tests::{Backends, embedded_settings, unique};
+use tests::{Backends, TestApp, decode_qr, embedded_settings, unique};
 
 const QUOTA: u32 = 40;
 const WINDOW_MS: u64 = 1_000;
@@ -67,7 +69,7 @@ fn assert_quota_kept_and_used(counts: &Counts) {
 }
 
 async fn pooled_codes(pool: EmbeddedPool) -> Vec<records::PoolRecord> {
-    let reader = PoolReader::Embedded(pool);
+    let reader = PoolReader::Embedded(pool.lane("wx"));
     let mut records = Vec::new();
     while let Some(delivery) = reader.take(std::time::Duration::ZERO).await.unwrap() {
         records.push(delivery.record);
@@ -287,4 +289,97 @@ async fn wrong_credentials_stop_the_issuer_at_the_token() {
     let counts = api.counts();
     assert_eq!(counts.code_calls, 0);
     assert!(counts.token_fetches <= 8, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_against_an_api_that_keeps_failing_ends_with_an_error() {
+    let api = WechatApi::start(Behaviour {
+        busy_every: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&api, dir.path(), None);
+    settings.pregen.batch = 4;
+    if let Some(IssuerSettings::Wechat(wx)) = settings.pregen.issuers.get_mut("wx") {
+        wx.max_retries = 1;
+    }
+    let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+    let pregen = Pregen::from_settings(PoolWriter::Embedded(pool.clone()), &settings).unwrap();
+
+    let error = pregen
+        .fill(1_000, 1.0, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PregenError::Issue(IssueError::Failing { batches: 3, .. })
+        ),
+        "{error:?}"
+    );
+    let counts = api.counts();
+    assert_eq!(
+        counts.code_calls,
+        3 * 4 * 2,
+        "three batches of four codes, each tried twice: {counts:?}"
+    );
+    assert!(pooled_codes(pool).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_app_binds_a_mini_program_code_from_that_issuers_lane() {
+    let api = WechatApi::start(Behaviour {
+        quota: 1_000,
+        window_ms: 60_000,
+        ..Behaviour::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&api, dir.path(), None);
+    settings.pregen.target_depth = 5;
+    settings.pregen.low_water = 0;
+    settings.binder.claim_wait_ms = 200;
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+
+    // No issuer named: the default lane, which is the one pregen fills (`wx`).
+    let response = app.bind(&json!({"params": {"listing": 7}})).await;
+    assert_eq!(response.status(), 201);
+    let code: Value = response.json().await.unwrap();
+    assert_eq!(code["issuer"], "wx");
+    assert!(code["image"].get("svg").is_none(), "{code}");
+    let id = code["request_id"].as_str().unwrap();
+    let png = app.get(&format!("/v1/codes/{id}/qr.png")).await;
+    assert_eq!(png.status(), 200);
+    assert_eq!(
+        decode_qr(&png.bytes().await.unwrap()),
+        id,
+        "the PNG is the one the API made, carrying scene = request id"
+    );
+    let redrawn = app.get(&format!("/v1/codes/{id}/qr.png?scale=3")).await;
+    assert_eq!(
+        redrawn.status(),
+        422,
+        "a mini-program code cannot be redrawn"
+    );
+    let svg = app.get(&format!("/v1/codes/{id}/qr.svg")).await;
+    assert_eq!(svg.status(), 404);
+    assert_eq!(svg.headers()["content-type"], "application/problem+json");
+
+    let named = app.bind(&json!({"params": {}, "issuer": "wx"})).await;
+    assert_eq!(named.status(), 201);
+    // The local lane holds nothing: a plain code is not handed out in place of it.
+    let local = app.bind(&json!({"params": {}, "issuer": "local"})).await;
+    assert_eq!(local.status(), 503);
+    let unknown = app.bind(&json!({"params": {}, "issuer": "alipay"})).await;
+    assert_eq!(unknown.status(), 422);
+    let problem: Value = unknown.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:qrpool:problem:unknown-issuer");
+
+    assert_eq!(
+        api.counts().images,
+        5,
+        "the API was called only to fill the lane"
+    );
+    app.stop().await;
 }
