@@ -33,9 +33,11 @@ qrpool=$repo/target/release/qrpool
 load=$repo/target/release/bind-load
 
 # Starts `qrpool up` with the given environment and waits until /readyz answers 200.
-# Leaves the seconds that took in $ready_after.
+# Leaves the seconds that took in $ready_after, and an API key of the store (one bench app,
+# no rate limit to speak of) in $key.
 start_up() {
   local started now
+  key=$(env "$@" "$qrpool" keys create --tenant bench --scope bind,read --rate 10000000 2>/dev/null)
   started=$(date +%s.%N)
   env "$@" QRPOOL_SERVER__LISTEN=127.0.0.1:$port QRPOOL_TELEMETRY__FILTER=warn \
     "$qrpool" up >"$work/up.log" 2>&1 &
@@ -70,7 +72,7 @@ depth=$((requests + 2 * concurrency + 100))
 say "binds on the embedded backends ($requests binds, $concurrency concurrent)"
 start_up QRPOOL_EMBEDDED__DATA_DIR="$work/embedded" QRPOOL_PREGEN__TARGET_DEPTH=$depth \
   QRPOOL_PREGEN__LOW_WATER=0
-"$load" --base "$base" --requests "$requests" --concurrency "$concurrency" --label "embedded (SQLite)"
+"$load" --base "$base" --key "$key" --requests "$requests" --concurrency "$concurrency" --label "embedded (SQLite)"
 stop_up
 
 say "binds on Kafka (tansu) + Redis + PostgreSQL ($requests binds, $concurrency concurrent)"
@@ -92,7 +94,21 @@ start_up QRPOOL_CONFIG="$work/kafka.toml" QRPOOL_POOL__BACKEND=kafka QRPOOL_STOR
   QRPOOL_KAFKA__POOL_TOPIC="qrpool-$run_id" QRPOOL_KAFKA__GROUP_ID="qrpool-$run_id" \
   QRPOOL_KAFKA__SESSION_TIMEOUT_MS=6000 \
   QRPOOL_PREGEN__TARGET_DEPTH=$depth QRPOOL_PREGEN__LOW_WATER=0
-"$load" --base "$base" --requests "$requests" --concurrency "$concurrency" --label "Kafka + Redis + PostgreSQL"
+"$load" --base "$base" --key "$key" --requests "$requests" --concurrency "$concurrency" --label "Kafka + Redis + PostgreSQL"
 stop_up
+say "PostgreSQL's own rate of single-row durable inserts (pgbench, $concurrency clients, 10 s): the floor"
+# One autocommit INSERT per transaction, a row the size of a binding: what the database does
+# without qrpool's group commit. The same server, database and fsync settings as above.
+PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc \
+  "CREATE TABLE floor (request_id TEXT PRIMARY KEY, tenant TEXT, params JSONB, created_at TIMESTAMPTZ)" \
+  "qrpool_$run_id"
+cat >"$work/floor.sql" <<'SQL'
+INSERT INTO floor VALUES (md5(random()::text || clock_timestamp()::text), 'bench', '{"listing": "L-1001", "n": 1}', now());
+SQL
+PGPASSWORD=postgres pgbench -n -h 127.0.0.1 -U postgres -c "$concurrency" -j 2 -T 10 \
+  -f "$work/floor.sql" "qrpool_$run_id" >"$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" >&2; exit 1; }
+tps=$(awk '/^tps = / { printf "%d", $3 }' "$work/pgbench.log")
+latency=$(awk '/^latency average/ { print $4 }' "$work/pgbench.log")
+printf '%-30s %8s inserts/s   latency average %s ms   (%s clients)\n' "pgbench single-row insert" "$tps" "$latency" "$concurrency"
 PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE qrpool_$run_id WITH (FORCE)" postgres
 redis-cli --scan --pattern "qrpool-$run_id:*" | xargs -r redis-cli del >/dev/null

@@ -59,7 +59,10 @@ QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port QRPOOL_EMBEDDED__DATA_DIR="$work/da
   target/release/qrpool up >"$work/qrpool.log" 2>&1 &
 qrpool_pid=$!
 for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$qrpool_port/readyz" >/dev/null && break; sleep 0.05; done
+# `up` made the first API key on the empty store and printed it.
+key=$(grep -o 'QRPOOL_KEY=qrp_[0-9A-Za-z_]*' "$work/qrpool.log" | cut -d= -f2)
 id=$(curl -sf -X POST "http://127.0.0.1:$qrpool_port/v1/codes" -H 'content-type: application/json' \
+  -H "authorization: Bearer $key" \
   -d '{"params": {"listing": "L-1001", "agent": "a-7"}}' | sed -E 's/.*"request_id":"([0-9A-Za-z]+)".*/\1/')
 curl -sf -o /dev/null "http://127.0.0.1:$qrpool_port/m/$id"
 

@@ -2,7 +2,7 @@
 //! binds/s with latency percentiles. Only 201 answers count as binds; anything else is
 //! reported as an error and fails the run, so a figure is never made of failures.
 //!
-//! `cargo run --release -p benches --bin bind-load -- --base http://127.0.0.1:8080 --requests 20000 --concurrency 64`
+//! `cargo run --release -p benches --bin bind-load -- --base http://127.0.0.1:8080 --key qrp_… --requests 20000 --concurrency 64`
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,9 @@ struct Args {
     /// Where qrpool serves the codes API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     base: String,
+    /// An API key with the `bind` scope (`qrpool keys create --tenant … --rate …`).
+    #[arg(long, env = "QRPOOL_KEY")]
+    key: String,
     /// Binds to make; each takes one code from the pool.
     #[arg(long, default_value_t = 10_000)]
     requests: usize,
@@ -29,7 +32,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", args.key).parse()?,
+    );
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
         .build()?;
