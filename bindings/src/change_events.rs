@@ -19,60 +19,74 @@ use records::{Binding, RequestId};
 
 use crate::RedisTier;
 
+/// The channel (under the key prefix) of binding changes.
+const BINDING_CHANGES: &str = "changes";
 /// Wait before listening again after the subscription broke.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 
 impl RedisTier {
-    fn changes_channel(&self) -> String {
-        format!("{}changes", self.prefix)
-    }
-
-    /// Tells every process that `id` changed; failures are counted and otherwise ignored.
-    pub(crate) async fn publish_change(&self, id: RequestId) {
-        let Some(mut connection) = self.connection().await else {
-            metrics::counter!("binding_change_events_unsent_total").increment(1);
-            return;
+    /// Tells every process that `payload` (an id or key) changed, on `channel` under the key
+    /// prefix; failures are counted and otherwise ignored.
+    pub async fn publish(&self, channel: &str, payload: &str) {
+        let sent = match self.connection().await {
+            Some(mut connection) => self
+                .command::<i64, _>(
+                    "publish",
+                    connection.publish(self.prefixed(channel), payload),
+                )
+                .await
+                .is_some(),
+            None => false,
         };
-        let sent: Result<Result<i64, _>, _> = tokio::time::timeout(
-            crate::redis_tier::COMMAND_TIMEOUT,
-            connection.publish(self.changes_channel(), id.to_text().as_str()),
-        )
-        .await;
-        if !matches!(sent, Ok(Ok(_))) {
-            tracing::warn!(request_id = %id, "publishing a change event failed");
-            metrics::counter!("binding_change_events_unsent_total").increment(1);
+        if !sent {
+            tracing::warn!(channel, payload, "publishing a change event failed");
+            metrics::counter!("change_events_unsent_total", "channel" => channel.to_owned())
+                .increment(1);
         }
     }
 
-    /// Drops `id` from `local` whenever any process changes it, until the task is aborted.
-    pub(crate) fn listen_for_changes(
+    /// Drops from `local` every key announced on `channel` (read by `parse`), until the task
+    /// is aborted. Each (re)subscription drops the whole cache first: pub/sub keeps nothing
+    /// for a listener that was away.
+    pub fn invalidate_on_changes<K, V>(
         &self,
-        local: Cache<RequestId, Arc<Binding>>,
-    ) -> tokio::task::JoinHandle<()> {
+        channel: &'static str,
+        local: Cache<K, V>,
+        parse: fn(&str) -> Option<K>,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        K: std::hash::Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
         let client = self.client.clone();
-        let channel = self.changes_channel();
+        let full_channel = self.prefixed(channel);
         tokio::spawn(async move {
             loop {
                 match client.get_async_pubsub().await {
-                    Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                    Ok(mut pubsub) => match pubsub.subscribe(&full_channel).await {
                         Ok(()) => {
                             // Whatever changed while nobody listened is gone from the cache.
                             local.invalidate_all();
                             let mut messages = pubsub.on_message();
                             while let Some(message) = messages.next().await {
-                                let id = message
+                                let key = message
                                     .get_payload::<String>()
                                     .ok()
-                                    .and_then(|text| RequestId::parse(&text).ok());
-                                if let Some(id) = id {
-                                    local.invalidate(&id).await;
-                                    metrics::counter!("binding_change_events_received_total")
+                                    .and_then(|text| parse(&text));
+                                if let Some(key) = key {
+                                    local.invalidate(&key).await;
+                                    metrics::counter!("change_events_received_total", "channel" => channel)
                                         .increment(1);
                                 }
                             }
-                            tracing::warn!("the change-event subscription ended; listening again");
+                            tracing::warn!(
+                                channel,
+                                "the change-event subscription ended; listening again"
+                            );
                         }
-                        Err(error) => tracing::warn!(%error, "subscribing to change events failed"),
+                        Err(error) => {
+                            tracing::warn!(channel, %error, "subscribing to change events failed")
+                        }
                     },
                     Err(error) => tracing::debug!(%error, "change events: Redis unreachable"),
                 }
@@ -81,5 +95,18 @@ impl RedisTier {
                 tokio::time::sleep(RESUBSCRIBE_AFTER).await;
             }
         })
+    }
+
+    /// Announces a change of binding `id`.
+    pub(crate) async fn publish_change(&self, id: RequestId) {
+        self.publish(BINDING_CHANGES, id.to_text().as_str()).await;
+    }
+
+    /// Keeps `local` in step with the binding changes of every process.
+    pub(crate) fn listen_for_changes(
+        &self,
+        local: Cache<RequestId, Arc<Binding>>,
+    ) -> tokio::task::JoinHandle<()> {
+        self.invalidate_on_changes(BINDING_CHANGES, local, |text| RequestId::parse(text).ok())
     }
 }

@@ -57,7 +57,7 @@ impl RedisTier {
     }
 
     pub fn key(&self, id: RequestId) -> String {
-        format!("{}b:{}", self.prefix, id)
+        self.prefixed(&format!("b:{id}"))
     }
 
     pub(crate) async fn connection(&self) -> Option<ConnectionManager> {
@@ -101,96 +101,102 @@ impl RedisTier {
         }
     }
 
-    /// The hot copy, or `None` on a miss or when Redis is unavailable.
-    pub(crate) async fn get(&self, id: RequestId) -> Option<Binding> {
-        let mut connection = self.connection().await?;
-        let key = self.key(id);
-        let reply: Result<Result<Option<String>, _>, _> =
-            tokio::time::timeout(COMMAND_TIMEOUT, connection.get(&key)).await;
-        match reply {
-            Ok(Ok(Some(json))) => match serde_json::from_str::<Binding>(&json) {
-                Ok(binding) if binding.v == Binding::LAYOUT && binding.request_id == id => {
-                    Some(binding)
-                }
-                Ok(_) | Err(_) => {
-                    // A copy we cannot trust: drop it, the durable store has the truth.
-                    let _: Result<(), _> = connection.del(&key).await;
-                    None
-                }
-            },
-            Ok(Ok(None)) => None,
+    /// `name` under this deployment's key prefix.
+    pub fn prefixed(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Runs one command with the time limit; a failure is counted (as `what`) and is `None`.
+    pub(crate) async fn command<T, F>(&self, what: &'static str, command: F) -> Option<T>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(COMMAND_TIMEOUT, command).await {
+            Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
-                redis_skipped("get", &error);
+                redis_skipped(what, &error);
                 None
             }
             Err(elapsed) => {
                 self.rest();
-                redis_skipped("get", &elapsed);
+                redis_skipped(what, &elapsed);
                 None
             }
+        }
+    }
+
+    /// The JSON value at `key`, or `None` on a miss, when Redis is unavailable, or when the
+    /// value does not read as a `T` (then it is removed: the durable store has the truth).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let mut connection = self.connection().await?;
+        let json: String = self
+            .command::<Option<String>, _>("get", connection.get(key))
+            .await??;
+        match serde_json::from_str(&json) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                self.command::<(), _>("del", connection.del(key)).await;
+                None
+            }
+        }
+    }
+
+    /// Stores `value` as JSON at `key` for `ttl_secs` (at most `redis.ttl_secs`); a TTL of
+    /// zero removes it. Failures are counted and otherwise ignored.
+    pub async fn set_json<T: serde::Serialize>(&self, key: &str, value: &T, ttl_secs: u64) {
+        let Some(mut connection) = self.connection().await else {
+            return;
+        };
+        let ttl = ttl_secs.min(self.ttl_secs);
+        if ttl == 0 {
+            self.command::<(), _>("del", connection.del(key)).await;
+            return;
+        }
+        let Ok(json) = serde_json::to_string(value) else {
+            return;
+        };
+        self.command::<(), _>("set", connection.set_ex(key, json, ttl))
+            .await;
+    }
+
+    /// Removes `key`; `false` when Redis could not be told.
+    pub async fn delete(&self, key: &str) -> bool {
+        let Some(mut connection) = self.connection().await else {
+            return false;
+        };
+        self.command::<(), _>("del", connection.del(key))
+            .await
+            .is_some()
+    }
+
+    /// The hot copy, or `None` on a miss, when Redis is unavailable, or when the copy is not
+    /// one this release wrote for `id`.
+    pub(crate) async fn get(&self, id: RequestId) -> Option<Binding> {
+        let key = self.key(id);
+        let binding: Binding = self.get_json(&key).await?;
+        if binding.v == Binding::LAYOUT && binding.request_id == id {
+            Some(binding)
+        } else {
+            self.delete(&key).await;
+            None
         }
     }
 
     /// Removes the hot copy of `id`; `false` when Redis could not be told.
     pub(crate) async fn forget(&self, id: RequestId) -> bool {
-        let Some(mut connection) = self.connection().await else {
-            return false;
-        };
-        let reply: Result<Result<(), _>, _> =
-            tokio::time::timeout(COMMAND_TIMEOUT, connection.del(self.key(id))).await;
-        match reply {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                redis_skipped("del", &error);
-                false
-            }
-            Err(elapsed) => {
-                self.rest();
-                redis_skipped("del", &elapsed);
-                false
-            }
-        }
+        self.delete(&self.key(id)).await
     }
 
-    /// Stores the hot copy (an expired binding removes it: the store answers for those);
-    /// failures are counted and otherwise ignored.
+    /// Stores the hot copy until the binding expires (an expired one is removed: the store
+    /// answers for those).
     pub(crate) async fn set(&self, binding: &Binding) {
-        let Some(mut connection) = self.connection().await else {
-            return;
-        };
-        let key = self.key(binding.request_id);
-        let mut ttl = self.ttl_secs;
-        if let Some(expires_at) = binding.expires_at {
-            let left = (expires_at - chrono::Utc::now()).num_seconds();
-            match u64::try_from(left) {
-                Ok(0) | Err(_) => {
-                    let reply: Result<Result<(), _>, _> =
-                        tokio::time::timeout(COMMAND_TIMEOUT, connection.del(&key)).await;
-                    match reply {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => redis_skipped("del", &error),
-                        Err(elapsed) => {
-                            self.rest();
-                            redis_skipped("del", &elapsed);
-                        }
-                    }
-                    return;
-                }
-                Ok(left) => ttl = ttl.min(left),
+        let ttl = match binding.expires_at {
+            Some(expires_at) => {
+                u64::try_from((expires_at - chrono::Utc::now()).num_seconds()).unwrap_or(0)
             }
-        }
-        let Ok(json) = serde_json::to_string(binding) else {
-            return;
+            None => self.ttl_secs,
         };
-        let reply: Result<Result<(), _>, _> =
-            tokio::time::timeout(COMMAND_TIMEOUT, connection.set_ex(&key, json, ttl)).await;
-        match reply {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => redis_skipped("set", &error),
-            Err(elapsed) => {
-                self.rest();
-                redis_skipped("set", &elapsed);
-            }
-        }
+        self.set_json(&self.key(binding.request_id), binding, ttl)
+            .await;
     }
 }
