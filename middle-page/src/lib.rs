@@ -31,9 +31,8 @@ use serde::Serialize;
 
 use bindings::Bindings;
 use records::{Binding, RequestId, TargetTemplate};
+use scans::ScanEvents;
 use service::Problem;
-
-pub mod scans;
 
 /// Redirect targets by tenant, then by name (the `targets` settings, checked at start).
 pub type Targets = BTreeMap<String, BTreeMap<String, TargetTemplate>>;
@@ -63,11 +62,11 @@ pub fn targets(settings: &BTreeMap<String, BTreeMap<String, String>>) -> Targets
 struct MiddlePage {
     bindings: Bindings,
     /// `None` when `scans.enabled` is off.
-    scans: Option<scans::ScanEvents>,
+    scans: Option<ScanEvents>,
     targets: Targets,
 }
 
-pub fn router(bindings: Bindings, scans: Option<scans::ScanEvents>, targets: Targets) -> Router {
+pub fn router(bindings: Bindings, scans: Option<ScanEvents>, targets: Targets) -> Router {
     Router::new()
         .route("/m/{request_id}", get(landing))
         .route("/v1/scene/{request_id}", get(scene))
