@@ -2,11 +2,11 @@
 //!
 //! - [`claim`]: takes a code from the pool and binds it, at most once, durably.
 //! - [`routes`]: the HTTP API (`POST /v1/codes`, `GET /v1/codes/{id}`, its images).
-//! - [`auth`]: API keys, scopes, per-key rate limits; every route is tenant-scoped.
+//!
+//! Every route checks the caller's API key ([`service::Keys`]) and is tenant-scoped.
 //!
 //! Only the binder writes bindings.
 
-pub mod auth;
 pub mod claim;
 mod events;
 pub mod routes;
@@ -33,7 +33,7 @@ pub struct Binder {
     /// Draws a code at bind time when the local lane is dry (`binder.on_demand_local`).
     on_demand: Option<pregen::issuer::LocalIssuer>,
     bindings: Bindings,
-    keys: auth::Keys,
+    keys: service::Keys,
     limits: ParamsLimits,
     claim_wait: Duration,
     binding_ttl: Option<chrono::Duration>,
@@ -42,8 +42,14 @@ pub struct Binder {
 }
 
 impl Binder {
-    /// A binder taking from the lanes of `readers` (one per issuer).
-    pub fn new(readers: Vec<PoolReader>, bindings: Bindings, settings: &Settings) -> Arc<Self> {
+    /// A binder taking from the lanes of `readers` (one per issuer), checking callers with
+    /// `keys` (shared with the other APIs of the process, so a key has one rate limit).
+    pub fn new(
+        readers: Vec<PoolReader>,
+        bindings: Bindings,
+        keys: service::Keys,
+        settings: &Settings,
+    ) -> Arc<Self> {
         let binder = &settings.binder;
         Arc::new(Binder {
             lanes: readers
@@ -54,7 +60,7 @@ impl Binder {
             on_demand: binder
                 .on_demand_local
                 .then(|| pregen::issuer::LocalIssuer::new(settings)),
-            keys: auth::Keys::new(bindings.durable().clone()),
+            keys,
             bindings,
             limits: ParamsLimits {
                 max_bytes: binder.max_params_bytes,

@@ -426,7 +426,7 @@ async fn revoke_code(
 
 async fn apply(
     binder: &Binder,
-    caller: &crate::auth::Caller,
+    caller: &service::auth::Caller,
     request_id: &str,
     change: bindings::Change,
 ) -> Result<Response, Problem> {

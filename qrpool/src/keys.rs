@@ -69,7 +69,7 @@ pub async fn revoke(settings: &Settings, key_id: &str) -> anyhow::Result<()> {
     anyhow::ensure!(revoked, "no active key `{key_id}`");
     println!(
         "Key {key_id} is revoked; binders refuse it within {} s.",
-        binder::auth::KEY_TTL.as_secs()
+        service::auth::KEY_TTL.as_secs()
     );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Who is calling the codes API: API keys, their scopes, and a rate limit per key.
+//! Who is calling an API (codes, links): API keys, their scopes, and a rate limit per key.
 //!
 //! Apps send `Authorization: Bearer qrp_<key id>_<secret>`. A key belongs to one tenant and
 //! carries scopes (`bind`, `read`, `admin`); every route asks for the scope it needs, and
@@ -18,9 +18,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
 
+use crate::Problem;
 use bindings::{ApiKey, DurableStore};
 use records::{KeyToken, Scope, Tenant};
-use service::Problem;
 
 /// How long a looked-up key (or the absence of one) is trusted.
 pub const KEY_TTL: Duration = Duration::from_secs(10);
