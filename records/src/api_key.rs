@@ -69,7 +69,7 @@ impl KeyToken {
     }
 }
 
-fn random_base62(len: usize) -> String {
+pub(crate) fn random_base62(len: usize) -> String {
     let mut rng = rand::rng();
     (0..len)
         .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))

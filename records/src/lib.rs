@@ -8,6 +8,8 @@
 //!   versioned binary wire format.
 //! - [`binding`]: [`Binding`], what a request id was bound to, and the bounded [`Params`].
 //! - [`target`]: [`TargetTemplate`], where a scan is redirected, filled from params.
+//! - [`link`]: [`Link`], a dynamic redirect with its versions and the policy that picks a
+//!   scan's destination.
 //! - [`scan_event`]: [`ScanEvent`], one scan as analytics receive it.
 //! - [`api_key`]: the API keys apps call with ([`KeyToken`]) and what they may do ([`Scopes`]).
 //!
@@ -15,6 +17,7 @@
 
 pub mod api_key;
 pub mod binding;
+pub mod link;
 pub mod pool_record;
 pub mod request_id;
 pub mod scan_event;
@@ -22,6 +25,10 @@ pub mod target;
 
 pub use api_key::{KeyToken, Scope, Scopes, ScopesError};
 pub use binding::{Binding, Params, ParamsError, ParamsLimits, Tenant, TenantError};
+pub use link::{
+    Link, LinkKey, LinkKeyError, LinkTarget, LinkTargetError, LinkVersion, RedirectStatus, Rule,
+    Served, ServedBy, Variant, Visit, check_destination,
+};
 pub use pool_record::{CodeImage, DecodeError, PoolRecord};
 pub use request_id::{ParseRequestIdError, RequestId};
 pub use scan_event::{DeviceClass, ScanEvent};
