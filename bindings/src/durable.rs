@@ -29,6 +29,14 @@ const POSTGRES_WRITERS: usize = 4;
 /// How long start-up keeps trying to reach PostgreSQL before it gives up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
+/// The database behind the store, for the parts that keep their own tables beside the
+/// bindings (the links of `redirect`) rather than open a second one.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
 #[derive(Debug, Clone)]
 pub enum DurableStore {
     Embedded(SqliteStore),
@@ -61,6 +69,13 @@ impl DurableStore {
                 )
             }
         })
+    }
+
+    pub fn database(&self) -> Database {
+        match self {
+            DurableStore::Embedded(store) => Database::Sqlite(store.db.clone()),
+            DurableStore::Postgres(store) => Database::Postgres(store.db.clone()),
+        }
     }
 
     pub(crate) async fn insert(
@@ -230,7 +245,11 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&db).await?;
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        // Other parts keep tables in this database (links) and record their migrations in
+        // the same table: theirs are not ours to miss.
+        migrator.set_ignore_missing(true);
+        migrator.run(&db).await?;
         // SQLite has one writer at a time: one batch writer, batches as large as they come.
         let commits = GroupCommit::start(SqliteBatches(db.clone()), 1, MAX_BATCH);
         Ok(SqliteStore { db, commits })
@@ -331,7 +350,11 @@ impl PostgresStore {
 
     /// Brings the schema up to date (at every start, and what `qrpool migrate` runs).
     async fn migrate(db: &PgPool) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres").run(db).await?;
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        // Other parts keep tables in this database (links) and record their migrations in
+        // the same table: theirs are not ours to miss.
+        migrator.set_ignore_missing(true);
+        migrator.run(db).await?;
         Ok(())
     }
 

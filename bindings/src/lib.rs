@@ -4,6 +4,7 @@
 //!   makes a bind happen **at most once**, and a bind returns only once it is committed.
 //! - [`redis_tier`]: the hot copy shared by every process, filled on bind and on a miss.
 //! - [`api_keys`]: the tenants' API keys (hashed), kept in the same database.
+//! - [`Database`]: that database, for parts that keep tables beside the bindings (links).
 //! - [`versions`]: changing a binding as a new version, keeping the ones before.
 //! - [`Bindings`]: the tiered lookup: in-process cache → Redis → durable store, refilling
 //!   the faster tiers, with concurrent lookups of one id coalesced into one.
@@ -26,7 +27,7 @@ use moka::future::Cache;
 use records::{Binding, CodeImage, RequestId};
 
 pub use api_keys::ApiKey;
-pub use durable::{DurableStore, PostgresStore, SqliteStore};
+pub use durable::{Database, DurableStore, PostgresStore, SqliteStore};
 pub use redis_tier::RedisTier;
 pub use versions::{Change, ChangeError, PastVersion};
 
@@ -229,5 +230,10 @@ impl Bindings {
 
     pub fn durable(&self) -> &DurableStore {
         &self.durable
+    }
+
+    /// The Redis tier, when configured: other parts cache their own records in it.
+    pub fn redis(&self) -> Option<&RedisTier> {
+        self.redis.as_ref()
     }
 }

@@ -31,6 +31,7 @@ pub struct Settings {
     pub binder: BinderSettings,
     pub middle_page: MiddlePageSettings,
     pub scans: ScanSettings,
+    pub redirect: RedirectSettings,
     /// Redirect targets per tenant: `[targets.<tenant>] <name> = "https://…/{param}"`. A
     /// binding whose params say `"target": "<name>"` sends scanners there with a 302.
     pub targets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
@@ -310,6 +311,34 @@ impl Default for ScanSettings {
     }
 }
 
+/// Dynamic redirects (`/r/{key}`) and the links API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedirectSettings {
+    /// Hosts each tenant's links may send scanners to: `"shop.example"` (that host) or
+    /// `"*.example"` (its subdomains). A tenant without an entry may use signed
+    /// destinations only.
+    pub allowed_hosts: BTreeMap<String, Vec<String>>,
+    /// Signs destinations outside the allowed hosts (HMAC-SHA256); from the environment
+    /// only (`QRPOOL_REDIRECT__SIGNING_SECRET`), at least 32 bytes. Unset: no signatures.
+    pub signing_secret: Option<SecretString>,
+    /// How long a deleted link can be restored before it is purged.
+    pub deleted_retention_days: u32,
+    /// How often the purge runs.
+    pub purge_every_secs: u64,
+}
+
+impl Default for RedirectSettings {
+    fn default() -> Self {
+        RedirectSettings {
+            allowed_hosts: BTreeMap::new(),
+            signing_secret: None,
+            deleted_retention_days: 30,
+            purge_every_secs: 3_600,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -353,6 +382,47 @@ impl ConfigError {
 }
 
 impl Settings {
+    fn validate_redirect(&self) -> Result<(), ConfigError> {
+        let redirect = &self.redirect;
+        for (tenant, patterns) in &redirect.allowed_hosts {
+            let key = format!("redirect.allowed_hosts.{tenant}");
+            if records::Tenant::parse(tenant).is_err() {
+                return Err(ConfigError::invalid(key, "is not a tenant name"));
+            }
+            for pattern in patterns {
+                let host = pattern.strip_prefix("*.").unwrap_or(pattern);
+                let plain = !host.is_empty()
+                    && host.split('.').all(|label| {
+                        !label.is_empty()
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    });
+                if !plain {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("`{pattern}` is not a host name or `*.` and a domain"),
+                    ));
+                }
+            }
+        }
+        if let Some(secret) = &redirect.signing_secret
+            && secrecy::ExposeSecret::expose_secret(secret).len() < 32
+        {
+            return Err(ConfigError::invalid(
+                "redirect.signing_secret",
+                "must be at least 32 bytes",
+            ));
+        }
+        if redirect.deleted_retention_days == 0 || redirect.purge_every_secs == 0 {
+            return Err(ConfigError::invalid(
+                "redirect.deleted_retention_days",
+                "and redirect.purge_every_secs must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_issuers(&self) -> Result<(), ConfigError> {
         let pregen = &self.pregen;
         if !(0.0..=1.0).contains(&pregen.peak_quota_share) {
@@ -442,7 +512,7 @@ impl Settings {
 }
 
 /// Keys that hold secrets: a file must not set them.
-const SECRET_KEYS: [&str; 2] = ["redis.url", "postgres.url"];
+const SECRET_KEYS: [&str; 3] = ["redis.url", "postgres.url", "redirect.signing_secret"];
 
 impl Settings {
     /// Defaults ◄ `file` (when given) ◄ `QRPOOL_…` environment, then validated.
@@ -551,6 +621,7 @@ impl Settings {
                 return Err(ConfigError::invalid("kafka.group_id", "must not be empty"));
             }
         }
+        self.validate_redirect()?;
         if self.kafka.prefetch == 0 {
             return Err(ConfigError::invalid("kafka.prefetch", "must be at least 1"));
         }

@@ -1,6 +1,210 @@
-//! Dynamic redirects (`GET /r/{key}`): immutable short keys, versioned destinations, time
-//! windows, A/B splits and an audit trail.
+//! Dynamic redirects: a printed code carries `<public_url>/r/<key>`, an immutable short key;
+//! where it sends scanners is a versioned, tenant-owned [`records::Link`] that marketers
+//! change at will.
 //!
-//! Not built yet: this crate holds the place the part will take in the workspace, so the
-//! layout already shows where it goes. See ARCHITECTURE.md and DESIGN.md for its shape; it
-//! will reuse the tiered lookup of the `bindings` crate and the HTTP surface of `service`.
+//! - [`store`]: links, their versions and their audit log, beside the bindings in the same
+//!   database;
+//! - [`Redirects`]: the tiered lookup a scan goes through — in-process cache, then Redis, then
+//!   the database — with concurrent misses on one key coalesced into one database read, a
+//!   short negative cache for unknown keys, and change events that drop every process's copy
+//!   of a link that changed;
+//! - [`routes`]: `GET /r/{key}` for scanners and the links admin API for marketers;
+//! - [`allow`]: which destinations a tenant may send scanners to (no open redirect).
+
+pub mod allow;
+pub mod routes;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+
+use bindings::RedisTier;
+use records::{Link, LinkKey};
+
+pub use allow::Destinations;
+pub use routes::router;
+pub use store::{LinkStore, LinkStoreError};
+
+/// The Redis channel (under the key prefix) on which link changes are announced.
+const CHANGES_CHANNEL: &str = "link-changes";
+
+/// Links as scans see them; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Redirects {
+    store: LinkStore,
+    redis: Option<RedisTier>,
+    ttl_secs: u64,
+    local: Cache<LinkKey, Arc<Link>>,
+    /// Keys recently found missing; `None` when turned off.
+    missing: Option<Cache<LinkKey, ()>>,
+    _listening: Option<Arc<Listening>>,
+}
+
+#[derive(Debug)]
+struct Listening(tokio::task::JoinHandle<()>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A lookup's failure, shared by the coalesced callers.
+#[derive(Debug, thiserror::Error)]
+enum Lookup {
+    #[error("no such link")]
+    Missing,
+    #[error(transparent)]
+    Store(Arc<LinkStoreError>),
+}
+
+impl Redirects {
+    pub fn new(store: LinkStore, redis: Option<RedisTier>, settings: &config::Settings) -> Self {
+        let cache = &settings.middle_page;
+        let local = Cache::builder()
+            .max_capacity(cache.cache_capacity)
+            .time_to_live(Duration::from_secs(cache.cache_ttl_secs))
+            .build();
+        let missing = (cache.negative_ttl_ms > 0).then(|| {
+            Cache::builder()
+                .max_capacity(cache.cache_capacity)
+                .time_to_live(Duration::from_millis(cache.negative_ttl_ms))
+                .build()
+        });
+        let listening = redis.as_ref().map(|redis| {
+            Arc::new(Listening(redis.invalidate_on_changes(
+                CHANGES_CHANNEL,
+                local.clone(),
+                |text| LinkKey::parse(text).ok(),
+            )))
+        });
+        Redirects {
+            store,
+            redis,
+            ttl_secs: settings.redis.ttl_secs,
+            local,
+            missing,
+            _listening: listening,
+        }
+    }
+
+    pub fn store(&self) -> &LinkStore {
+        &self.store
+    }
+
+    fn redis_key(redis: &RedisTier, key: &LinkKey) -> String {
+        redis.prefixed(&format!("l:{key}"))
+    }
+
+    /// The link behind `key`, deleted ones included; `None` when there is none.
+    pub async fn resolve(&self, key: &LinkKey) -> Result<Option<Arc<Link>>, Arc<LinkStoreError>> {
+        if let Some(link) = self.local.get(key).await {
+            metrics::counter!("redirect_lookups_total", "tier" => "local").increment(1);
+            return Ok(Some(link));
+        }
+        if let Some(missing) = &self.missing
+            && missing.contains_key(key)
+        {
+            metrics::counter!("redirect_lookups_total", "tier" => "local_missing").increment(1);
+            return Ok(None);
+        }
+        match self.local.try_get_with(key.clone(), self.fetch(key)).await {
+            Ok(link) => Ok(Some(link)),
+            Err(lookup) => match &*lookup {
+                Lookup::Missing => Ok(None),
+                Lookup::Store(error) => Err(Arc::clone(error)),
+            },
+        }
+    }
+
+    async fn fetch(&self, key: &LinkKey) -> Result<Arc<Link>, Lookup> {
+        if let Some(redis) = &self.redis {
+            let cached: Option<Link> = redis.get_json(&Self::redis_key(redis, key)).await;
+            if let Some(link) = cached.filter(|link| link.v == Link::LAYOUT && link.key == *key) {
+                metrics::counter!("redirect_lookups_total", "tier" => "redis").increment(1);
+                return Ok(Arc::new(link));
+            }
+        }
+        metrics::counter!("redirect_lookups_total", "tier" => "database").increment(1);
+        let Some(link) = self
+            .store
+            .get(key)
+            .await
+            .map_err(|error| Lookup::Store(Arc::new(error)))?
+        else {
+            if let Some(missing) = &self.missing {
+                missing.insert(key.clone(), ()).await;
+            }
+            return Err(Lookup::Missing);
+        };
+        if let Some(redis) = &self.redis {
+            redis
+                .set_json(&Self::redis_key(redis, key), &link, self.ttl_secs)
+                .await;
+        }
+        Ok(Arc::new(link))
+    }
+
+    /// Before a change is committed: removes Redis's copy, `false` when Redis is configured
+    /// and could not be told (then the change must not be made, or a stale copy would serve
+    /// the old version for `redis.ttl_secs`).
+    async fn before_change(&self, key: &LinkKey) -> bool {
+        match &self.redis {
+            Some(redis) => redis.delete(&Self::redis_key(redis, key)).await,
+            None => true,
+        }
+    }
+
+    /// After a change is committed: this process and Redis get the new state, every other
+    /// process is told to drop its copy.
+    async fn after_change(&self, key: &LinkKey) {
+        self.local.invalidate(key).await;
+        if let Some(missing) = &self.missing {
+            missing.invalidate(key).await;
+        }
+        if let Some(redis) = &self.redis {
+            // Written through, so that the other processes' next read finds it in Redis.
+            if let Ok(Some(link)) = self.store.get(key).await {
+                redis
+                    .set_json(&Self::redis_key(redis, key), &link, self.ttl_secs)
+                    .await;
+            }
+            redis.publish(CHANGES_CHANNEL, key.as_str()).await;
+        }
+    }
+
+    /// Purges links deleted longer ago than `retention`, every `every`, until cancelled.
+    pub async fn purge_periodically(
+        self,
+        retention: chrono::Duration,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self
+                .store
+                .purge_deleted_before(chrono::Utc::now() - retention)
+                .await
+            {
+                Ok(purged) => {
+                    for key in &purged {
+                        self.after_change(key).await;
+                    }
+                    if !purged.is_empty() {
+                        tracing::info!(count = purged.len(), "purged deleted links past retention");
+                        metrics::counter!("redirect_links_purged_total")
+                            .increment(purged.len() as u64);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "purging deleted links failed; will retry"),
+            }
+        }
+    }
+}

@@ -1,0 +1,680 @@
+//! The HTTP surface of links.
+//!
+//! | route | for | answer |
+//! | --- | --- | --- |
+//! | `GET /r/{key}` (and `HEAD`) | scanners | the link's status (302 unless set) to the destination its policy picks; friendly `404` / `410` / `503` pages |
+//! | `POST /v1/links` `{"target": {...}, "status"?, "note"?, "signatures"?}` | marketers (scope `admin`) | `201` with the link |
+//! | `GET /v1/links?after=&limit=` | `read` | the tenant's links, in key order |
+//! | `GET /v1/links/{key}` | `read` | the link: current version, the version serving now |
+//! | `PATCH /v1/links/{key}` `{"target"?, "status"?, "note"?, "base_version"?, "signatures"?}` | `admin` | a new version; `409` when `base_version` is not the latest |
+//! | `DELETE /v1/links/{key}` | `admin` | soft delete: scans get `410` until restored or purged |
+//! | `POST /v1/links/{key}/restore` | `admin` | undoes a delete within the retention window |
+//! | `POST /v1/links/{key}/rollback` `{"version": n}` | `admin` | a new version with version `n`'s target |
+//! | `GET /v1/links/{key}/versions` | `read` | every version, oldest first |
+//! | `GET /v1/links/{key}/audit` | `read` | every change: who, when, what |
+//! | `GET /v1/links/openapi.json` | anyone | the OpenAPI 3.1 document of these routes |
+//!
+//! A tenant sees only its own links: another tenant's key is the same `404` as no key at all.
+//! Destinations are checked against the tenant's allowed hosts or a signature ([`crate::allow`]).
+//!
+//! Caching: a `302`/`307` is `no-store` (the next scan may be sent elsewhere: a new version, a
+//! window, another variant); a `301`/`308` is what browsers keep for good, and says so
+//! (`max-age` of a day). A split sets a `qrv` cookie, a random visitor id, so a visitor keeps
+//! its variant.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use records::{
+    DeviceClass, Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, Scope, Tenant, Visit,
+};
+use scans::ScanEvents;
+use service::{Keys, Problem};
+
+use crate::store::{Edit, EditError, LinkStoreError};
+use crate::{Destinations, Redirects};
+
+/// The links API's OpenAPI 3.1 document, kept by hand beside the routes.
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+const SCAN: &str = "/r/{key}";
+const LINKS: &str = "/v1/links";
+const LINK: &str = "/v1/links/{key}";
+const LINK_RESTORE: &str = "/v1/links/{key}/restore";
+const LINK_ROLLBACK: &str = "/v1/links/{key}/rollback";
+const LINK_VERSIONS: &str = "/v1/links/{key}/versions";
+const LINK_AUDIT: &str = "/v1/links/{key}/audit";
+const OPENAPI_PATH: &str = "/v1/links/openapi.json";
+/// Every API path the router serves, for the document check.
+pub const API_PATHS: [&str; 7] = [
+    LINKS,
+    LINK,
+    LINK_RESTORE,
+    LINK_ROLLBACK,
+    LINK_VERSIONS,
+    LINK_AUDIT,
+    OPENAPI_PATH,
+];
+
+/// The cookie that keeps a visitor in its A/B bucket.
+const VISITOR_COOKIE: &str = "qrv";
+/// Links listed per page at most.
+const MAX_PAGE: u32 = 1_000;
+/// Longest `note` kept with a version.
+const MAX_NOTE: usize = 500;
+
+/// What the link routes share.
+#[derive(Debug)]
+pub struct LinkService {
+    pub redirects: Redirects,
+    pub keys: Keys,
+    pub destinations: Destinations,
+    /// `None` when scan events are off.
+    pub scans: Option<ScanEvents>,
+    /// The header a trusted proxy puts the scanner's country in.
+    pub country_header: Option<String>,
+    /// Where links are printed from: `<public_url>/r/<key>`.
+    pub public_url: String,
+    /// Whether the visitor cookie needs HTTPS (`public_url` is `https`).
+    pub secure_cookie: bool,
+}
+
+pub fn router(service: Arc<LinkService>) -> Router {
+    Router::new()
+        .route(SCAN, get(scan))
+        .route(LINKS, post(create_link).get(list_links))
+        .route(LINK, get(read_link).patch(edit_link).delete(delete_link))
+        .route(LINK_RESTORE, post(restore_link))
+        .route(LINK_ROLLBACK, post(rollback_link))
+        .route(LINK_VERSIONS, get(link_versions))
+        .route(LINK_AUDIT, get(link_audit))
+        .route(OPENAPI_PATH, get(openapi))
+        .with_state(service)
+}
+
+// ---- scanners ---------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage<'a> {
+    title: &'a str,
+    heading: &'a str,
+    text: &'a str,
+}
+
+fn page(status: StatusCode, title: &str, heading: &str, text: &str) -> Response {
+    let html = MessagePage {
+        title,
+        heading,
+        text,
+    }
+    .render();
+    let mut response = match html {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "rendering a page failed");
+            (status, "Something went wrong.").into_response()
+        }
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn not_found_page() -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "Link not found",
+        "This link doesn't lead anywhere",
+        "We couldn't find where this code or link points. It may have been mistyped.",
+    )
+}
+
+fn gone_page() -> Response {
+    page(
+        StatusCode::GONE,
+        "Link no longer active",
+        "This link is no longer active",
+        "The campaign or offer behind this code has ended, or has not started yet.",
+    )
+}
+
+fn unavailable_page() -> Response {
+    let mut response = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Please try again",
+        "We can't open this link right now",
+        "Something on our side is not answering. Please scan again in a moment.",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    response
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+        // Only ids we could have set: a cookie is input like any other.
+        .filter(|value| {
+            (8..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
+#[tracing::instrument(name = "redirect", level = "debug", skip_all)]
+async fn scan(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(key) = LinkKey::parse(&key) else {
+        metrics::counter!("redirect_scans_total", "outcome" => "malformed").increment(1);
+        return not_found_page();
+    };
+    let record = |outcome: &str, tenant: Option<&Tenant>, variant: Option<String>| {
+        if let Some(scans) = &service.scans {
+            let mut event = scans.event(
+                key.to_string(),
+                outcome,
+                tenant.map(|t| t.as_str().to_owned()),
+                &headers,
+                query.as_deref(),
+            );
+            event.variant = variant;
+            scans.record(event);
+        }
+        metrics::counter!("redirect_scans_total", "outcome" => outcome.to_owned()).increment(1);
+    };
+    let link = match service.redirects.resolve(&key).await {
+        Ok(Some(link)) => link,
+        Ok(None) => {
+            record("unknown", None, None);
+            return not_found_page();
+        }
+        Err(error) => {
+            tracing::error!(%error, "resolving a link failed");
+            record("unavailable", None, None);
+            return unavailable_page();
+        }
+    };
+    let now = Utc::now();
+    let version = match (&link.deleted_at, link.effective(now)) {
+        (None, Some(version)) => version,
+        _ => {
+            record("gone", Some(&link.tenant), None);
+            return gone_page();
+        }
+    };
+    let target = &version.target;
+    let header_text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let country = service
+        .country_header
+        .as_deref()
+        .and_then(header_text)
+        .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()))
+        .map(str::to_ascii_uppercase);
+    let mut new_visitor = None;
+    let visitor = match cookie(&headers, VISITOR_COOKIE) {
+        Some(visitor) => Some(visitor.to_owned()),
+        None if target.has_split() => {
+            let visitor = LinkKey::generate().to_string() + LinkKey::generate().as_str();
+            new_visitor = Some(visitor.clone());
+            Some(visitor)
+        }
+        None => None,
+    };
+    let served = target.serve(
+        &link.key,
+        &Visit {
+            device: DeviceClass::from_user_agent(header_text(header::USER_AGENT.as_str())),
+            country: country.as_deref(),
+            visitor: visitor.as_deref(),
+        },
+    );
+    let Ok(location) = HeaderValue::from_str(served.destination) else {
+        // Checked when written; a stored destination that is no header value is a bug.
+        tracing::error!(key = %link.key, "a stored destination is not a valid header value");
+        record("unavailable", Some(&link.tenant), None);
+        return unavailable_page();
+    };
+    record("redirected", Some(&link.tenant), served.by.label());
+    let status = match link.status {
+        RedirectStatus::MovedPermanently => StatusCode::MOVED_PERMANENTLY,
+        RedirectStatus::Found => StatusCode::FOUND,
+        RedirectStatus::TemporaryRedirect => StatusCode::TEMPORARY_REDIRECT,
+        RedirectStatus::PermanentRedirect => StatusCode::PERMANENT_REDIRECT,
+    };
+    let cache = match link.status {
+        RedirectStatus::MovedPermanently | RedirectStatus::PermanentRedirect => {
+            "public, max-age=86400"
+        }
+        RedirectStatus::Found | RedirectStatus::TemporaryRedirect => "no-store",
+    };
+    let mut response = (
+        status,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        ],
+    )
+        .into_response();
+    if let Some(visitor) = new_visitor {
+        let secure = if service.secure_cookie {
+            "; Secure"
+        } else {
+            ""
+        };
+        let cookie = format!(
+            "{VISITOR_COOKIE}={visitor}; Path=/r; Max-Age=31536000; HttpOnly; SameSite=Lax{secure}"
+        );
+        if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+        }
+    }
+    response
+}
+
+// ---- marketers --------------------------------------------------------------------------
+
+/// A link as the API shows it.
+#[derive(Serialize)]
+struct LinkView<'a> {
+    key: &'a LinkKey,
+    url: String,
+    status: RedirectStatus,
+    version: u32,
+    target: Option<&'a LinkTarget>,
+    /// The version a scan gets now; `null` when none is effective or the link is deleted.
+    serving_version: Option<u32>,
+    created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+impl LinkService {
+    fn view<'a>(&self, link: &'a Link) -> LinkView<'a> {
+        let current = link.current();
+        LinkView {
+            key: &link.key,
+            url: format!("{}/r/{}", self.public_url, link.key),
+            status: link.status,
+            version: current.map_or(0, |v| v.version),
+            target: current.map(|v| &v.target),
+            serving_version: link
+                .deleted_at
+                .is_none()
+                .then(|| link.effective(Utc::now()).map(|v| v.version))
+                .flatten(),
+            created_at: link.created_at,
+            deleted_at: link.deleted_at,
+        }
+    }
+
+    /// Checks a target written by `tenant`: shape first, then its destinations.
+    fn check_target(
+        &self,
+        tenant: &Tenant,
+        target: &LinkTarget,
+        signatures: &HashMap<String, String>,
+    ) -> Result<(), Problem> {
+        target.check().map_err(|error| invalid(error.to_string()))?;
+        self.destinations
+            .check(tenant, target, signatures)
+            .map_err(|error| {
+                metrics::counter!("redirect_destinations_refused_total").increment(1);
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "urn:qrpool:problem:destination-not-allowed",
+                    "Destination not allowed",
+                )
+                .with_detail(error.to_string())
+            })
+    }
+
+    async fn owned(&self, key: &str, tenant: &Tenant) -> Result<Link, Problem> {
+        let key = LinkKey::parse(key).map_err(|_| Problem::not_found("link"))?;
+        self.redirects
+            .store()
+            .get_owned(&key, tenant)
+            .await
+            .map_err(store_unavailable)?
+            .ok_or_else(|| Problem::not_found("link"))
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "urn:qrpool:problem:invalid-link",
+        "Invalid link",
+    )
+    .with_detail(detail)
+}
+
+fn store_unavailable(error: LinkStoreError) -> Problem {
+    tracing::error!(%error, "the link store failed");
+    Problem::unavailable("the link store is unavailable")
+}
+
+fn cache_unavailable() -> Problem {
+    Problem::unavailable("the cache tier is unavailable; the change was not made")
+}
+
+fn edit_problem(error: EditError) -> Problem {
+    match error {
+        EditError::NotFound => Problem::not_found("link"),
+        EditError::Conflict { .. } => Problem::new(
+            StatusCode::CONFLICT,
+            "urn:qrpool:problem:conflict",
+            "Conflict",
+        )
+        .with_detail(error.to_string()),
+        EditError::Deleted => Problem::new(
+            StatusCode::CONFLICT,
+            "urn:qrpool:problem:link-deleted",
+            "Link deleted",
+        )
+        .with_detail(error.to_string()),
+        EditError::NoSuchVersion(_) => invalid(error.to_string()),
+        EditError::Store(error) => store_unavailable(error),
+    }
+}
+
+fn note(note: Option<String>) -> Result<Option<String>, Problem> {
+    match note {
+        Some(note) if note.chars().count() > MAX_NOTE => {
+            Err(invalid(format!("`note` is at most {MAX_NOTE} characters")))
+        }
+        other => Ok(other),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateLink {
+    target: LinkTarget,
+    #[serde(default)]
+    status: RedirectStatus,
+    note: Option<String>,
+    #[serde(default)]
+    signatures: HashMap<String, String>,
+}
+
+async fn create_link(
+    State(service): State<Arc<LinkService>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateLink>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let caller = service.keys.authorize(&headers, Scope::Admin).await?;
+    let Json(body) = body?;
+    service.check_target(&caller.tenant, &body.target, &body.signatures)?;
+    let note = note(body.note)?;
+    let now = Utc::now();
+    // A taken key is astronomically unlikely; try a few before calling it a failure.
+    for _ in 0..3 {
+        let link = Link {
+            v: Link::LAYOUT,
+            key: LinkKey::generate(),
+            tenant: caller.tenant.clone(),
+            status: body.status,
+            created_at: now,
+            deleted_at: None,
+            versions: vec![LinkVersion {
+                version: 1,
+                target: body.target.clone(),
+                created_at: now,
+                created_by: caller.key_id.clone(),
+                note: note.clone(),
+            }],
+        };
+        if service
+            .redirects
+            .store()
+            .create(&link, &caller.key_id)
+            .await
+            .map_err(store_unavailable)?
+        {
+            service.redirects.after_change(&link.key).await;
+            metrics::counter!("redirect_links_created_total").increment(1);
+            tracing::info!(key = %link.key, tenant = %link.tenant, "link created");
+            let location = format!("{LINKS}/{}", link.key);
+            return Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(service.view(&link)),
+            )
+                .into_response());
+        }
+    }
+    Err(Problem::unavailable(
+        "no free link key was found; try again",
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_links(
+    State(service): State<Arc<LinkService>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let caller = service.keys.authorize(&headers, Scope::Read).await?;
+    let Query(query) = query.map_err(|error| invalid(error.body_text()))?;
+    let after = query
+        .after
+        .as_deref()
+        .map(LinkKey::parse)
+        .transpose()
+        .map_err(|error| invalid(format!("`after`: {error}")))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid(format!("`limit` is 1 to {MAX_PAGE}")));
+    }
+    let links = service
+        .redirects
+        .store()
+        .list(&caller.tenant, after.as_ref(), limit)
+        .await
+        .map_err(store_unavailable)?;
+    let next = (links.len() == limit as usize)
+        .then(|| links.last().map(|link| link.key.clone()))
+        .flatten();
+    Ok(Json(serde_json::json!({ "links": links, "next_after": next })).into_response())
+}
+
+async fn read_link(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let caller = service.keys.authorize(&headers, Scope::Read).await?;
+    let link = service.owned(&key, &caller.tenant).await?;
+    Ok(Json(service.view(&link)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditLink {
+    target: Option<LinkTarget>,
+    status: Option<RedirectStatus>,
+    note: Option<String>,
+    base_version: Option<u32>,
+    #[serde(default)]
+    signatures: HashMap<String, String>,
+}
+
+/// Applies an edit that `service` checked, around the cache-tier steps every change needs.
+async fn apply(service: &LinkService, edit: Edit<'_>, action: &str) -> Result<Response, Problem> {
+    let key = edit.key.clone();
+    let tenant = edit.tenant.clone();
+    if !service.redirects.before_change(&key).await {
+        return Err(cache_unavailable());
+    }
+    let outcome = service.redirects.store().edit(edit, action).await;
+    // Also after a refusal: the copy was removed, and this process may hold an old one.
+    service.redirects.after_change(&key).await;
+    outcome.map_err(edit_problem)?;
+    metrics::counter!("redirect_link_changes_total", "action" => action.to_owned()).increment(1);
+    let link = service.owned(key.as_str(), &tenant).await?;
+    Ok(Json(service.view(&link)).into_response())
+}
+
+async fn edit_link(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<EditLink>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let caller = service.keys.authorize(&headers, Scope::Admin).await?;
+    let Json(body) = body?;
+    let link = service.owned(&key, &caller.tenant).await?;
+    if body.target.is_none() && body.status.is_none() {
+        return Err(invalid("send `target`, `status`, or both"));
+    }
+    if let Some(target) = &body.target {
+        service.check_target(&caller.tenant, target, &body.signatures)?;
+    }
+    let current = link.current().map_or(0, |v| v.version);
+    let edit = Edit {
+        key: &link.key,
+        tenant: &caller.tenant,
+        base_version: body.base_version.unwrap_or(current),
+        target: body.target,
+        status: body.status,
+        note: note(body.note)?,
+        actor: &caller.key_id,
+    };
+    apply(&service, edit, "update").await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rollback {
+    version: u32,
+    note: Option<String>,
+}
+
+async fn rollback_link(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Rollback>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let caller = service.keys.authorize(&headers, Scope::Admin).await?;
+    let Json(body) = body?;
+    let link = service.owned(&key, &caller.tenant).await?;
+    let old = link
+        .versions
+        .iter()
+        .find(|v| v.version == body.version)
+        .ok_or_else(|| edit_problem(EditError::NoSuchVersion(body.version)))?;
+    let edit = Edit {
+        key: &link.key,
+        tenant: &caller.tenant,
+        base_version: link.current().map_or(0, |v| v.version),
+        target: Some(old.target.clone()),
+        status: None,
+        note: Some(
+            note(body.note)?.unwrap_or_else(|| format!("rollback to version {}", body.version)),
+        ),
+        actor: &caller.key_id,
+    };
+    apply(&service, edit, "rollback").await
+}
+
+async fn delete_link(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    set_deleted(&service, &key, &headers, true).await
+}
+
+async fn restore_link(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    set_deleted(&service, &key, &headers, false).await
+}
+
+async fn set_deleted(
+    service: &LinkService,
+    key: &str,
+    headers: &HeaderMap,
+    delete: bool,
+) -> Result<Response, Problem> {
+    let caller = service.keys.authorize(headers, Scope::Admin).await?;
+    let key = LinkKey::parse(key).map_err(|_| Problem::not_found("link"))?;
+    if !service.redirects.before_change(&key).await {
+        return Err(cache_unavailable());
+    }
+    let changed = service
+        .redirects
+        .store()
+        .set_deleted(&key, &caller.tenant, delete, &caller.key_id)
+        .await;
+    service.redirects.after_change(&key).await;
+    match changed.map_err(store_unavailable)? {
+        None => Err(Problem::not_found("link")),
+        Some(_) => {
+            let action = if delete { "delete" } else { "restore" };
+            metrics::counter!("redirect_link_changes_total", "action" => action).increment(1);
+            let link = service.owned(key.as_str(), &caller.tenant).await?;
+            Ok(Json(service.view(&link)).into_response())
+        }
+    }
+}
+
+async fn link_versions(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let caller = service.keys.authorize(&headers, Scope::Read).await?;
+    let link = service.owned(&key, &caller.tenant).await?;
+    Ok(Json(serde_json::json!({ "key": link.key, "versions": link.versions })).into_response())
+}
+
+async fn link_audit(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let caller = service.keys.authorize(&headers, Scope::Read).await?;
+    let link = service.owned(&key, &caller.tenant).await?;
+    let entries = service
+        .redirects
+        .store()
+        .audit(&link.key, &caller.tenant)
+        .await
+        .map_err(store_unavailable)?;
+    Ok(Json(serde_json::json!({ "key": link.key, "audit": entries })).into_response())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

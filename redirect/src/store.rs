@@ -1,0 +1,513 @@
+//! Where links live: three tables beside the bindings, in the same database (the embedded
+//! SQLite file or PostgreSQL), with migrations of their own.
+//!
+//! - `links`: one row per link: key, tenant, status, when made and (soft) deleted, and the
+//!   number of its latest version;
+//! - `link_versions`: every version, appended and never changed;
+//! - `link_audit`: every change (create, update, rollback, delete, restore, purge), by whom
+//!   and when. It outlives a purge: what happened to a link stays on record.
+//!
+//! Every change is one transaction, and optimistic: an edit names the version it was made
+//! from and is refused if another edit came first.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+use sqlx::types::Json;
+
+use bindings::Database;
+use records::{Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, Tenant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkStoreError {
+    #[error("link database failed")]
+    Database(#[from] sqlx::Error),
+    #[error("link database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a stored link is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// What an edit of a link ran into.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("no such link")]
+    NotFound,
+    #[error("the link changed meanwhile (now at version {current}); read it again and retry")]
+    Conflict { current: u32 },
+    #[error("the link is deleted; restore it first")]
+    Deleted,
+    #[error("the link has no version {0}")]
+    NoSuchVersion(u32),
+    #[error(transparent)]
+    Store(#[from] LinkStoreError),
+}
+
+impl From<sqlx::Error> for EditError {
+    fn from(error: sqlx::Error) -> Self {
+        EditError::Store(error.into())
+    }
+}
+
+/// One line of a link's audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    /// The id of the API key that acted (`system` for the purge).
+    pub actor: String,
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+/// A link in a listing: its key and state, not its versions.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkSummary {
+    pub key: LinkKey,
+    pub status: RedirectStatus,
+    pub version: u32,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(FromRow)]
+struct LinkRow {
+    link_key: String,
+    tenant: String,
+    status: i32,
+    created_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+    version: i32,
+}
+
+#[derive(FromRow)]
+struct VersionRow {
+    version: i32,
+    target: Json<LinkTarget>,
+    created_at: DateTime<Utc>,
+    created_by: String,
+    note: Option<String>,
+}
+
+#[derive(FromRow)]
+struct AuditRow {
+    at: DateTime<Utc>,
+    actor: String,
+    action: String,
+    version: Option<i32>,
+    detail: Option<Json<serde_json::Value>>,
+}
+
+fn to_u32(n: i32, what: &str) -> Result<u32, LinkStoreError> {
+    u32::try_from(n).map_err(|_| LinkStoreError::Corrupt(format!("negative {what}")))
+}
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+impl LinkRow {
+    fn status(&self) -> Result<RedirectStatus, LinkStoreError> {
+        u16::try_from(self.status)
+            .ok()
+            .and_then(|code| RedirectStatus::try_from(code).ok())
+            .ok_or_else(|| LinkStoreError::Corrupt(format!("status {}", self.status)))
+    }
+
+    fn summary(&self) -> Result<LinkSummary, LinkStoreError> {
+        Ok(LinkSummary {
+            key: LinkKey::parse(&self.link_key)
+                .map_err(|e| LinkStoreError::Corrupt(e.to_string()))?,
+            status: self.status()?,
+            version: to_u32(self.version, "version")?,
+            created_at: self.created_at,
+            deleted_at: self.deleted_at,
+        })
+    }
+}
+
+/// Runs `$body` with `$db` bound to whichever pool the store has.
+macro_rules! on_db {
+    ($store:expr, $db:ident => $body:expr) => {
+        match &$store.db {
+            Database::Sqlite($db) => $body,
+            Database::Postgres($db) => $body,
+        }
+    };
+}
+
+const INSERT_AUDIT: &str = "INSERT INTO link_audit (link_key, tenant, at, actor, action, version, detail) \
+                            VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const INSERT_VERSION: &str = "INSERT INTO link_versions (link_key, version, target, created_at, created_by, note) \
+                              VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// The link tables; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LinkStore {
+    db: Database,
+}
+
+/// A change to append as a new version.
+#[derive(Debug, Clone)]
+pub struct Edit<'a> {
+    pub key: &'a LinkKey,
+    pub tenant: &'a Tenant,
+    /// The version the edit was made from.
+    pub base_version: u32,
+    pub target: Option<LinkTarget>,
+    pub status: Option<RedirectStatus>,
+    pub note: Option<String>,
+    pub actor: &'a str,
+}
+
+impl LinkStore {
+    /// Brings the link tables up to date in `db`, which the bindings share.
+    pub async fn open(db: Database) -> Result<Self, LinkStoreError> {
+        match &db {
+            Database::Sqlite(pool) => {
+                let mut migrator = sqlx::migrate!("./migrations/sqlite");
+                // The bindings' migrations are recorded in the same table.
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await?;
+            }
+            Database::Postgres(pool) => {
+                let mut migrator = sqlx::migrate!("./migrations/postgres");
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await?;
+            }
+        }
+        Ok(LinkStore { db })
+    }
+
+    /// Stores a new link with its first version; `false` if the key is taken (try another).
+    pub async fn create(&self, link: &Link, actor: &str) -> Result<bool, LinkStoreError> {
+        let Some(first) = link.versions.first() else {
+            return Err(LinkStoreError::Corrupt("a link without a version".into()));
+        };
+        let status = i32::from(u16::from(link.status));
+        on_db!(self, db => {
+            let mut tx = db.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO links (link_key, tenant, status, created_at, version) \
+                 VALUES ($1, $2, $3, $4, 1) ON CONFLICT (link_key) DO NOTHING",
+            )
+            .bind(link.key.as_str())
+            .bind(link.tenant.as_str())
+            .bind(status)
+            .bind(link.created_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !inserted {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query(INSERT_VERSION)
+                .bind(link.key.as_str())
+                .bind(to_i32(first.version))
+                .bind(Json(&first.target))
+                .bind(first.created_at)
+                .bind(&first.created_by)
+                .bind(first.note.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(INSERT_AUDIT)
+                .bind(link.key.as_str())
+                .bind(link.tenant.as_str())
+                .bind(link.created_at)
+                .bind(actor)
+                .bind("create")
+                .bind(Some(to_i32(first.version)))
+                .bind(Json(serde_json::json!({ "status": u16::from(link.status) })))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// A link with all its versions, deleted or not; `None` if there is none (or it was
+    /// purged).
+    pub async fn get(&self, key: &LinkKey) -> Result<Option<Link>, LinkStoreError> {
+        let (row, versions): (Option<LinkRow>, Vec<VersionRow>) = on_db!(self, db => {
+            let row = sqlx::query_as(
+                "SELECT link_key, tenant, status, created_at, deleted_at, version FROM links \
+                 WHERE link_key = $1",
+            )
+            .bind(key.as_str())
+            .fetch_optional(db)
+            .await?;
+            let versions = if row.is_some() {
+                sqlx::query_as(
+                    "SELECT version, target, created_at, created_by, note FROM link_versions \
+                     WHERE link_key = $1 ORDER BY version",
+                )
+                .bind(key.as_str())
+                .fetch_all(db)
+                .await?
+            } else {
+                Vec::new()
+            };
+            (row, versions)
+        });
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let versions = versions
+            .into_iter()
+            .map(|v| {
+                Ok(LinkVersion {
+                    version: to_u32(v.version, "version")?,
+                    target: v.target.0,
+                    created_at: v.created_at,
+                    created_by: v.created_by,
+                    note: v.note,
+                })
+            })
+            .collect::<Result<Vec<_>, LinkStoreError>>()?;
+        Ok(Some(Link {
+            v: Link::LAYOUT,
+            key: key.clone(),
+            tenant: Tenant::parse(&row.tenant)
+                .map_err(|_| LinkStoreError::Corrupt(format!("tenant {}", row.tenant)))?,
+            status: row.status()?,
+            created_at: row.created_at,
+            deleted_at: row.deleted_at,
+            versions,
+        }))
+    }
+
+    /// `tenant`'s link, or `None` — also for another tenant's link, so that keys cannot be
+    /// probed across tenants.
+    pub async fn get_owned(
+        &self,
+        key: &LinkKey,
+        tenant: &Tenant,
+    ) -> Result<Option<Link>, LinkStoreError> {
+        Ok(self.get(key).await?.filter(|link| link.tenant == *tenant))
+    }
+
+    /// Appends the edit's target as a new version (when it has one) and sets its status
+    /// (when it has one), if the link is still at `base_version`. Returns the new version
+    /// number.
+    pub async fn edit(&self, edit: Edit<'_>, action: &str) -> Result<u32, EditError> {
+        let now = Utc::now();
+        let next = if edit.target.is_some() {
+            edit.base_version + 1
+        } else {
+            edit.base_version
+        };
+        let mut detail = serde_json::Map::new();
+        if let Some(status) = edit.status {
+            detail.insert("status".into(), u16::from(status).into());
+        }
+        if let Some(note) = &edit.note {
+            detail.insert("note".into(), note.clone().into());
+        }
+        let detail = (!detail.is_empty()).then_some(Json(serde_json::Value::Object(detail)));
+        let status = edit.status.map(|status| i32::from(u16::from(status)));
+        let outcome: Result<bool, EditError> = on_db!(self, db => {
+            let mut tx = db.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE links SET version = $1, status = COALESCE($2, status) \
+                 WHERE link_key = $3 AND tenant = $4 AND version = $5 AND deleted_at IS NULL",
+            )
+            .bind(to_i32(next))
+            .bind(status)
+            .bind(edit.key.as_str())
+            .bind(edit.tenant.as_str())
+            .bind(to_i32(edit.base_version))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if updated {
+                if let Some(target) = &edit.target {
+                    sqlx::query(INSERT_VERSION)
+                        .bind(edit.key.as_str())
+                        .bind(to_i32(next))
+                        .bind(Json(target))
+                        .bind(now)
+                        .bind(edit.actor)
+                        .bind(edit.note.as_deref())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(INSERT_AUDIT)
+                    .bind(edit.key.as_str())
+                    .bind(edit.tenant.as_str())
+                    .bind(now)
+                    .bind(edit.actor)
+                    .bind(action)
+                    .bind(Some(to_i32(next)))
+                    .bind(detail)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok(updated)
+        });
+        if outcome? {
+            return Ok(next);
+        }
+        // Why not: tell the caller precisely.
+        match self.get_owned(edit.key, edit.tenant).await? {
+            None => Err(EditError::NotFound),
+            Some(link) if link.deleted_at.is_some() => Err(EditError::Deleted),
+            Some(link) => Err(EditError::Conflict {
+                current: link.current().map_or(0, |v| v.version),
+            }),
+        }
+    }
+
+    /// Soft-deletes (`delete: true`) or restores a link. Returns whether it changed; `None`
+    /// when `tenant` has no such link.
+    pub async fn set_deleted(
+        &self,
+        key: &LinkKey,
+        tenant: &Tenant,
+        delete: bool,
+        actor: &str,
+    ) -> Result<Option<bool>, LinkStoreError> {
+        let now = Utc::now();
+        let (query, action) = if delete {
+            (
+                "UPDATE links SET deleted_at = $3 \
+                 WHERE link_key = $1 AND tenant = $2 AND deleted_at IS NULL",
+                "delete",
+            )
+        } else {
+            (
+                "UPDATE links SET deleted_at = NULL \
+                 WHERE link_key = $1 AND tenant = $2 AND deleted_at IS NOT NULL",
+                "restore",
+            )
+        };
+        let changed: bool = on_db!(self, db => {
+            let mut tx = db.begin().await?;
+            let mut update = sqlx::query(query).bind(key.as_str()).bind(tenant.as_str());
+            if delete {
+                update = update.bind(now);
+            }
+            let changed = update.execute(&mut *tx).await?.rows_affected() == 1;
+            if changed {
+                sqlx::query(INSERT_AUDIT)
+                    .bind(key.as_str())
+                    .bind(tenant.as_str())
+                    .bind(now)
+                    .bind(actor)
+                    .bind(action)
+                    .bind(None::<i32>)
+                    .bind(None::<Json<serde_json::Value>>)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            changed
+        });
+        if changed {
+            return Ok(Some(true));
+        }
+        Ok(self.get_owned(key, tenant).await?.map(|_| false))
+    }
+
+    /// Removes links deleted before `cutoff`, with their versions; their audit stays, with a
+    /// `purge` line. Returns the keys purged.
+    pub async fn purge_deleted_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Vec<LinkKey>, LinkStoreError> {
+        let now = Utc::now();
+        let purged: Vec<(String, String)> = on_db!(self, db => {
+            let mut tx = db.begin().await?;
+            let doomed: Vec<(String, String)> = sqlx::query_as(
+                "SELECT link_key, tenant FROM links WHERE deleted_at IS NOT NULL AND deleted_at < $1",
+            )
+            .bind(cutoff)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (key, tenant) in &doomed {
+                sqlx::query("DELETE FROM link_versions WHERE link_key = $1")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM links WHERE link_key = $1")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(INSERT_AUDIT)
+                    .bind(key)
+                    .bind(tenant)
+                    .bind(now)
+                    .bind("system")
+                    .bind("purge")
+                    .bind(None::<i32>)
+                    .bind(None::<Json<serde_json::Value>>)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            doomed
+        });
+        Ok(purged
+            .into_iter()
+            .filter_map(|(key, _)| LinkKey::parse(&key).ok())
+            .collect())
+    }
+
+    /// `tenant`'s audit log of `key`, oldest first; empty when there is none.
+    pub async fn audit(
+        &self,
+        key: &LinkKey,
+        tenant: &Tenant,
+    ) -> Result<Vec<AuditEntry>, LinkStoreError> {
+        let rows: Vec<AuditRow> = on_db!(self, db => {
+            sqlx::query_as(
+                "SELECT at, actor, action, version, detail FROM link_audit \
+                 WHERE link_key = $1 AND tenant = $2 ORDER BY id",
+            )
+            .bind(key.as_str())
+            .bind(tenant.as_str())
+            .fetch_all(db)
+            .await?
+        });
+        rows.into_iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: row.at,
+                    actor: row.actor,
+                    action: row.action,
+                    version: row.version.map(|v| to_u32(v, "version")).transpose()?,
+                    detail: row.detail.map(|d| d.0).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// `tenant`'s links in key order, after `after`, at most `limit`.
+    pub async fn list(
+        &self,
+        tenant: &Tenant,
+        after: Option<&LinkKey>,
+        limit: u32,
+    ) -> Result<Vec<LinkSummary>, LinkStoreError> {
+        let rows: Vec<LinkRow> = on_db!(self, db => {
+            sqlx::query_as(
+                "SELECT link_key, tenant, status, created_at, deleted_at, version FROM links \
+                 WHERE tenant = $1 AND link_key > $2 ORDER BY link_key LIMIT $3",
+            )
+            .bind(tenant.as_str())
+            .bind(after.map_or("", LinkKey::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(db)
+            .await?
+        });
+        rows.iter().map(LinkRow::summary).collect()
+    }
+}
