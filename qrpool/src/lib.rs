@@ -73,6 +73,13 @@ fn served_issuers(settings: &Settings) -> impl Iterator<Item = &str> {
     std::iter::once(config::LOCAL_ISSUER).chain(settings.pregen.issuers.keys().map(String::as_str))
 }
 
+#[derive(Debug)]
+struct LinkPurge {
+    redirects: redirect::Redirects,
+    retention: chrono::Duration,
+    every: Duration,
+}
+
 /// The parts of one process, built and ready to serve.
 #[derive(Debug)]
 pub struct App {
@@ -81,7 +88,9 @@ pub struct App {
     /// One per issuer lane the binder serves; empty without the binder.
     readers: Vec<PoolReader>,
     /// Writes scan events; drained at shutdown once no request can record any more.
-    scan_writer: Option<middle_page::scans::ScanWriter>,
+    scan_writer: Option<scans::ScanWriter>,
+    /// Purges deleted links past their retention, when the scan side runs here.
+    link_purge: Option<LinkPurge>,
     grace: Duration,
 }
 
@@ -180,31 +189,37 @@ impl App {
                 })
             });
         }
-        if let (true, Some(bindings)) = (parts.binder, &bindings) {
+        // One key checker for every API of the process, so that a key has one rate limit.
+        let keys = bindings
+            .as_ref()
+            .map(|bindings| service::Keys::new(bindings.durable().clone()));
+        if let (true, Some(bindings), Some(keys)) = (parts.binder, &bindings, &keys) {
             router = router.merge(binder::router(Binder::new(
                 readers.clone(),
                 bindings.clone(),
+                keys.clone(),
                 settings,
             )));
         }
         let mut scan_writer = None;
-        if let (true, Some(bindings)) = (parts.middle_page, &bindings) {
+        let mut link_purge = None;
+        if let (true, Some(bindings), Some(keys)) = (parts.middle_page, &bindings, &keys) {
             let scans = if settings.scans.enabled {
                 let sink = match settings.pool.backend {
                     PoolBackend::Kafka => {
                         pool::kafka::ensure_topic(&settings.kafka, &settings.kafka.events_topic)
                             .await
                             .context("creating the scan events topic")?;
-                        middle_page::scans::ScanSink::Kafka {
+                        scans::ScanSink::Kafka {
                             brokers: settings.kafka.brokers.clone(),
                             topic: settings.kafka.events_topic.clone(),
                         }
                     }
-                    PoolBackend::Embedded => middle_page::scans::ScanSink::Files(
-                        settings.embedded.data_dir.join("scans"),
-                    ),
+                    PoolBackend::Embedded => {
+                        scans::ScanSink::Files(settings.embedded.data_dir.join("scans"))
+                    }
                 };
-                let (events, writer) = middle_page::scans::ScanEvents::start(
+                let (events, writer) = scans::ScanEvents::start(
                     sink,
                     settings.scans.queue,
                     settings.scans.country_header.clone(),
@@ -217,9 +232,35 @@ impl App {
             };
             router = router.merge(middle_page::router(
                 bindings.clone(),
-                scans,
+                scans.clone(),
                 middle_page::targets(&settings.targets),
             ));
+            let links = redirect::LinkStore::open(bindings.durable().database())
+                .await
+                .context("opening the link store")?;
+            let redirects = redirect::Redirects::new(links, bindings.redis().cloned(), settings);
+            let public_base = settings.server.public_base();
+            router = router.merge(redirect::router(std::sync::Arc::new(
+                redirect::routes::LinkService {
+                    redirects: redirects.clone(),
+                    keys: keys.clone(),
+                    destinations: redirect::Destinations::new(
+                        settings.redirect.allowed_hosts.clone(),
+                        settings.redirect.signing_secret.clone(),
+                    ),
+                    scans,
+                    country_header: settings.scans.country_header.clone(),
+                    secure_cookie: public_base.starts_with("https://"),
+                    public_url: public_base,
+                },
+            )));
+            link_purge = Some(LinkPurge {
+                redirects,
+                retention: chrono::Duration::days(i64::from(
+                    settings.redirect.deleted_retention_days,
+                )),
+                every: Duration::from_secs(settings.redirect.purge_every_secs),
+            });
         }
         let router = service::layers::around(
             router,
@@ -233,6 +274,7 @@ impl App {
             pregen,
             readers,
             scan_writer,
+            link_purge,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         })
     }
@@ -268,6 +310,13 @@ impl App {
         let pregen = self
             .pregen
             .map(|pregen| tokio::spawn(pregen.run(shutdown.child_token())));
+        let link_purge = self.link_purge.map(|purge| {
+            tokio::spawn(purge.redirects.purge_periodically(
+                purge.retention,
+                purge.every,
+                shutdown.child_token(),
+            ))
+        });
         let served = service::serve(
             listener,
             self.router,
@@ -278,6 +327,9 @@ impl App {
         shutdown.cancel();
         if let Some(pregen) = pregen {
             pregen.await.context("the pregen task panicked")?;
+        }
+        if let Some(purge) = link_purge {
+            purge.await.context("the link purge task panicked")?;
         }
         if let Some(writer) = self.scan_writer {
             writer.finish().await;

@@ -41,9 +41,10 @@ enum Command {
     },
     /// The codes API: binds pooled codes on demand.
     Binder,
-    /// Scan-time resolution: the middle page and the scene API.
+    /// Scan-time resolution: the middle page, the scene API, and dynamic redirects with
+    /// their links API.
     MiddlePage,
-    /// Brings the binding store's schema up to date, then exits.
+    /// Brings the schema of the binding and link stores up to date, then exits.
     Migrate,
     /// The API keys of the tenants' apps.
     Keys {
@@ -123,10 +124,13 @@ async fn main() -> anyhow::Result<()> {
             };
         }
         Command::Migrate => {
-            bindings::DurableStore::connect(&settings)
+            let store = bindings::DurableStore::connect(&settings)
                 .await
                 .context("migrating the binding store")?;
-            println!("The binding store is up to date.");
+            redirect::LinkStore::open(store.database())
+                .await
+                .context("migrating the link store")?;
+            println!("The binding and link stores are up to date.");
             return Ok(());
         }
     };

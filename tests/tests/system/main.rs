@@ -17,3 +17,4 @@ mod distributed;
 mod embedded;
 mod idempotency;
 mod issuers;
+mod redirect;

@@ -1,0 +1,664 @@
+//! Dynamic redirects as marketers and scanners use them: links made, changed, rolled back,
+//! deleted and restored through the admin API, and `/r/{key}` following the policy of the
+//! version that is in effect. On the embedded store, and on PostgreSQL with Redis where a
+//! second process must see a change.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use reqwest::Method;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use qrpool::Parts;
+use records::Tenant;
+use tests::{Backends, TestApp, TestDatabase, distributed_settings, embedded_settings, unique};
+
+const SIGNING_SECRET: &str = "a signing secret of thirty-two bytes or more";
+
+fn with_links(mut settings: config::Settings) -> config::Settings {
+    settings.redirect.allowed_hosts = BTreeMap::from([(
+        "default".to_owned(),
+        vec!["shop.example".to_owned(), "*.promo.example".to_owned()],
+    )]);
+    settings.redirect.signing_secret = Some(SecretString::from(SIGNING_SECRET));
+    settings.scans.country_header = Some("x-country".to_owned());
+    settings
+}
+
+/// A client that shows redirects instead of following them, as a test of them needs.
+fn scanner() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn call(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {
+    let mut request = app.client.request(method, app.url(path));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+async fn json_of(response: reqwest::Response, status: u16) -> Value {
+    let actual = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(actual, status, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn create(app: &TestApp, body: Value) -> Value {
+    json_of(call(app, Method::POST, "/v1/links", Some(body)).await, 201).await
+}
+
+/// Where `/r/{key}` sends a scanner with these headers: (status, location).
+async fn scan(app: &TestApp, key: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut request = scanner().get(app.url(&format!("/r/{key}")));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (response.status().as_u16(), location)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_follows_its_versions_and_keeps_every_change_on_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(with_links(embedded_settings(dir.path())), Parts::ALL).await;
+
+    let link = create(
+        &app,
+        json!({"target": {"destination": "https://shop.example/a"}, "note": "launch"}),
+    )
+    .await;
+    let key = link["key"].as_str().unwrap().to_owned();
+    assert_eq!(key.len(), 10);
+    assert_eq!(link["url"], app.url(&format!("/r/{key}")));
+    assert_eq!(
+        (link["version"].clone(), link["serving_version"].clone()),
+        (json!(1), json!(1))
+    );
+
+    let response = scanner()
+        .get(app.url(&format!("/r/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], "https://shop.example/a");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "no split, no cookie"
+    );
+
+    let path = format!("/v1/links/{key}");
+    let changed = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(json!({"target": {"destination": "https://shop.example/b"}, "base_version": 1})),
+    )
+    .await;
+    assert_eq!(json_of(changed, 200).await["version"], 2);
+    assert_eq!(
+        scan(&app, &key, &[]).await,
+        (302, "https://shop.example/b".into())
+    );
+
+    let stale = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(json!({"target": {"destination": "https://shop.example/c"}, "base_version": 1})),
+    )
+    .await;
+    assert_eq!(stale.status(), 409, "an edit of an old version is refused");
+    assert_eq!(scan(&app, &key, &[]).await.1, "https://shop.example/b");
+
+    let rolled = call(
+        &app,
+        Method::POST,
+        &format!("{path}/rollback"),
+        Some(json!({"version": 1})),
+    )
+    .await;
+    assert_eq!(json_of(rolled, 200).await["version"], 3);
+    assert_eq!(scan(&app, &key, &[]).await.1, "https://shop.example/a");
+
+    let status = call(&app, Method::PATCH, &path, Some(json!({"status": 307}))).await;
+    assert_eq!(
+        json_of(status, 200).await["version"],
+        3,
+        "a status change is no new version"
+    );
+    assert_eq!(scan(&app, &key, &[]).await.0, 307);
+
+    let deleted = call(&app, Method::DELETE, &path, None).await;
+    assert!(json_of(deleted, 200).await["deleted_at"].is_string());
+    let gone = scanner()
+        .get(app.url(&format!("/r/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 410);
+    assert!(
+        gone.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(gone.text().await.unwrap().contains("no longer active"));
+    let edit_deleted = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(json!({"target": {"destination": "https://shop.example/d"}})),
+    )
+    .await;
+    assert_eq!(
+        edit_deleted.status(),
+        409,
+        "a deleted link is restored before it is changed"
+    );
+    let restored = call(&app, Method::POST, &format!("{path}/restore"), None).await;
+    assert_eq!(restored.status(), 200);
+    assert_eq!(
+        scan(&app, &key, &[]).await,
+        (307, "https://shop.example/a".into())
+    );
+
+    let versions = json_of(
+        call(&app, Method::GET, &format!("{path}/versions"), None).await,
+        200,
+    )
+    .await;
+    let destinations: Vec<&str> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["target"]["destination"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        destinations,
+        [
+            "https://shop.example/a",
+            "https://shop.example/b",
+            "https://shop.example/a"
+        ]
+    );
+    assert_eq!(versions["versions"][0]["note"], "launch");
+    assert_eq!(versions["versions"][2]["note"], "rollback to version 1");
+
+    let audit = json_of(
+        call(&app, Method::GET, &format!("{path}/audit"), None).await,
+        200,
+    )
+    .await;
+    let actions: Vec<&str> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "create", "update", "rollback", "update", "delete", "restore"
+        ]
+    );
+    let key_id = app.key.as_ref().unwrap().split('_').nth(1).unwrap();
+    assert!(
+        audit["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|entry| entry["actor"] == key_id),
+        "every change names the API key that made it: {audit}"
+    );
+    assert_eq!(audit["audit"][3]["detail"]["status"], 307);
+
+    let unknown = scanner()
+        .get(app.url("/r/0000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.text().await.unwrap().contains("lead anywhere"));
+    assert_eq!(scan(&app, "not-a-key!", &[]).await.0, 404);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_link_sends_scanners_off_the_allow_list_unless_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(with_links(embedded_settings(dir.path())), Parts::ALL).await;
+    let problem = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 422);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        response.json::<Value>().await.unwrap()
+    };
+
+    let refused = problem(
+        call(
+            &app,
+            Method::POST,
+            "/v1/links",
+            Some(json!({"target": {"destination": "https://shop.example/ok",
+                "split": [{"name": "a", "weight": 1, "destination": "https://evil.example/"}]}})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        refused["type"],
+        "urn:qrpool:problem:destination-not-allowed"
+    );
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("split[0].destination"),
+        "{refused}"
+    );
+
+    for (target, field) in [
+        (json!({"destination": "javascript:alert(1)"}), "destination"),
+        (json!({"destination": "//evil.example/"}), "destination"),
+        (
+            json!({"destination": "https://user:pw@shop.example/"}),
+            "destination",
+        ),
+        (
+            json!({"destination": "https://promo.example/"}),
+            "destination",
+        ),
+        (
+            json!({"destination": "https://shop.example/", "rules": [{"name": "r", "destination": "https://shop.example/x"}]}),
+            "rules[0]",
+        ),
+    ] {
+        let body = problem(
+            call(
+                &app,
+                Method::POST,
+                "/v1/links",
+                Some(json!({"target": target})),
+            )
+            .await,
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(field),
+            "{target}: {body}"
+        );
+    }
+    let unknown_field = call(
+        &app,
+        Method::POST,
+        "/v1/links",
+        Some(json!({"target": {"destination": "https://shop.example/"}, "colour": "red"})),
+    )
+    .await;
+    assert_eq!(unknown_field.status(), 422);
+    let listed = json_of(call(&app, Method::GET, "/v1/links", None).await, 200).await;
+    assert_eq!(listed["links"], json!([]), "nothing refused was stored");
+
+    // The platform vouches for a partner's page by signing it for this tenant.
+    let url = "https://partner.example/offer?id=7";
+    let signer =
+        redirect::Destinations::new(BTreeMap::new(), Some(SecretString::from(SIGNING_SECRET)));
+    let signature = signer.sign(&Tenant::default(), url).unwrap();
+    let link = create(
+        &app,
+        json!({"target": {"destination": url}, "signatures": {url: signature}}),
+    )
+    .await;
+    let key = link["key"].as_str().unwrap();
+    assert_eq!(scan(&app, key, &[]).await, (302, url.to_owned()));
+    let other_signature = signer.sign(&Tenant::parse("other").unwrap(), url).unwrap();
+    let forged = call(
+        &app,
+        Method::POST,
+        "/v1/links",
+        Some(json!({"target": {"destination": url}, "signatures": {url: other_signature}})),
+    )
+    .await;
+    assert_eq!(
+        forged.status(),
+        422,
+        "another tenant's signature does not count"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_goes_where_the_effective_policy_says_and_its_event_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(with_links(embedded_settings(dir.path())), Parts::ALL).await;
+    let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)";
+    let desktop = "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0";
+
+    let link = create(
+        &app,
+        json!({"target": {
+            "destination": "https://shop.example/default",
+            "rules": [
+                {"name": "ios", "devices": ["ios"], "destination": "https://shop.example/ios"},
+                {"name": "china", "countries": ["CN"], "destination": "https://cn.promo.example/"}
+            ],
+            "split": [
+                {"name": "a", "weight": 50, "destination": "https://a.promo.example/"},
+                {"name": "b", "weight": 50, "destination": "https://b.promo.example/"}
+            ]
+        }}),
+    )
+    .await;
+    let key = link["key"].as_str().unwrap().to_owned();
+
+    assert_eq!(
+        scan(&app, &key, &[("user-agent", iphone), ("x-country", "CN")])
+            .await
+            .1,
+        "https://shop.example/ios"
+    );
+    assert_eq!(
+        scan(&app, &key, &[("user-agent", desktop), ("x-country", "cn")])
+            .await
+            .1,
+        "https://cn.promo.example/"
+    );
+
+    // A first visit gets a visitor cookie; with it, the visitor keeps its variant.
+    let first = scanner()
+        .get(app.url(&format!("/r/{key}?qr=1")))
+        .header("user-agent", desktop)
+        .send()
+        .await
+        .unwrap();
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("Path=/r"),
+        "{cookie}"
+    );
+    let visitor = cookie.split(';').next().unwrap().to_owned();
+    let landed = first.headers()["location"].to_str().unwrap().to_owned();
+    for _ in 0..5 {
+        assert_eq!(
+            scan(&app, &key, &[("user-agent", desktop), ("cookie", &visitor)])
+                .await
+                .1,
+            landed,
+            "sticky"
+        );
+    }
+    let mut seen = HashSet::new();
+    for n in 0..64 {
+        let cookie = format!("qrv=visitor{n:04}abcdefgh");
+        seen.insert(
+            scan(&app, &key, &[("user-agent", desktop), ("cookie", &cookie)])
+                .await
+                .1,
+        );
+    }
+    assert_eq!(
+        seen,
+        HashSet::from([
+            "https://a.promo.example/".to_owned(),
+            "https://b.promo.example/".to_owned()
+        ]),
+        "64 visitors over a 50/50 split meet both variants"
+    );
+
+    // A campaign scheduled ahead does not serve before it starts; one running now does, and
+    // the version before it serves again when it ends.
+    let path = format!("/v1/links/{key}");
+    let later = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let scheduled = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(json!({"target": {"destination": "https://shop.example/later", "effective_start": later}})),
+    )
+    .await;
+    let scheduled = json_of(scheduled, 200).await;
+    assert_eq!(
+        (
+            scheduled["version"].clone(),
+            scheduled["serving_version"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+    assert_eq!(
+        scan(&app, &key, &[("user-agent", iphone)]).await.1,
+        "https://shop.example/ios"
+    );
+
+    let ends = Utc::now() + chrono::Duration::milliseconds(1500);
+    let running = call(
+        &app,
+        Method::PATCH,
+        &path,
+        Some(json!({"target": {"destination": "https://shop.example/flash", "effective_end": ends.to_rfc3339()}})),
+    )
+    .await;
+    assert_eq!(json_of(running, 200).await["serving_version"], 3);
+    assert_eq!(
+        scan(&app, &key, &[("user-agent", iphone)]).await.1,
+        "https://shop.example/flash"
+    );
+    let until_end = (ends - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(until_end + Duration::from_millis(100)).await;
+    assert_eq!(
+        scan(&app, &key, &[("user-agent", iphone)]).await.1,
+        "https://shop.example/ios",
+        "after the flash sale, version 1's policy serves again"
+    );
+
+    let dropped_before_stop = app.get("/metrics").await.text().await.unwrap();
+    app.stop().await;
+    let day = Utc::now().format("%Y-%m-%d");
+    let events = std::fs::read_to_string(dir.path().join(format!("scans/{day}.jsonl"))).unwrap();
+    let events: Vec<Value> = events
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|event: &Value| event["key"] == key)
+        .collect();
+    assert_eq!(
+        events.len(),
+        2 + 1 + 5 + 64 + 1 + 1 + 1,
+        "every scan left an event: {dropped_before_stop}"
+    );
+    let variants: Vec<Option<&str>> = events.iter().map(|e| e["variant"].as_str()).collect();
+    assert_eq!(variants[0], Some("rule:ios"));
+    assert_eq!(variants[1], Some("rule:china"));
+    assert!(variants[2].is_some_and(|v| v.starts_with("variant:")));
+    assert_eq!(events[1]["country"], "CN");
+    assert_eq!(events[2]["via_qr"], true);
+    assert_eq!(events[0]["device"], "ios");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["outcome"] == "redirected" && e["tenant"] == "default")
+    );
+    assert_eq!(variants.last().copied().flatten(), Some("rule:ios"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_never_sees_nor_changes_another_tenants_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = || with_links(embedded_settings(dir.path()));
+    let app = TestApp::spawn(settings(), Parts::ALL).await;
+    let link = create(
+        &app,
+        json!({"target": {"destination": "https://shop.example/"}}),
+    )
+    .await;
+    let path = format!("/v1/links/{}", link["key"].as_str().unwrap());
+    let other =
+        TestApp::make_key(&settings(), &Tenant::parse("other").unwrap(), "read admin").await;
+    let as_other = |method: Method, path: String| {
+        reqwest::Client::new()
+            .request(method, app.url(&path))
+            .bearer_auth(&other)
+    };
+    for (method, path, body) in [
+        (Method::GET, path.clone(), None),
+        (Method::GET, format!("{path}/audit"), None),
+        (Method::PATCH, path.clone(), Some(json!({"status": 301}))),
+        (Method::DELETE, path.clone(), None),
+        (
+            Method::POST,
+            format!("{path}/rollback"),
+            Some(json!({"version": 1})),
+        ),
+    ] {
+        let mut request = as_other(method.clone(), path.clone());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        assert_eq!(
+            request.send().await.unwrap().status(),
+            404,
+            "{method} {path}"
+        );
+    }
+    let listed: Value = as_other(Method::GET, "/v1/links".into())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["links"], json!([]));
+    let read_only = TestApp::make_key(&settings(), &Tenant::default(), "read").await;
+    let refused = reqwest::Client::new()
+        .delete(app.url(&path))
+        .bearer_auth(&read_only)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        403,
+        "changing a link needs the admin scope"
+    );
+    let anonymous = reqwest::Client::new()
+        .get(app.url("/v1/links"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(
+        scan(&app, link["key"].as_str().unwrap(), &[]).await.0,
+        302,
+        "untouched"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_change_reaches_another_process_through_redis_and_purges_keep_the_audit() {
+    let backends = Backends::from_env();
+    let database = TestDatabase::create(&backends).await;
+    let prefix = unique("links");
+    let topic = unique("unused");
+    let settings = || {
+        with_links(distributed_settings(
+            &backends,
+            &database,
+            &topic,
+            &format!("{prefix}:"),
+        ))
+    };
+    let admin = TestApp::spawn(settings(), Parts::MIDDLE_PAGE).await;
+    let scans = TestApp::spawn(settings(), Parts::MIDDLE_PAGE).await;
+    let settings = settings();
+    let key_text = TestApp::make_key(&settings, &Tenant::default(), "read admin").await;
+    let client = reqwest::Client::new();
+
+    let link: Value = client
+        .post(admin.url("/v1/links"))
+        .bearer_auth(&key_text)
+        .json(&json!({"target": {"destination": "https://shop.example/old"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = link["key"].as_str().unwrap().to_owned();
+    // The second process caches the link at its first scan.
+    assert_eq!(scan(&scans, &key, &[]).await.1, "https://shop.example/old");
+    let changed = client
+        .patch(admin.url(&format!("/v1/links/{key}")))
+        .bearer_auth(&key_text)
+        .json(&json!({"target": {"destination": "https://shop.example/new"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let started = Instant::now();
+    while scan(&scans, &key, &[]).await.1 != "https://shop.example/new" {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the change did not arrive in 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "a link change reached the other process in {:?}",
+        started.elapsed()
+    );
+
+    let deleted = client
+        .delete(admin.url(&format!("/v1/links/{key}")))
+        .bearer_auth(&key_text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let started = Instant::now();
+    while scan(&scans, &key, &[]).await.0 != 410 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the delete did not arrive in 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Past its retention, a deleted link is purged; what happened to it stays on record.
+    let durable = bindings::DurableStore::connect(&settings).await.unwrap();
+    let store = redirect::LinkStore::open(durable.database()).await.unwrap();
+    let key = records::LinkKey::parse(&key).unwrap();
+    let purged = store
+        .purge_deleted_before(Utc::now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert!(purged.contains(&key));
+    assert_eq!(store.get(&key).await.unwrap(), None);
+    let audit: Vec<String> = store
+        .audit(&key, &Tenant::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.action)
+        .collect();
+    assert_eq!(audit, ["create", "update", "delete", "purge"]);
+
+    admin.stop().await;
+    scans.stop().await;
+    database.drop_now().await;
+}
