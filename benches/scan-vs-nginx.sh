@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Scan-time resolve against the static floor: wrk drives nginx answering a bare `return 302`
-# and qrpool's middle page (`/m/{id}`) and scene API (`/v1/scene/{id}`) on a bound, cached
-# code, one after the other, same machine, same wrk settings. Prints requests/s, p50, p99
-# and the ratios to nginx.
+# Scan-time resolve against the static floor: wrk drives nginx answering a bare `return 302`,
+# then qrpool's middle page (`/m/{id}`), scene API (`/v1/scene/{id}`) and dynamic redirect
+# (`/r/{key}`), one after the other, same machine, same wrk settings: first from the
+# in-process cache (the hit path), then from a second qrpool on the same store with no
+# in-process cache, so every scan reads the database (the path of a Redis miss). Prints
+# requests/s, p50, p99 and the ratios to nginx.
 #
 #   benches/scan-vs-nginx.sh                 DURATION=10s CONNECTIONS=64 THREADS=2 by default
 set -euo pipefail
@@ -17,9 +19,12 @@ connections=${CONNECTIONS:-64}
 threads=${THREADS:-2}
 qrpool_port=18080
 nginx_port=18081
+uncached_port=18082
 work=$(mktemp -d)
 qrpool_pid=
+uncached_pid=
 cleanup() {
+  [ -n "$uncached_pid" ] && kill "$uncached_pid" 2>/dev/null && wait "$uncached_pid" 2>/dev/null
   [ -n "$qrpool_pid" ] && kill "$qrpool_pid" 2>/dev/null && wait "$qrpool_pid" 2>/dev/null
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
   rm -rf "$work"
@@ -53,8 +58,9 @@ NGINX
 nginx -c "$work/nginx.conf" -p "$work"
 wait_for_port "$nginx_port" nginx
 
-say "starting qrpool up on 127.0.0.1:$qrpool_port and binding one code"
-QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port QRPOOL_EMBEDDED__DATA_DIR="$work/data" \
+say "starting qrpool up on 127.0.0.1:$qrpool_port, binding one code and making one link"
+export QRPOOL_EMBEDDED__DATA_DIR="$work/data" QRPOOL_REDIRECT__ALLOWED_HOSTS__DEFAULT='["example.com"]'
+QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port \
   QRPOOL_PREGEN__TARGET_DEPTH=100 QRPOOL_PREGEN__LOW_WATER=0 \
   target/release/qrpool up >"$work/qrpool.log" 2>&1 &
 qrpool_pid=$!
@@ -65,6 +71,16 @@ id=$(curl -sf -X POST "http://127.0.0.1:$qrpool_port/v1/codes" -H 'content-type:
   -H "authorization: Bearer $key" \
   -d '{"params": {"listing": "L-1001", "agent": "a-7"}}' | sed -E 's/.*"request_id":"([0-9A-Za-z]+)".*/\1/')
 curl -sf -o /dev/null "http://127.0.0.1:$qrpool_port/m/$id"
+link=$(curl -sf -X POST "http://127.0.0.1:$qrpool_port/v1/links" -H 'content-type: application/json' \
+  -H "authorization: Bearer $key" \
+  -d '{"target": {"destination": "https://example.com/listing/1001"}}' | sed -E 's/.*"key":"([0-9A-Za-z]+)".*/\1/')
+curl -sf -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$qrpool_port/r/$link" | grep -q 302
+
+say "starting a second qrpool (scan side only, no in-process cache) on 127.0.0.1:$uncached_port"
+QRPOOL_SERVER__LISTEN=127.0.0.1:$uncached_port QRPOOL_MIDDLE_PAGE__CACHE_CAPACITY=0 \
+  target/release/qrpool middle-page >"$work/uncached.log" 2>&1 &
+uncached_pid=$!
+for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$uncached_port/readyz" >/dev/null && break; sleep 0.05; done
 
 # Runs wrk and prints "<requests/s> <p50 ms> <p99 ms>".
 measure() {
@@ -81,7 +97,14 @@ say "wrk -t$threads -c$connections -d$duration, one target at a time"
 read -r nginx_rps nginx_p50 nginx_p99 < <(measure "http://127.0.0.1:$nginx_port/r/abc")
 read -r page_rps page_p50 page_p99 < <(measure "http://127.0.0.1:$qrpool_port/m/$id")
 read -r scene_rps scene_p50 scene_p99 < <(measure "http://127.0.0.1:$qrpool_port/v1/scene/$id")
-printf '%-34s %12s %9s %9s %8s\n' target requests/s "p50 ms" "p99 ms" "× nginx"
-printf '%-34s %12.0f %9.2f %9.2f %8s\n' "nginx return 302" "$nginx_rps" "$nginx_p50" "$nginx_p99" "1.00"
-printf '%-34s %12.0f %9.2f %9.2f %8.2f\n' "qrpool /m/{id} (cached, HTML)" "$page_rps" "$page_p50" "$page_p99" "$(echo "$page_rps / $nginx_rps" | bc -l)"
-printf '%-34s %12.0f %9.2f %9.2f %8.2f\n' "qrpool /v1/scene/{id} (cached)" "$scene_rps" "$scene_p50" "$scene_p99" "$(echo "$scene_rps / $nginx_rps" | bc -l)"
+read -r link_rps link_p50 link_p99 < <(measure "http://127.0.0.1:$qrpool_port/r/$link")
+read -r page_db_rps page_db_p50 page_db_p99 < <(measure "http://127.0.0.1:$uncached_port/m/$id")
+read -r link_db_rps link_db_p50 link_db_p99 < <(measure "http://127.0.0.1:$uncached_port/r/$link")
+row() { printf '%-38s %12.0f %9.2f %9.2f %8.2f\n' "$1" "$2" "$3" "$4" "$(echo "$2 / $nginx_rps" | bc -l)"; }
+printf '%-38s %12s %9s %9s %8s\n' target requests/s "p50 ms" "p99 ms" "× nginx"
+row "nginx return 302" "$nginx_rps" "$nginx_p50" "$nginx_p99"
+row "qrpool /m/{id} (cached, HTML)" "$page_rps" "$page_p50" "$page_p99"
+row "qrpool /v1/scene/{id} (cached)" "$scene_rps" "$scene_p50" "$scene_p99"
+row "qrpool /r/{key} (cached, 302)" "$link_rps" "$link_p50" "$link_p99"
+row "qrpool /m/{id} (database, no cache)" "$page_db_rps" "$page_db_p50" "$page_db_p99"
+row "qrpool /r/{key} (database, no cache)" "$link_db_rps" "$link_db_p50" "$link_db_p99"

@@ -195,6 +195,14 @@ impl Bindings {
     }
 
     async fn fetch(&self, id: RequestId) -> Result<Arc<Binding>, Lookup> {
+        // A caller that checked the negative cache just before an earlier fetch marked the
+        // id, and came here just after that fetch ended, finds the mark now.
+        if let Some(unbound) = &self.unbound
+            && unbound.contains_key(&id)
+        {
+            events::lookup("local_unbound", true);
+            return Err(Lookup::NotBound);
+        }
         if let Some(redis) = &self.redis {
             if let Some(binding) = redis.get(id).await {
                 events::lookup("redis", true);

@@ -120,6 +120,13 @@ impl Redirects {
     }
 
     async fn fetch(&self, key: &LinkKey) -> Result<Arc<Link>, Lookup> {
+        // A caller that checked the negative cache just before an earlier fetch marked the
+        // key, and came here just after that fetch ended, finds the mark now.
+        if let Some(missing) = &self.missing
+            && missing.contains_key(key)
+        {
+            return Err(Lookup::Missing);
+        }
         if let Some(redis) = &self.redis {
             let cached: Option<Link> = redis.get_json(&Self::redis_key(redis, key)).await;
             if let Some(link) = cached.filter(|link| link.v == Link::LAYOUT && link.key == *key) {
