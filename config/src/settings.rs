@@ -35,6 +35,8 @@ pub struct Settings {
     /// Redirect targets per tenant: `[targets.<tenant>] <name> = "https://…/{param}"`. A
     /// binding whose params say `"target": "<name>"` sends scanners there with a 302.
     pub targets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// The landing page of each tenant's codes: `[landing.<tenant>]`.
+    pub landing: BTreeMap<String, LandingSettings>,
     pub telemetry: TelemetrySettings,
 }
 
@@ -311,6 +313,27 @@ impl Default for ScanSettings {
     }
 }
 
+/// How one tenant's landing page looks. Every value is shown escaped; params never reach
+/// markup or style.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LandingSettings {
+    /// The page title and heading (the tenant's name or brand); "Welcome" when unset.
+    pub title: Option<String>,
+    /// The colour of the heading and the button, `#rrggbb`.
+    pub accent: Option<String>,
+    /// An `https://` image shown above the heading.
+    pub logo_url: Option<String>,
+    /// The params shown, in this order; unset: all of them, by name.
+    pub fields: Option<Vec<String>>,
+    /// What a param is called on the page (`listing_id = "Listing"`).
+    pub labels: BTreeMap<String, String>,
+    /// A button into the tenant's app: the name of one of its `targets`, filled from the
+    /// params (not shown when it cannot be filled).
+    pub button_target: Option<String>,
+    pub button_label: Option<String>,
+}
+
 /// Dynamic redirects (`/r/{key}`) and the links API.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -382,6 +405,60 @@ impl ConfigError {
 }
 
 impl Settings {
+    fn validate_landing(&self) -> Result<(), ConfigError> {
+        for (tenant, landing) in &self.landing {
+            let key = |field: &str| format!("landing.{tenant}.{field}");
+            if records::Tenant::parse(tenant).is_err() {
+                return Err(ConfigError::invalid(
+                    format!("landing.{tenant}"),
+                    "must be named by a tenant: a-z, 0-9, - and _",
+                ));
+            }
+            if landing
+                .title
+                .as_ref()
+                .is_some_and(|t| t.chars().count() > 100)
+            {
+                return Err(ConfigError::invalid(
+                    key("title"),
+                    "is at most 100 characters",
+                ));
+            }
+            if let Some(accent) = &landing.accent {
+                let hex = accent.strip_prefix('#').unwrap_or_default();
+                if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ConfigError::invalid(
+                        key("accent"),
+                        "must be a colour like #0a7d5a",
+                    ));
+                }
+            }
+            if let Some(logo) = &landing.logo_url {
+                let plain = logo.strip_prefix("https://").is_some_and(|rest| {
+                    !rest.is_empty() && !rest.contains(['"', '\'', '<', '>', ' ', '\\'])
+                });
+                if !plain {
+                    return Err(ConfigError::invalid(
+                        key("logo_url"),
+                        "must be an https:// URL",
+                    ));
+                }
+            }
+            if let Some(target) = &landing.button_target
+                && !self
+                    .targets
+                    .get(tenant)
+                    .is_some_and(|targets| targets.contains_key(target))
+            {
+                return Err(ConfigError::invalid(
+                    key("button_target"),
+                    format!("names no target of this tenant (`targets.{tenant}.{target}`)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_redirect(&self) -> Result<(), ConfigError> {
         let redirect = &self.redirect;
         for (tenant, patterns) in &redirect.allowed_hosts {
@@ -696,6 +773,7 @@ impl Settings {
                 }
             }
         }
+        self.validate_landing()?;
         if !(16..=1024 * 1024).contains(&self.binder.max_params_bytes) {
             return Err(ConfigError::invalid(
                 "binder.max_params_bytes",
@@ -862,6 +940,46 @@ mod tests {
             .into(),
         );
         settings.validate().unwrap();
+    }
+
+    #[test]
+    fn landing_and_link_settings_are_checked_with_the_key_named() {
+        let refused = |change: &dyn Fn(&mut Settings)| {
+            let mut settings = Settings::default();
+            change(&mut settings);
+            settings.validate().unwrap_err().to_string()
+        };
+        let landing = |landing: LandingSettings| {
+            move |settings: &mut Settings| {
+                settings.landing.insert("acme".into(), landing.clone());
+            }
+        };
+        let error = refused(&landing(LandingSettings {
+            accent: Some("red; background: url(x)".into()),
+            ..LandingSettings::default()
+        }));
+        assert!(error.contains("landing.acme.accent"), "{error}");
+        let error = refused(&landing(LandingSettings {
+            logo_url: Some("javascript:alert(1)".into()),
+            ..LandingSettings::default()
+        }));
+        assert!(error.contains("landing.acme.logo_url"), "{error}");
+        let error = refused(&landing(LandingSettings {
+            button_target: Some("app".into()),
+            ..LandingSettings::default()
+        }));
+        assert!(error.contains("landing.acme.button_target"), "{error}");
+        let error = refused(&|settings: &mut Settings| {
+            settings
+                .redirect
+                .allowed_hosts
+                .insert("acme".into(), vec!["shop.example/path".into()]);
+        });
+        assert!(error.contains("redirect.allowed_hosts.acme"), "{error}");
+        let error = refused(&|settings: &mut Settings| {
+            settings.redirect.signing_secret = Some(SecretString::from("short"));
+        });
+        assert!(error.contains("redirect.signing_secret"), "{error}");
     }
 
     #[test]

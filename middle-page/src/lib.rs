@@ -2,7 +2,7 @@
 //!
 //! | route | for | answer |
 //! | --- | --- | --- |
-//! | `GET /m/{request_id}` | people | an HTML landing page built from the params (escaped), or a `302` to the tenant's target the params name (`"target": "listing"`) |
+//! | `GET /m/{request_id}` | people | an HTML landing page built from the params (escaped) as the tenant's `landing` settings say (title, accent colour, logo, which params under which labels, a button into its app), or a `302` to the tenant's target the params name (`"target": "listing"`) |
 //! | `GET /v1/scene/{request_id}` | mini-programs (the `scene` they were opened with) | the params as JSON |
 //!
 //! People get friendly pages for unknown (404), expired (410) and unavailable (503) codes;
@@ -58,15 +58,24 @@ pub fn targets(settings: &BTreeMap<String, BTreeMap<String, String>>) -> Targets
         .collect()
 }
 
+/// How each tenant's landing page looks (the `landing` settings, checked at start).
+pub type Landings = BTreeMap<String, config::LandingSettings>;
+
 /// What the scan routes share.
 struct MiddlePage {
     bindings: Bindings,
     /// `None` when `scans.enabled` is off.
     scans: Option<ScanEvents>,
     targets: Targets,
+    landings: Landings,
 }
 
-pub fn router(bindings: Bindings, scans: Option<ScanEvents>, targets: Targets) -> Router {
+pub fn router(
+    bindings: Bindings,
+    scans: Option<ScanEvents>,
+    targets: Targets,
+    landings: Landings,
+) -> Router {
     Router::new()
         .route("/m/{request_id}", get(landing))
         .route("/v1/scene/{request_id}", get(scene))
@@ -74,6 +83,7 @@ pub fn router(bindings: Bindings, scans: Option<ScanEvents>, targets: Targets) -
             bindings,
             scans,
             targets,
+            landings,
         }))
 }
 
@@ -157,9 +167,61 @@ async fn resolve(bindings: &Bindings, request_id: &str) -> Resolved {
 
 #[derive(Template)]
 #[template(path = "landing.html")]
-struct Landing {
+struct Landing<'a> {
     request_id: String,
+    title: &'a str,
+    /// `#rrggbb`, checked at start: the one setting that lands in a style attribute.
+    accent: Option<&'a str>,
+    logo_url: Option<&'a str>,
     fields: Vec<(String, String)>,
+    button: Option<(&'a str, String)>,
+}
+
+impl<'a> Landing<'a> {
+    /// The page of `binding` as its tenant's `landing` settings want it.
+    fn of(
+        binding: &Binding,
+        settings: Option<&'a config::LandingSettings>,
+        targets: &Targets,
+    ) -> Self {
+        let text = |value: &serde_json::Value| match value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        let params = binding.params.as_map();
+        let label = |name: &str| {
+            settings
+                .and_then(|s| s.labels.get(name))
+                .map_or_else(|| name.to_owned(), Clone::clone)
+        };
+        let fields = match settings.and_then(|s| s.fields.as_ref()) {
+            Some(names) => names
+                .iter()
+                .filter_map(|name| Some((label(name), text(params.get(name)?))))
+                .collect(),
+            None => params
+                .iter()
+                .map(|(name, value)| (label(name), text(value)))
+                .collect(),
+        };
+        let button = settings.and_then(|s| {
+            let url = targets
+                .get(binding.tenant.as_str())?
+                .get(s.button_target.as_deref()?)?
+                .fill(&binding.params)?;
+            Some((s.button_label.as_deref().unwrap_or("Open"), url))
+        });
+        Landing {
+            request_id: binding.request_id.to_string(),
+            title: settings
+                .and_then(|s| s.title.as_deref())
+                .unwrap_or("Welcome"),
+            accent: settings.and_then(|s| s.accent.as_deref()),
+            logo_url: settings.and_then(|s| s.logo_url.as_deref()),
+            fields,
+            button,
+        }
+    }
 }
 
 #[derive(Template)]
@@ -242,22 +304,11 @@ async fn landing(
             if let Some(response) = not_modified(&headers, &etag) {
                 return response;
             }
-            let fields = binding
-                .params
-                .as_map()
-                .iter()
-                .map(|(key, value)| {
-                    let text = match value {
-                        serde_json::Value::String(text) => text.clone(),
-                        other => other.to_string(),
-                    };
-                    (key.clone(), text)
-                })
-                .collect();
-            let page = Landing {
-                request_id: binding.request_id.to_string(),
-                fields,
-            };
+            let page = Landing::of(
+                &binding,
+                page.landings.get(binding.tenant.as_str()),
+                &page.targets,
+            );
             with_cache_headers(
                 page_response(StatusCode::OK, page.render()),
                 REVALIDATE,

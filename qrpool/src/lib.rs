@@ -234,6 +234,7 @@ impl App {
                 bindings.clone(),
                 scans.clone(),
                 middle_page::targets(&settings.targets),
+                settings.landing.clone(),
             ));
             let links = redirect::LinkStore::open(bindings.durable().database())
                 .await

@@ -120,6 +120,72 @@ async fn params_are_escaped_on_the_landing_page() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_landing_page_shows_its_brand_and_chosen_fields_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = embedded_settings(dir.path());
+    settings.targets.insert(
+        "default".into(),
+        [(
+            "app".to_owned(),
+            "https://m.acme.example/l/{listing_id}".to_owned(),
+        )]
+        .into(),
+    );
+    settings.landing.insert(
+        "default".into(),
+        config::LandingSettings {
+            title: Some("Acme <Realty>".into()),
+            accent: Some("#0a7d5a".into()),
+            logo_url: Some("https://cdn.acme.example/logo.png".into()),
+            fields: Some(vec!["listing_id".into(), "price".into(), "missing".into()]),
+            labels: [("listing_id".to_owned(), "Listing".to_owned())].into(),
+            button_target: Some("app".into()),
+            button_label: Some("Open in the app".into()),
+        },
+    );
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+    let body: Value = app
+        .bind(&json!({"params": {"listing_id": "L 7/\"x\"", "price": "<b>1</b>", "internal": "hidden"}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let html = app
+        .get(&format!("/m/{}", body["request_id"].as_str().unwrap()))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("<title>Acme &#60;Realty&#62;</title>"),
+        "{html}"
+    );
+    assert!(html.contains(r#"style="color: #0a7d5a""#), "{html}");
+    assert!(
+        html.contains(r#"src="https://cdn.acme.example/logo.png""#),
+        "{html}"
+    );
+    let listing = html
+        .find("<dt>Listing</dt>")
+        .expect("the label replaces the name");
+    let price = html
+        .find("<dt>price</dt>")
+        .expect("an unlabelled field keeps its name");
+    assert!(listing < price, "fields in the configured order");
+    assert!(html.contains("&#60;b&#62;1&#60;/b&#62;"), "{html}");
+    assert!(
+        !html.contains("hidden") && !html.contains("missing"),
+        "only the chosen params: {html}"
+    );
+    assert!(
+        html.contains(r#"href="https://m.acme.example/l/L%207%2F%22x%22""#),
+        "the button is the tenant's target, its values percent-encoded: {html}"
+    );
+    assert!(html.contains(">Open in the app</a>"), "{html}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let settings = embedded_settings(dir.path());
