@@ -678,3 +678,13 @@ async fn link_audit(
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_names_exactly_the_routes_served() {
+        service::openapi::check(OPENAPI, &API_PATHS).unwrap();
+    }
+}

@@ -3,12 +3,14 @@
 //!
 //! - [`auth`]: API keys, scopes and a rate limit per key, for every API.
 //! - [`problem`]: RFC 9457 `application/problem+json` errors for the APIs.
+//! - [`openapi`]: the check that keeps each hand-written OpenAPI document true.
 //! - [`ops`]: `/healthz`, `/readyz` (named readiness checks) and `/metrics` (Prometheus).
 //! - [`layers`]: body limit, time limit, request ids in spans, per-route metrics.
 //! - [`serve`]: runs a router until a shutdown future resolves, then drains.
 
 pub mod auth;
 pub mod layers;
+pub mod openapi;
 pub mod ops;
 pub mod problem;
 mod serve;

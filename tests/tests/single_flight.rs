@@ -1,5 +1,6 @@
-//! A herd on one cold code reaches the database once. Its own test binary on purpose: it
-//! reads the process-wide metrics, which no other test in this binary touches.
+//! A herd on one cold code, or one cold link, reaches the database once. Its own test binary
+//! on purpose: it reads the process-wide metrics, which the tests of the system binary move.
+//! The two tests here read different counters.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is how a failure is reported
 
@@ -68,4 +69,62 @@ async fn a_herd_on_one_cold_code_makes_one_database_lookup_and_an_unknown_id_too
     );
     scans.stop().await;
     binder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_on_one_cold_link_makes_one_database_lookup_and_an_unknown_key_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = embedded_settings(dir.path());
+    settings.redirect.allowed_hosts =
+        [("default".to_owned(), vec!["shop.example".to_owned()])].into();
+    let admin = TestApp::spawn(settings, Parts::ALL).await;
+    let link: Value = admin
+        .client
+        .post(admin.url("/v1/links"))
+        .json(&json!({"target": {"destination": "https://shop.example/billboard"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = link["key"].as_str().unwrap();
+
+    // A separate scan side: its in-process cache has never seen the link.
+    let mut settings = embedded_settings(dir.path());
+    settings.middle_page.negative_ttl_ms = 60_000;
+    let scans = TestApp::spawn(settings, Parts::MIDDLE_PAGE).await;
+    let lookups = r#"redirect_lookups_total{tier="database"}"#;
+    let before = counter(&scans.get("/metrics").await.text().await.unwrap(), lookups);
+
+    // The test client follows redirects: a 302 to shop.example would leave the machine.
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let herd = |path: String| {
+        let no_follow = no_follow.clone();
+        let url = scans.url(&path);
+        async move {
+            futures::stream::iter(0..300)
+                .map(|_| async { no_follow.get(&url).send().await.unwrap().status().as_u16() })
+                .buffer_unordered(300)
+                .collect::<Vec<u16>>()
+                .await
+        }
+    };
+    let statuses = herd(format!("/r/{key}")).await;
+    assert!(statuses.iter().all(|&s| s == 302), "{statuses:?}");
+    let after_hits = counter(&scans.get("/metrics").await.text().await.unwrap(), lookups);
+    assert_eq!(after_hits - before, 1, "300 scans of a link, one lookup");
+    let statuses = herd("/r/0000000000".to_owned()).await;
+    assert!(statuses.iter().all(|&s| s == 404), "{statuses:?}");
+    let after = counter(&scans.get("/metrics").await.text().await.unwrap(), lookups);
+    assert_eq!(
+        after - after_hits,
+        1,
+        "300 scans of an unknown key, one lookup"
+    );
+    scans.stop().await;
+    admin.stop().await;
 }
