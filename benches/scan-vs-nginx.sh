@@ -81,6 +81,7 @@ QRPOOL_SERVER__LISTEN=127.0.0.1:$uncached_port QRPOOL_MIDDLE_PAGE__CACHE_CAPACIT
   target/release/qrpool middle-page >"$work/uncached.log" 2>&1 &
 uncached_pid=$!
 for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$uncached_port/readyz" >/dev/null && break; sleep 0.05; done
+curl -sf -o /dev/null "http://127.0.0.1:$uncached_port/m/$id" || { cat "$work/uncached.log"; exit 1; }
 
 # Runs wrk and prints "<requests/s> <p50 ms> <p99 ms>".
 measure() {

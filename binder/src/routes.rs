@@ -235,7 +235,8 @@ struct BatchLine<'a> {
 }
 
 /// Binds every item of a print run and streams one NDJSON line per item, in input order,
-/// as they are done. An item that fails gets its problem on its line; the others go on. A
+/// as they are done. Each item counts against the key's rate: a batch larger than the key
+/// allows per second is paced, not refused. An item that fails gets its problem on its line; the others go on. A
 /// client that goes away stops the batch: codes taken for items not yet bound go back.
 #[tracing::instrument(name = "bind_batch", skip_all, fields(items))]
 async fn create_batch(
@@ -257,8 +258,12 @@ async fn create_batch(
     let lines = futures::stream::iter(batch.items.into_iter().enumerate())
         .map(move |(index, item)| {
             let binder = Arc::clone(&binder);
-            let tenant = caller.tenant.clone();
+            let caller = caller.clone();
             async move {
+                if index > 0 {
+                    caller.pace().await;
+                }
+                let tenant = caller.tenant;
                 let bound = match item.idempotency_key.as_deref().map(valid_idempotency_key) {
                     Some(None) => Err(bad_idempotency_key()),
                     key => binder

@@ -792,12 +792,6 @@ impl Settings {
                 "must not exceed middle_page.cache_ttl_secs",
             ));
         }
-        if self.middle_page.cache_capacity == 0 {
-            return Err(ConfigError::invalid(
-                "middle_page.cache_capacity",
-                "must be at least 1",
-            ));
-        }
         Ok(())
     }
 }

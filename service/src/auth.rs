@@ -32,6 +32,17 @@ const BUCKET_IDLE: Duration = Duration::from_secs(600);
 pub struct Caller {
     pub tenant: Tenant,
     pub key_id: String,
+    /// The key's rate bucket, for requests that do the work of many (a batch).
+    bucket: Arc<DefaultDirectRateLimiter>,
+}
+
+impl Caller {
+    /// Waits for one more request's worth of the key's rate: a batch pays for each item
+    /// after the first (which its request paid for), so a batch is paced to the key's rate
+    /// rather than slipping past it.
+    pub async fn pace(&self) {
+        self.bucket.until_ready().await;
+    }
 }
 
 /// Checks API keys; cheap to share.
@@ -87,10 +98,11 @@ impl Keys {
             )
             .with_detail(format!("this key lacks the `{}` scope", scope.as_str())));
         }
-        self.within_rate(&key).await?;
+        let bucket = self.within_rate(&key).await?;
         Ok(Caller {
             tenant: key.tenant.clone(),
             key_id: key.key_id.clone(),
+            bucket,
         })
     }
 
@@ -107,7 +119,7 @@ impl Keys {
             })
     }
 
-    async fn within_rate(&self, key: &ApiKey) -> Result<(), Problem> {
+    async fn within_rate(&self, key: &ApiKey) -> Result<Arc<DefaultDirectRateLimiter>, Problem> {
         let rate = NonZeroU32::new(key.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let bucket = self
             .buckets
@@ -115,17 +127,20 @@ impl Keys {
                 Arc::new(RateLimiter::direct(Quota::per_second(rate)))
             })
             .await;
-        bucket.check().map_err(|not_until| {
-            metrics::counter!("api_requests_rate_limited_total").increment(1);
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "urn:qrpool:problem:rate-limited",
-                "Too Many Requests",
-            )
-            .with_detail(format!("this key may make {rate} requests per second"))
-            .retry_after(u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX))
-        })
+        bucket
+            .check()
+            .map(|()| Arc::clone(&bucket))
+            .map_err(|not_until| {
+                metrics::counter!("api_requests_rate_limited_total").increment(1);
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "urn:qrpool:problem:rate-limited",
+                    "Too Many Requests",
+                )
+                .with_detail(format!("this key may make {rate} requests per second"))
+                .retry_after(u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX))
+            })
     }
 }
 

@@ -94,3 +94,56 @@ async fn a_batch_must_hold_one_to_ten_thousand_items_and_a_key() {
     assert_eq!(anonymous.status(), 401);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_item_of_a_batch_counts_against_the_keys_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+    let store = bindings::DurableStore::connect(&embedded_settings(dir.path()))
+        .await
+        .unwrap();
+    let (token, _) = store
+        .create_api_key(
+            &records::Tenant::default(),
+            records::Scopes::parse("bind").unwrap(),
+            5,
+        )
+        .await
+        .unwrap();
+    let key = token.reveal();
+    let started = std::time::Instant::now();
+    let lines = reqwest::Client::new()
+        .post(app.url("/v1/codes/batch"))
+        .bearer_auth(&key)
+        .json(&json!({"items": vec![json!({"params": {"run": "small"}}); 12]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let statuses: Vec<u64> = lines
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["status"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(statuses, vec![201; 12], "paced, not refused");
+    // A burst of 5 pays for the first 5; the other 7 come at 5 per second.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1_200),
+        "12 items at 5 per second took {:?}",
+        started.elapsed()
+    );
+    let next = reqwest::Client::new()
+        .post(app.url("/v1/codes"))
+        .bearer_auth(&key)
+        .json(&json!({"params": {"run": "after"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), 429, "the batch used up the key's rate");
+    app.stop().await;
+}
