@@ -315,6 +315,15 @@ fn print_banner(settings: &Settings, parts: Parts, primed: Option<(u64, std::tim
     if parts.middle_page {
         println!("  middle page      GET  {base}/m/<request_id>");
         println!("  scene API        GET  {base}/v1/scene/<request_id>");
+        println!(
+            "  dynamic links    POST {base}/v1/links   {{\"target\": {{\"destination\": \"https://…\"}}}}  → GET {base}/r/<key>"
+        );
+        if settings.redirect.allowed_hosts.is_empty() && settings.redirect.signing_secret.is_none()
+        {
+            println!(
+                "                   (no tenant may create links yet: set redirect.allowed_hosts.<tenant>)"
+            );
+        }
     }
     println!("  operations       GET  http://{listen}/healthz  /readyz  /metrics");
     println!("  pool             {pool}");
