@@ -11,6 +11,11 @@ use tracing_subscriber::EnvFilter;
 use config::{LogFormat, PoolBackend, Settings, StoreBackend, TelemetrySettings};
 use qrpool::{App, Parts};
 
+/// The scan path allocates a little per request on every worker thread; glibc's malloc and
+/// free were a tenth of its CPU time in profiles, mimalloc's thread-local heaps much less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "qrpool",
