@@ -42,6 +42,16 @@ pub enum ClaimError {
     Store(#[from] StoreError),
 }
 
+/// The image a bind stores: a remote issuer's bytes, which cannot be made again. A local
+/// code is drawn again when asked for (deterministically, from the content it encodes), so
+/// its bytes are not written: a bind writes one row, not two.
+fn image_to_keep(record: &PoolRecord) -> Option<&records::CodeImage> {
+    record
+        .image
+        .as_ref()
+        .filter(|_| record.issuer != config::LOCAL_ISSUER)
+}
+
 fn new_binding(
     record: &PoolRecord,
     request: &BindRequest<'_>,
@@ -161,7 +171,7 @@ impl Binder {
                 .bindings
                 .bind(
                     new_binding(record, &request, &params, self.binding_ttl),
-                    record.image.as_ref(),
+                    image_to_keep(record),
                     request.idempotency_key,
                 )
                 .await;
@@ -220,7 +230,7 @@ impl Binder {
         let binding = new_binding(&record, request, &params, self.binding_ttl);
         match self
             .bindings
-            .bind(binding, record.image.as_ref(), request.idempotency_key)
+            .bind(binding, image_to_keep(&record), request.idempotency_key)
             .await
         {
             Ok(binding) => {
