@@ -371,7 +371,10 @@ struct PgBatches(PgPool);
 
 impl WriteBatch for PgBatches {
     /// One statement for the whole batch — one round trip, one implicit transaction: the
-    /// bindings, and the images of those that were new.
+    /// bindings, and the images of those that were new. Rows go in in request-id order: two
+    /// writers whose batches share ids (the same code delivered twice, racing) then wait on
+    /// each other in one order and never deadlock, which unordered they did (PostgreSQL
+    /// aborted one batch, and its binds failed).
     async fn write_batch(&self, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
         let ids: Vec<String> = batch
             .iter()
@@ -387,6 +390,7 @@ impl WriteBatch for PgBatches {
              inserted AS ( \
                  INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key) \
                  SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key FROM input \
+                 ORDER BY request_id \
                  ON CONFLICT DO NOTHING \
                  RETURNING request_id), \
              images AS ( \
