@@ -24,6 +24,17 @@ const BINDING_CHANGES: &str = "changes";
 /// Wait before listening again after the subscription broke.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 
+/// Keeps a cache in step with the changes of every process while it lives; dropping it
+/// stops listening.
+#[derive(Debug)]
+pub struct ChangeListener(tokio::task::JoinHandle<()>);
+
+impl Drop for ChangeListener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl RedisTier {
     /// Tells every process that `payload` (an id or key) changed, on `channel` under the key
     /// prefix; failures are counted and otherwise ignored.
@@ -45,22 +56,22 @@ impl RedisTier {
         }
     }
 
-    /// Drops from `local` every key announced on `channel` (read by `parse`), until the task
-    /// is aborted. Each (re)subscription drops the whole cache first: pub/sub keeps nothing
-    /// for a listener that was away.
+    /// Drops from `local` every key announced on `channel` (read by `parse`), until the
+    /// returned listener is dropped. Each (re)subscription drops the whole cache first:
+    /// pub/sub keeps nothing for a listener that was away.
     pub fn invalidate_on_changes<K, V>(
         &self,
         channel: &'static str,
         local: Cache<K, V>,
         parse: fn(&str) -> Option<K>,
-    ) -> tokio::task::JoinHandle<()>
+    ) -> ChangeListener
     where
         K: std::hash::Hash + Eq + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
     {
         let client = self.client.clone();
         let full_channel = self.prefixed(channel);
-        tokio::spawn(async move {
+        ChangeListener(tokio::spawn(async move {
             loop {
                 match client.get_async_pubsub().await {
                     Ok(mut pubsub) => match pubsub.subscribe(&full_channel).await {
@@ -94,7 +105,7 @@ impl RedisTier {
                 local.invalidate_all();
                 tokio::time::sleep(RESUBSCRIBE_AFTER).await;
             }
-        })
+        }))
     }
 
     /// Announces a change of binding `id`.
@@ -106,7 +117,7 @@ impl RedisTier {
     pub(crate) fn listen_for_changes(
         &self,
         local: Cache<RequestId, Arc<Binding>>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> ChangeListener {
         self.invalidate_on_changes(BINDING_CHANGES, local, |text| RequestId::parse(text).ok())
     }
 }

@@ -27,6 +27,7 @@ use moka::future::Cache;
 use records::{Binding, CodeImage, RequestId};
 
 pub use api_keys::ApiKey;
+pub use change_events::ChangeListener;
 pub use durable::{Database, DurableStore, PostgresStore, SqliteStore};
 pub use redis_tier::RedisTier;
 pub use versions::{Change, ChangeError, PastVersion};
@@ -73,16 +74,29 @@ pub struct Bindings {
     /// Ids recently found unbound (negative cache); `None` when turned off.
     unbound: Option<Cache<RequestId, ()>>,
     /// Keeps `local` in step with changes made by other processes; stops with the last clone.
-    _listening: Option<Arc<Listening>>,
+    _listening: Option<Arc<ChangeListener>>,
 }
 
-#[derive(Debug)]
-struct Listening(tokio::task::JoinHandle<()>);
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// The in-process caches of a scan-time lookup, as `middle_page` sizes them: the records,
+/// and the keys recently found missing (`None` when `negative_ttl_ms` is 0).
+pub fn scan_caches<K, V>(
+    settings: &config::MiddlePageSettings,
+) -> (Cache<K, V>, Option<Cache<K, ()>>)
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let found = Cache::builder()
+        .max_capacity(settings.cache_capacity)
+        .time_to_live(Duration::from_secs(settings.cache_ttl_secs))
+        .build();
+    let missing = (settings.negative_ttl_ms > 0).then(|| {
+        Cache::builder()
+            .max_capacity(settings.cache_capacity)
+            .time_to_live(Duration::from_millis(settings.negative_ttl_ms))
+            .build()
+    });
+    (found, missing)
 }
 
 /// What a lookup found; kept apart from errors so that coalesced lookups share it.
@@ -106,19 +120,10 @@ impl Bindings {
         redis: Option<RedisTier>,
         cache: &config::MiddlePageSettings,
     ) -> Self {
-        let local = Cache::builder()
-            .max_capacity(cache.cache_capacity)
-            .time_to_live(Duration::from_secs(cache.cache_ttl_secs))
-            .build();
-        let unbound = (cache.negative_ttl_ms > 0).then(|| {
-            Cache::builder()
-                .max_capacity(cache.cache_capacity)
-                .time_to_live(Duration::from_millis(cache.negative_ttl_ms))
-                .build()
-        });
+        let (local, unbound) = scan_caches(cache);
         let listening = redis
             .as_ref()
-            .map(|redis| Arc::new(Listening(redis.listen_for_changes(local.clone()))));
+            .map(|redis| Arc::new(redis.listen_for_changes(local.clone())));
         Bindings {
             durable,
             redis,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use moka::future::Cache;
 
-use bindings::RedisTier;
+use bindings::{ChangeListener, RedisTier};
 use records::{Link, LinkKey};
 
 pub use allow::Destinations;
@@ -39,16 +39,7 @@ pub struct Redirects {
     local: Cache<LinkKey, Arc<Link>>,
     /// Keys recently found missing; `None` when turned off.
     missing: Option<Cache<LinkKey, ()>>,
-    _listening: Option<Arc<Listening>>,
-}
-
-#[derive(Debug)]
-struct Listening(tokio::task::JoinHandle<()>);
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    _listening: Option<Arc<ChangeListener>>,
 }
 
 /// A lookup's failure, shared by the coalesced callers.
@@ -62,23 +53,13 @@ enum Lookup {
 
 impl Redirects {
     pub fn new(store: LinkStore, redis: Option<RedisTier>, settings: &config::Settings) -> Self {
-        let cache = &settings.middle_page;
-        let local = Cache::builder()
-            .max_capacity(cache.cache_capacity)
-            .time_to_live(Duration::from_secs(cache.cache_ttl_secs))
-            .build();
-        let missing = (cache.negative_ttl_ms > 0).then(|| {
-            Cache::builder()
-                .max_capacity(cache.cache_capacity)
-                .time_to_live(Duration::from_millis(cache.negative_ttl_ms))
-                .build()
-        });
+        let (local, missing) = bindings::scan_caches(&settings.middle_page);
         let listening = redis.as_ref().map(|redis| {
-            Arc::new(Listening(redis.invalidate_on_changes(
-                CHANGES_CHANNEL,
-                local.clone(),
-                |text| LinkKey::parse(text).ok(),
-            )))
+            Arc::new(
+                redis.invalidate_on_changes(CHANGES_CHANNEL, local.clone(), |text| {
+                    LinkKey::parse(text).ok()
+                }),
+            )
         });
         Redirects {
             store,
