@@ -405,8 +405,12 @@ impl KafkaReader {
         }
         let list = self.store(&points)?;
         let consumer = Arc::clone(&self.inner.consumer);
-        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+        // A synchronous commit to a broker that is gone can wait far longer than a shutdown
+        // should; past the limit the positions stay uncommitted (redelivered, then skipped).
+        let commit = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync));
+        tokio::time::timeout(BROKER_TIMEOUT, commit)
             .await
+            .map_err(|_| PoolError::Kafka(KafkaError::Canceled))?
             .map_err(|_| PoolError::Kafka(KafkaError::Canceled))??;
         Ok(())
     }

@@ -326,16 +326,26 @@ impl App {
         )
         .await;
         shutdown.cancel();
-        if let Some(pregen) = pregen {
-            pregen.await.context("the pregen task panicked")?;
-        }
-        if let Some(purge) = link_purge {
-            purge.await.context("the link purge task panicked")?;
-        }
-        if let Some(writer) = self.scan_writer {
-            writer.finish().await;
-        }
-        for reader in self.readers {
+        // Once no request runs, the parts stop side by side: each may wait on a broker that
+        // is gone (a producer flush, an offset commit), and waiting in turn would add up.
+        let pregen = async {
+            if let Some(pregen) = pregen {
+                pregen.await.context("the pregen task panicked")?;
+            }
+            anyhow::Ok(())
+        };
+        let link_purge = async {
+            if let Some(purge) = link_purge {
+                purge.await.context("the link purge task panicked")?;
+            }
+            anyhow::Ok(())
+        };
+        let scans = async {
+            if let Some(writer) = self.scan_writer {
+                writer.finish().await;
+            }
+        };
+        let readers = futures::future::join_all(self.readers.into_iter().map(|reader| async move {
             // Not an error of the shutdown: a position not committed only means the codes
             // after it are delivered again, and the binding store skips those already bound.
             if let Err(error) = reader.close().await {
@@ -345,7 +355,10 @@ impl App {
                     "could not commit the pool position at shutdown; bound codes after it will be redelivered and skipped"
                 );
             }
-        }
+        }));
+        let (pregen, link_purge, (), _) = tokio::join!(pregen, link_purge, scans, readers);
+        pregen?;
+        link_purge?;
         served.context("serving HTTP")
     }
 }
