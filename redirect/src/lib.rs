@@ -145,22 +145,32 @@ impl Redirects {
         }
     }
 
-    /// After a change is committed: this process and Redis get the new state, every other
-    /// process is told to drop its copy.
-    async fn after_change(&self, key: &LinkKey) {
-        self.local.invalidate(key).await;
+    /// After a change is committed (or refused: Redis's copy was removed either way): reads
+    /// the link once, writes it through to this process's cache and to Redis (so the other
+    /// processes' next read finds it there), tells them to drop their copy, and returns it —
+    /// `None` when it is gone (purged).
+    async fn after_change(&self, key: &LinkKey) -> Result<Option<Link>, LinkStoreError> {
         if let Some(missing) = &self.missing {
             missing.invalidate(key).await;
         }
-        if let Some(redis) = &self.redis {
-            // Written through, so that the other processes' next read finds it in Redis.
-            if let Ok(Some(link)) = self.store.get(key).await {
-                redis
-                    .set_json(&Self::redis_key(redis, key), &link, self.ttl_secs)
+        let link = self.store.get(key).await;
+        match &link {
+            Ok(Some(found)) => {
+                self.local
+                    .insert(key.clone(), Arc::new(found.clone()))
                     .await;
+                if let Some(redis) = &self.redis {
+                    redis
+                        .set_json(&Self::redis_key(redis, key), found, self.ttl_secs)
+                        .await;
+                }
             }
+            Ok(None) | Err(_) => self.local.invalidate(key).await,
+        }
+        if let Some(redis) = &self.redis {
             redis.publish(CHANGES_CHANNEL, key.as_str()).await;
         }
+        link
     }
 
     /// Purges links deleted longer ago than `retention`, every `every`, until cancelled.
@@ -183,7 +193,8 @@ impl Redirects {
             {
                 Ok(purged) => {
                     for key in &purged {
-                        self.after_change(key).await;
+                        // Gone from the store: this only drops the cached copies.
+                        let _ = self.after_change(key).await;
                     }
                     if !purged.is_empty() {
                         tracing::info!(count = purged.len(), "purged deleted links past retention");

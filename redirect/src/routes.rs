@@ -225,12 +225,7 @@ async fn scan(
     };
     let target = &version.target;
     let header_text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let country = service
-        .country_header
-        .as_deref()
-        .and_then(header_text)
-        .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()))
-        .map(str::to_ascii_uppercase);
+    let country = scans::country(&headers, service.country_header.as_deref());
     let mut new_visitor = None;
     let visitor = match cookie(&headers, VISITOR_COOKIE) {
         Some(visitor) => Some(visitor.to_owned()),
@@ -452,7 +447,8 @@ async fn create_link(
             .await
             .map_err(store_unavailable)?
         {
-            service.redirects.after_change(&link.key).await;
+            // Announces it (a scan may have cached the key as missing); the link is in hand.
+            let _ = service.redirects.after_change(&link.key).await;
             metrics::counter!("redirect_links_created_total").increment(1);
             tracing::info!(key = %link.key, tenant = %link.tenant, "link created");
             let location = format!("{LINKS}/{}", link.key);
@@ -535,10 +531,22 @@ async fn apply(service: &LinkService, edit: Edit<'_>, action: &str) -> Result<Re
     }
     let outcome = service.redirects.store().edit(edit, action).await;
     // Also after a refusal: the copy was removed, and this process may hold an old one.
-    service.redirects.after_change(&key).await;
+    let link = service.redirects.after_change(&key).await;
     outcome.map_err(edit_problem)?;
     metrics::counter!("redirect_link_changes_total", "action" => action.to_owned()).increment(1);
-    let link = service.owned(key.as_str(), &tenant).await?;
+    view_of_changed(service, link, &tenant)
+}
+
+/// The answer to a change: the link as it now is, read once by `after_change`.
+fn view_of_changed(
+    service: &LinkService,
+    link: Result<Option<Link>, LinkStoreError>,
+    tenant: &Tenant,
+) -> Result<Response, Problem> {
+    let link = link
+        .map_err(store_unavailable)?
+        .filter(|link| link.tenant == *tenant)
+        .ok_or_else(|| Problem::not_found("link"))?;
     Ok(Json(service.view(&link)).into_response())
 }
 
@@ -637,14 +645,13 @@ async fn set_deleted(
         .store()
         .set_deleted(&key, &caller.tenant, delete, &caller.key_id)
         .await;
-    service.redirects.after_change(&key).await;
+    let link = service.redirects.after_change(&key).await;
     match changed.map_err(store_unavailable)? {
         None => Err(Problem::not_found("link")),
         Some(_) => {
             let action = if delete { "delete" } else { "restore" };
             metrics::counter!("redirect_link_changes_total", "action" => action).increment(1);
-            let link = service.owned(key.as_str(), &caller.tenant).await?;
-            Ok(Json(service.view(&link)).into_response())
+            view_of_changed(service, link, &caller.tenant)
         }
     }
 }

@@ -147,12 +147,7 @@ impl ScanEvents {
             outcome: outcome.to_owned(),
             tenant,
             device: DeviceClass::from_user_agent(user_agent),
-            country: self
-                .country_header
-                .as_deref()
-                .and_then(header)
-                .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()))
-                .map(str::to_ascii_uppercase),
+            country: country(headers, self.country_header.as_deref()),
             referrer: header(header::REFERER.as_str())
                 .map(|referrer| referrer.chars().take(MAX_REFERRER).collect()),
             variant: None,
@@ -188,6 +183,17 @@ impl ScanEvents {
             .map(|byte| format!("{byte:02x}"))
             .collect()
     }
+}
+
+/// The scanner's country, upper-case ISO alpha-2, from the header a trusted proxy fills
+/// (`scans.country_header`); `None` without one, or for anything not shaped like a code.
+pub fn country(headers: &HeaderMap, country_header: Option<&str>) -> Option<String> {
+    headers
+        .get(country_header?)?
+        .to_str()
+        .ok()
+        .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()))
+        .map(str::to_ascii_uppercase)
 }
 
 /// Takes up to [`BATCH`] queued events into `batch`, waiting for the next tick when none are
