@@ -52,26 +52,33 @@ impl DeviceClass {
         let Some(agent) = user_agent.filter(|agent| !agent.is_empty()) else {
             return DeviceClass::Unknown;
         };
-        let lower = agent.to_ascii_lowercase();
-        if ["bot", "spider", "crawl", "preview"]
-            .iter()
-            .any(|word| lower.contains(word))
-        {
+        // Compared in place, ignoring ASCII case: a lower-cased copy per scan showed in the
+        // scan path's profile.
+        let has = |word: &str| contains_ignoring_case(agent, word);
+        if ["bot", "spider", "crawl", "preview"].into_iter().any(has) {
             DeviceClass::Bot
-        } else if ["iphone", "ipad", "ipod", "ios"]
-            .iter()
-            .any(|word| lower.contains(word))
-        {
+        } else if ["iphone", "ipad", "ipod", "ios"].into_iter().any(has) {
             DeviceClass::Ios
-        } else if lower.contains("android") {
+        } else if has("android") {
             DeviceClass::Android
-        } else if lower.starts_with("mozilla/") {
+        } else if agent
+            .get(..8)
+            .is_some_and(|start| start.eq_ignore_ascii_case("mozilla/"))
+        {
             DeviceClass::Desktop
         } else {
             // curl, scripts, link checkers: not a person at a desk.
             DeviceClass::Unknown
         }
     }
+}
+
+/// Whether `haystack` holds `needle` (lower-case ASCII), whatever the case of `haystack`.
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 #[cfg(test)]
@@ -104,5 +111,14 @@ mod tests {
             assert_eq!(DeviceClass::from_user_agent(Some(agent)), class, "{agent}");
         }
         assert_eq!(DeviceClass::from_user_agent(None), DeviceClass::Unknown);
+        assert_eq!(
+            DeviceClass::from_user_agent(Some("MOZILLA/5.0 (IPHONE)")),
+            DeviceClass::Ios,
+            "case does not matter"
+        );
+        assert_eq!(
+            DeviceClass::from_user_agent(Some("Mozill")),
+            DeviceClass::Unknown
+        );
     }
 }
