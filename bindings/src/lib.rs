@@ -23,6 +23,7 @@ pub mod versions;
 use std::sync::Arc;
 use std::time::Duration;
 
+use events::Tier;
 use moka::future::Cache;
 use records::{Binding, CodeImage, RequestId};
 
@@ -180,15 +181,21 @@ impl Bindings {
     /// not bound; such an answer is remembered for `middle_page.negative_ttl_ms`.
     pub async fn resolve(&self, id: RequestId) -> Result<Option<Arc<Binding>>, StoreError> {
         if let Some(binding) = self.local.get(&id).await {
-            events::lookup("local", true);
+            events::lookup(Tier::Local, true);
             return Ok(Some(binding));
         }
         if let Some(unbound) = &self.unbound
             && unbound.contains_key(&id)
         {
-            events::lookup("local_unbound", true);
+            events::lookup(Tier::LocalUnbound, true);
             return Ok(None);
         }
+        // Boxed: the miss path's future (Redis, then the database) is many times the size of
+        // the hit path's, and inline it would be moved around with every cached scan.
+        Box::pin(self.resolve_missed(id)).await
+    }
+
+    async fn resolve_missed(&self, id: RequestId) -> Result<Option<Arc<Binding>>, StoreError> {
         // Concurrent misses on one id wait for a single fetch (moka's `try_get_with`).
         match self.local.try_get_with(id, self.fetch(id)).await {
             Ok(binding) => Ok(Some(binding)),
@@ -205,18 +212,18 @@ impl Bindings {
         if let Some(unbound) = &self.unbound
             && unbound.contains_key(&id)
         {
-            events::lookup("local_unbound", true);
+            events::lookup(Tier::LocalUnbound, true);
             return Err(Lookup::NotBound);
         }
         if let Some(redis) = &self.redis {
             if let Some(binding) = redis.get(id).await {
-                events::lookup("redis", true);
+                events::lookup(Tier::Redis, true);
                 return Ok(Arc::new(binding));
             }
-            events::lookup("redis", false);
+            events::lookup(Tier::Redis, false);
         }
         let Some(binding) = self.durable.get(id).await? else {
-            events::lookup("database", false);
+            events::lookup(Tier::Database, false);
             // Marked here, inside the one coalesced fetch, so that no request can slip in
             // between this answer and the mark and start a second lookup.
             if let Some(unbound) = &self.unbound {
@@ -224,7 +231,7 @@ impl Bindings {
             }
             return Err(Lookup::NotBound);
         };
-        events::lookup("database", true);
+        events::lookup(Tier::Database, true);
         if let Some(redis) = &self.redis {
             redis.set(&binding).await;
         }
