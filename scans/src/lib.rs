@@ -25,7 +25,6 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -70,15 +69,24 @@ pub struct ScanWriter(JoinHandle<()>);
 
 impl ScanWriter {
     /// Waits for the writer to drain the queue; call after every [`ScanEvents`] is dropped.
-    /// Gives up after [`FINISH_WITHIN`] (a connection still open past the shutdown grace
-    /// holds a sender), saying how many events may be lost.
-    pub async fn finish(self) {
+    /// Gives up after [`FINISH_WITHIN`]: something still holds a sender (a connection open
+    /// past the shutdown grace), so events queued after this may be lost.
+    pub async fn finish(self) -> Result<(), ScanWriterError> {
         match tokio::time::timeout(FINISH_WITHIN, self.0).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "the scan event writer failed"),
-            Err(_) => tracing::warn!("scan events still queued at shutdown were not all written"),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(ScanWriterError::Failed(error)),
+            Err(_) => Err(ScanWriterError::NotDrained(FINISH_WITHIN)),
         }
     }
+}
+
+/// Why the writer did not end cleanly at shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanWriterError {
+    #[error("the scan event queue was still open {0:?} after shutdown; events queued since may be lost")]
+    NotDrained(Duration),
+    #[error("the scan event writer failed")]
+    Failed(#[source] tokio::task::JoinError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,11 +138,13 @@ impl ScanEvents {
     }
 
     /// The event of one scan of `key`, from the request's headers and query.
+    /// `device` is [`device`] of the same headers, which a caller may need for itself too.
     pub fn event(
         &self,
         key: String,
         outcome: &str,
         tenant: Option<String>,
+        device: DeviceClass,
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> ScanEvent {
@@ -146,7 +156,7 @@ impl ScanEvents {
             key,
             outcome: outcome.to_owned(),
             tenant,
-            device: DeviceClass::from_user_agent(user_agent),
+            device,
             country: country(headers, self.country_header.as_deref()),
             referrer: header(header::REFERER.as_str())
                 .map(|referrer| referrer.chars().take(MAX_REFERRER).collect()),
@@ -185,6 +195,15 @@ impl ScanEvents {
     }
 }
 
+/// The kind of device that scanned, from its user agent.
+pub fn device(headers: &HeaderMap) -> DeviceClass {
+    DeviceClass::from_user_agent(
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|value| value.to_str().ok()),
+    )
+}
+
 /// The scanner's country, upper-case ISO alpha-2, from the header a trusted proxy fills
 /// (`scans.country_header`); `None` without one, or for anything not shaped like a code.
 pub fn country(headers: &HeaderMap, country_header: Option<&str>) -> Option<String> {
@@ -196,14 +215,19 @@ pub fn country(headers: &HeaderMap, country_header: Option<&str>) -> Option<Stri
         .map(str::to_ascii_uppercase)
 }
 
-/// Takes up to [`BATCH`] queued events into `batch`, waiting for the next tick when none are
-/// queued; `false` once the queue is closed and empty. It never waits on the queue itself, so
-/// recording an event never wakes this task.
+/// Takes up to [`BATCH`] queued events into `batch`; `false` once the queue is closed and
+/// empty. It waits for the next tick first unless the last batch was full (a backlog), so a
+/// busy queue is written in a few large batches a second rather than one per wake-up, and it
+/// never waits on the queue itself, so recording an event never wakes this task.
 async fn next_batch(
     receiver: &mut mpsc::Receiver<ScanEvent>,
     batch: &mut Vec<ScanEvent>,
     tick: &mut tokio::time::Interval,
+    backlog: bool,
 ) -> bool {
+    if !backlog {
+        tick.tick().await;
+    }
     loop {
         while batch.len() < BATCH {
             match receiver.try_recv() {
@@ -228,48 +252,67 @@ fn drain_timer() -> tokio::time::Interval {
 async fn write_files(dir: PathBuf, mut receiver: mpsc::Receiver<ScanEvent>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut tick = drain_timer();
-    while next_batch(&mut receiver, &mut batch, &mut tick).await {
-        if let Err(error) = append(&dir, &batch).await {
-            tracing::warn!(%error, events = batch.len(), dir = %dir.display(), "writing scan events failed; dropped");
-            metrics::counter!("scan_events_dropped_total").increment(batch.len() as u64);
-        } else {
-            metrics::counter!("scan_events_written_total").increment(batch.len() as u64);
+    let mut backlog = false;
+    while next_batch(&mut receiver, &mut batch, &mut tick, backlog).await {
+        backlog = batch.len() == BATCH;
+        let count = batch.len() as u64;
+        // One blocking task per batch does the encoding and the file work (`tokio::fs` would
+        // hand each of its calls to the blocking pool in turn).
+        let dir_for_write = dir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let result = append(&dir_for_write, &batch);
+            batch.clear();
+            (batch, result)
+        })
+        .await;
+        let result = match written {
+            Ok((emptied, result)) => {
+                batch = emptied;
+                result
+            }
+            Err(error) => {
+                batch = Vec::with_capacity(BATCH);
+                Err(std::io::Error::other(error))
+            }
+        };
+        match result {
+            Ok(()) => metrics::counter!("scan_events_written_total").increment(count),
+            Err(error) => {
+                tracing::warn!(%error, events = count, dir = %dir.display(), "writing scan events failed; dropped");
+                metrics::counter!("scan_events_dropped_total").increment(count);
+            }
         }
-        batch.clear();
     }
 }
 
-async fn append(dir: &std::path::Path, events: &[ScanEvent]) -> std::io::Result<()> {
+/// Appends `events` to the files of their days (blocking).
+fn append(dir: &std::path::Path, events: &[ScanEvent]) -> std::io::Result<()> {
     let mut lines = Vec::with_capacity(events.len() * 200);
     // A batch may straddle midnight: each event goes to the file of its own day.
     let mut day = None;
     for event in events {
         let date = event.at.date_naive();
         if day.is_some_and(|day| day != date) {
-            write_day(dir, day, &lines).await?;
+            write_day(dir, day, &lines)?;
             lines.clear();
         }
         day = Some(date);
         serde_json::to_writer(&mut lines, event)?;
         lines.push(b'\n');
     }
-    write_day(dir, day, &lines).await
+    write_day(dir, day, &lines)
 }
 
-async fn write_day(
-    dir: &std::path::Path,
-    day: Option<NaiveDate>,
-    lines: &[u8],
-) -> std::io::Result<()> {
+/// Opened per batch, a few times a second: a file moved away by log rotation is followed.
+fn write_day(dir: &std::path::Path, day: Option<NaiveDate>, lines: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
     let Some(day) = day else { return Ok(()) };
-    tokio::fs::create_dir_all(dir).await?;
-    let mut file = tokio::fs::OpenOptions::new()
+    std::fs::create_dir_all(dir)?;
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join(format!("{day}.jsonl")))
-        .await?;
-    file.write_all(lines).await?;
-    file.flush().await
+        .open(dir.join(format!("{day}.jsonl")))?
+        .write_all(lines)
 }
 
 async fn write_kafka(
@@ -279,7 +322,9 @@ async fn write_kafka(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut tick = drain_timer();
-    while next_batch(&mut receiver, &mut batch, &mut tick).await {
+    let mut backlog = false;
+    while next_batch(&mut receiver, &mut batch, &mut tick, backlog).await {
+        backlog = batch.len() == BATCH;
         for event in batch.drain(..) {
             let Ok(payload) = serde_json::to_vec(&event) else {
                 continue;
@@ -292,9 +337,9 @@ async fn write_kafka(
             }
         }
     }
-    // Shutdown: deliver what librdkafka still holds.
-    let flushed =
-        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    // Shutdown: deliver what librdkafka still holds, well within `finish`'s limit (a broker
+    // that is gone must not turn a clean stop into an abandoned writer).
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(FINISH_WITHIN / 2)).await;
     if !matches!(flushed, Ok(Ok(()))) {
         tracing::warn!("some scan events were not delivered before shutdown");
     }
@@ -333,7 +378,14 @@ mod tests {
             country_header: None,
         };
         for n in 0..5 {
-            events.record(events.event(format!("k{n}"), "bound", None, &HeaderMap::new(), None));
+            events.record(events.event(
+                format!("k{n}"),
+                "bound",
+                None,
+                DeviceClass::Unknown,
+                &HeaderMap::new(),
+                None,
+            ));
         }
         assert_eq!(events.dropped(), 3, "two fit, three were dropped");
     }
@@ -349,13 +401,20 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
         headers.insert("cf-ipcountry", "cn".parse().unwrap());
-        let event = events.event("k".into(), "bound", None, &headers, Some("qr=1&x=2"));
+        let event = events.event(
+            "k".into(),
+            "bound",
+            None,
+            device(&headers),
+            &headers,
+            Some("qr=1&x=2"),
+        );
         let visitor = event.visitor.clone().unwrap();
         assert_eq!(visitor.len(), 16);
         assert!(!serde_json::to_string(&event).unwrap().contains("203.0.113"));
         assert_eq!(event.country.as_deref(), Some("CN"));
         assert!(event.via_qr);
-        let again = events.event("k".into(), "bound", None, &headers, None);
+        let again = events.event("k".into(), "bound", None, device(&headers), &headers, None);
         assert_eq!(again.visitor.unwrap(), visitor, "stable within a day");
         assert!(!again.via_qr);
     }
