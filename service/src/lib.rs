@@ -6,9 +6,11 @@
 //! - [`openapi`]: the check that keeps each hand-written OpenAPI document true.
 //! - [`ops`]: `/healthz`, `/readyz` (named readiness checks) and `/metrics` (Prometheus).
 //! - [`layers`]: body limit, time limit, request ids in spans, per-route metrics.
-//! - [`serve`]: runs a router until a shutdown future resolves, then drains.
+//! - [`front`]: scan paths answered before the router, observed the same way.
+//! - [`serve`]: runs a service until a shutdown future resolves, then drains.
 
 pub mod auth;
+pub mod front;
 pub mod layers;
 pub mod openapi;
 pub mod ops;
@@ -16,6 +18,7 @@ pub mod problem;
 mod serve;
 
 pub use auth::{Caller, Keys};
+pub use front::{Front, ScanRoute};
 pub use ops::{Readiness, ReadinessCheck};
 pub use problem::Problem;
 pub use serve::serve;

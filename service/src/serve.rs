@@ -1,24 +1,34 @@
-//! Serving a router until shutdown, then draining the requests in flight.
+//! Serving until shutdown, then draining the requests in flight.
 
 use std::future::Future;
 use std::time::Duration;
 
-use axum::Router;
-use tokio::net::TcpListener;
+use std::convert::Infallible;
 
-/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting and waits up
-/// to `grace` for the requests in flight. Returns an error only when serving itself failed.
-pub async fn serve(
+use axum::ServiceExt as _;
+use axum::extract::Request;
+use axum::response::Response;
+use tokio::net::TcpListener;
+use tower::Service;
+
+/// Serves `service` on `listener` until `shutdown` resolves; then stops accepting and waits
+/// up to `grace` for the requests in flight. Returns an error only when serving itself failed.
+pub async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = drained_tx.send(());
-    });
+    let server =
+        axum::serve(listener, service.into_make_service()).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = drained_tx.send(());
+        });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = &mut server => result,
