@@ -17,22 +17,24 @@
 //! `GET` without the body.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use askama::Template;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+use metrics::Counter;
 use serde::Serialize;
 
 use bindings::Bindings;
 use records::{Binding, RequestId, TargetTemplate};
 use scans::ScanEvents;
-use service::Problem;
+use service::{Problem, ScanRoute};
 
 /// Redirect targets by tenant, then by name (the `targets` settings, checked at start).
 pub type Targets = BTreeMap<String, BTreeMap<String, TargetTemplate>>;
@@ -62,7 +64,7 @@ pub fn targets(settings: &BTreeMap<String, BTreeMap<String, String>>) -> Targets
 pub type Landings = BTreeMap<String, config::LandingSettings>;
 
 /// What the scan routes share.
-struct MiddlePage {
+pub struct MiddlePage {
     bindings: Bindings,
     /// `None` when `scans.enabled` is off.
     scans: Option<ScanEvents>,
@@ -70,21 +72,62 @@ struct MiddlePage {
     landings: Landings,
 }
 
-pub fn router(
-    bindings: Bindings,
-    scans: Option<ScanEvents>,
-    targets: Targets,
-    landings: Landings,
-) -> Router {
-    Router::new()
-        .route("/m/{request_id}", get(landing))
-        .route("/v1/scene/{request_id}", get(scene))
-        .with_state(Arc::new(MiddlePage {
+impl std::fmt::Debug for MiddlePage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiddlePage")
+            .field("tenants_with_targets", &self.targets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MiddlePage {
+    pub fn new(
+        bindings: Bindings,
+        scans: Option<ScanEvents>,
+        targets: Targets,
+        landings: Landings,
+    ) -> Arc<Self> {
+        Arc::new(MiddlePage {
             bindings,
             scans,
             targets,
             landings,
-        }))
+        })
+    }
+}
+
+const LANDING: &str = "/m/{request_id}";
+const SCENE: &str = "/v1/scene/{request_id}";
+
+pub fn router(page: Arc<MiddlePage>) -> Router {
+    Router::new()
+        .route(LANDING, get(landing))
+        .route(SCENE, get(scene))
+        .with_state(page)
+}
+
+/// The same routes for [`service::Front`], which answers scans before the router.
+pub fn scan_routes(page: &Arc<MiddlePage>) -> Vec<ScanRoute> {
+    let landing_page = Arc::clone(page);
+    let scene_page = Arc::clone(page);
+    vec![
+        ScanRoute {
+            prefix: "/m/",
+            pattern: LANDING,
+            answer: Arc::new(move |id, request| {
+                let page = Arc::clone(&landing_page);
+                Box::pin(async move { answer_landing(&page, &id, &request.into_parts().0).await })
+            }),
+        },
+        ScanRoute {
+            prefix: "/v1/scene/",
+            pattern: SCENE,
+            answer: Arc::new(move |id, request| {
+                let page = Arc::clone(&scene_page);
+                Box::pin(async move { answer_scene(&page, &id, &request.into_parts().0).await })
+            }),
+        },
+    ]
 }
 
 /// The URL a binding sends scanners to: its `target` param names one of its tenant's
@@ -140,6 +183,7 @@ async fn scan(
             request_id.to_owned(),
             resolved.outcome(),
             tenant,
+            scans::device(headers),
             headers,
             query,
         ));
@@ -149,20 +193,35 @@ async fn scan(
 
 async fn resolve(bindings: &Bindings, request_id: &str) -> Resolved {
     let Ok(id) = RequestId::parse(request_id) else {
-        metrics::counter!("middle_page_resolves_total", "outcome" => "malformed").increment(1);
+        count_resolve("malformed");
         return Resolved::Unknown;
     };
-    let (resolved, outcome) = match bindings.resolve(id).await {
-        Ok(Some(binding)) if binding.is_expired(Utc::now()) => (Resolved::Expired, "expired"),
-        Ok(Some(binding)) => (Resolved::Bound(binding), "bound"),
-        Ok(None) => (Resolved::Unknown, "unknown"),
+    let resolved = match bindings.resolve(id).await {
+        Ok(Some(binding)) if binding.is_expired(Utc::now()) => Resolved::Expired,
+        Ok(Some(binding)) => Resolved::Bound(binding),
+        Ok(None) => Resolved::Unknown,
         Err(error) => {
             tracing::error!(error = %error, "resolving a scan failed");
-            (Resolved::Unavailable, "unavailable")
+            Resolved::Unavailable
         }
     };
-    metrics::counter!("middle_page_resolves_total", "outcome" => outcome).increment(1);
+    count_resolve(resolved.outcome());
     resolved
+}
+
+/// What `middle_page_resolves_total` counts by.
+const OUTCOMES: [&str; 5] = ["bound", "unknown", "expired", "unavailable", "malformed"];
+
+/// Counts a resolve; the handles are found once, not built from labels per scan (that showed
+/// in the scan path's profile).
+fn count_resolve(outcome: &str) {
+    static RESOLVES: LazyLock<[Counter; 5]> = LazyLock::new(|| {
+        OUTCOMES
+            .map(|outcome| metrics::counter!("middle_page_resolves_total", "outcome" => outcome))
+    });
+    if let Some(index) = OUTCOMES.iter().position(|known| *known == outcome) {
+        RESOLVES[index].increment(1);
+    }
 }
 
 #[derive(Template)]
@@ -279,14 +338,19 @@ fn with_cache_headers(
     response
 }
 
-#[tracing::instrument(name = "scan", level = "debug", skip_all)]
 async fn landing(
     State(page): State<Arc<MiddlePage>>,
     Path(request_id): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    match scan(&page, &request_id, &headers, query.as_deref()).await {
+    answer_landing(&page, &request_id, &request.into_parts().0).await
+}
+
+#[tracing::instrument(name = "scan", level = "debug", skip_all)]
+async fn answer_landing(page: &MiddlePage, request_id: &str, request: &Parts) -> Response {
+    // Read in place: the `HeaderMap` extractor would copy every header of every scan.
+    let (headers, query) = (&request.headers, request.uri.query());
+    match scan(page, request_id, headers, query).await {
         Resolved::Bound(binding) => {
             if let Some(url) = redirect_target(&page.targets, &binding)
                 && let Ok(location) = HeaderValue::from_str(&url)
@@ -301,7 +365,7 @@ async fn landing(
                     .into_response();
             }
             let etag = etag(&binding);
-            if let Some(response) = not_modified(&headers, &etag) {
+            if let Some(response) = not_modified(headers, &etag) {
                 return response;
             }
             let page = Landing::of(
@@ -361,13 +425,18 @@ struct Scene<'a> {
 async fn scene(
     State(page): State<Arc<MiddlePage>>,
     Path(request_id): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    match scan(&page, &request_id, &headers, query.as_deref()).await {
+    answer_scene(&page, &request_id, &request.into_parts().0).await
+}
+
+async fn answer_scene(page: &MiddlePage, request_id: &str, request: &Parts) -> Response {
+    // Read in place: the `HeaderMap` extractor would copy every header of every scan.
+    let (headers, query) = (&request.headers, request.uri.query());
+    match scan(page, request_id, headers, query).await {
         Resolved::Bound(binding) => {
             let etag = etag(&binding);
-            if let Some(response) = not_modified(&headers, &etag) {
+            if let Some(response) = not_modified(headers, &etag) {
                 return response;
             }
             let scene = Json(Scene {

@@ -83,7 +83,10 @@ struct LinkPurge {
 /// The parts of one process, built and ready to serve.
 #[derive(Debug)]
 pub struct App {
+    /// Every route, for tests that call it without a socket.
     router: Router,
+    /// What is served: the scan routes answered before the router (see [`service::front`]).
+    front: service::Front,
     pregen: Option<Pregen>,
     /// One per issuer lane the binder serves; empty without the binder.
     readers: Vec<PoolReader>,
@@ -141,6 +144,7 @@ impl App {
 
         let mut readiness = Readiness::default();
         let mut router = Router::new();
+        let mut scan_routes = Vec::new();
         if let Some(bindings) = &bindings {
             let store = bindings.clone();
             readiness = readiness.with("bindings", move || {
@@ -230,31 +234,33 @@ impl App {
             } else {
                 None
             };
-            router = router.merge(middle_page::router(
+            let page = middle_page::MiddlePage::new(
                 bindings.clone(),
                 scans.clone(),
                 middle_page::targets(&settings.targets),
                 settings.landing.clone(),
-            ));
+            );
+            scan_routes.extend(middle_page::scan_routes(&page));
+            router = router.merge(middle_page::router(page));
             let links = redirect::LinkStore::open(bindings.durable().database())
                 .await
                 .context("opening the link store")?;
             let redirects = redirect::Redirects::new(links, bindings.redis().cloned(), settings);
             let public_base = settings.server.public_base();
-            router = router.merge(redirect::router(std::sync::Arc::new(
-                redirect::routes::LinkService {
-                    redirects: redirects.clone(),
-                    keys: keys.clone(),
-                    destinations: redirect::Destinations::new(
-                        settings.redirect.allowed_hosts.clone(),
-                        settings.redirect.signing_secret.clone(),
-                    ),
-                    scans,
-                    country_header: settings.scans.country_header.clone(),
-                    secure_cookie: public_base.starts_with("https://"),
-                    public_url: public_base,
-                },
-            )));
+            let links = std::sync::Arc::new(redirect::routes::LinkService {
+                redirects: redirects.clone(),
+                keys: keys.clone(),
+                destinations: redirect::Destinations::new(
+                    settings.redirect.allowed_hosts.clone(),
+                    settings.redirect.signing_secret.clone(),
+                ),
+                scans,
+                country_header: settings.scans.country_header.clone(),
+                secure_cookie: public_base.starts_with("https://"),
+                public_url: public_base,
+            });
+            scan_routes.push(redirect::scan_route(&links));
+            router = router.merge(redirect::router(links));
             link_purge = Some(LinkPurge {
                 redirects,
                 retention: chrono::Duration::days(i64::from(
@@ -263,15 +269,15 @@ impl App {
                 every: Duration::from_secs(settings.redirect.purge_every_secs),
             });
         }
-        let router = service::layers::around(
-            router,
-            settings.server.max_body_bytes,
-            Duration::from_millis(settings.server.request_timeout_ms),
-        )
-        .merge(service::ops::router(readiness));
+        let request_timeout = Duration::from_millis(settings.server.request_timeout_ms);
+        let router =
+            service::layers::around(router, settings.server.max_body_bytes, request_timeout)
+                .merge(service::ops::router(readiness));
+        let front = service::Front::new(scan_routes, router.clone(), request_timeout);
 
         Ok(App {
             router,
+            front,
             pregen,
             readers,
             scan_writer,
@@ -308,10 +314,20 @@ impl App {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let pregen = self
-            .pregen
-            .map(|pregen| tokio::spawn(pregen.run(shutdown.child_token())));
-        let link_purge = self.link_purge.map(|purge| {
+        let App {
+            router,
+            front,
+            pregen,
+            readers,
+            scan_writer,
+            link_purge,
+            grace,
+        } = self;
+        // The router holds the scan events' queue as much as `front` does: kept until the end,
+        // it would keep the scan writer waiting for events that can no longer come.
+        drop(router);
+        let pregen = pregen.map(|pregen| tokio::spawn(pregen.run(shutdown.child_token())));
+        let link_purge = link_purge.map(|purge| {
             tokio::spawn(purge.redirects.purge_periodically(
                 purge.retention,
                 purge.every,
@@ -320,9 +336,9 @@ impl App {
         });
         let served = service::serve(
             listener,
-            self.router,
+            front,
             shutdown.clone().cancelled_owned(),
-            self.grace,
+            grace,
         )
         .await;
         shutdown.cancel();
@@ -341,11 +357,12 @@ impl App {
             anyhow::Ok(())
         };
         let scans = async {
-            if let Some(writer) = self.scan_writer {
-                writer.finish().await;
+            if let Some(writer) = scan_writer {
+                writer.finish().await?;
             }
+            anyhow::Ok(())
         };
-        let readers = futures::future::join_all(self.readers.into_iter().map(|reader| async move {
+        let readers = futures::future::join_all(readers.into_iter().map(|reader| async move {
             // Not an error of the shutdown: a position not committed only means the codes
             // after it are delivered again, and the binding store skips those already bound.
             if let Err(error) = reader.close().await {
@@ -356,9 +373,10 @@ impl App {
                 );
             }
         }));
-        let (pregen, link_purge, (), _) = tokio::join!(pregen, link_purge, scans, readers);
+        let (pregen, link_purge, scans, _) = tokio::join!(pregen, link_purge, scans, readers);
         pregen?;
         link_purge?;
+        scans.context("stopping the scan events")?;
         served.context("serving HTTP")
     }
 }

@@ -15,7 +15,7 @@ pub mod allow;
 pub mod routes;
 pub mod store;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -24,7 +24,7 @@ use bindings::{ChangeListener, RedisTier};
 use records::{Link, LinkKey};
 
 pub use allow::Destinations;
-pub use routes::router;
+pub use routes::{router, scan_route};
 pub use store::{LinkStore, LinkStoreError};
 
 /// The Redis channel (under the key prefix) on which link changes are announced.
@@ -81,8 +81,11 @@ impl Redirects {
 
     /// The link behind `key`, deleted ones included; `None` when there is none.
     pub async fn resolve(&self, key: &LinkKey) -> Result<Option<Arc<Link>>, Arc<LinkStoreError>> {
+        // Every cached scan counts one: the handle is found once, not built from labels.
+        static LOCAL_HITS: LazyLock<metrics::Counter> =
+            LazyLock::new(|| metrics::counter!("redirect_lookups_total", "tier" => "local"));
         if let Some(link) = self.local.get(key).await {
-            metrics::counter!("redirect_lookups_total", "tier" => "local").increment(1);
+            LOCAL_HITS.increment(1);
             return Ok(Some(link));
         }
         if let Some(missing) = &self.missing
@@ -91,6 +94,15 @@ impl Redirects {
             metrics::counter!("redirect_lookups_total", "tier" => "local_missing").increment(1);
             return Ok(None);
         }
+        // Boxed: the miss path's future (Redis, then the database) is many times the size of
+        // the hit path's, and inline it would be moved around with every cached scan.
+        Box::pin(self.resolve_missed(key)).await
+    }
+
+    async fn resolve_missed(
+        &self,
+        key: &LinkKey,
+    ) -> Result<Option<Arc<Link>>, Arc<LinkStoreError>> {
         match self.local.try_get_with(key.clone(), self.fetch(key)).await {
             Ok(link) => Ok(Some(link)),
             Err(lookup) => match &*lookup {

@@ -22,12 +22,14 @@
 //! (`max-age` of a day). A split sets a `qrv` cookie, a random visitor id, so a visitor keeps
 //! its variant.
 
+use metrics::Counter;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use askama::Template;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,11 +37,9 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use records::{
-    DeviceClass, Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, Scope, Tenant, Visit,
-};
+use records::{Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, Scope, Tenant, Visit};
 use scans::ScanEvents;
-use service::{Keys, Problem};
+use service::{Keys, Problem, ScanRoute};
 
 use crate::store::{Edit, EditError, LinkStoreError};
 use crate::{Destinations, Redirects};
@@ -87,6 +87,19 @@ pub struct LinkService {
     pub public_url: String,
     /// Whether the visitor cookie needs HTTPS (`public_url` is `https`).
     pub secure_cookie: bool,
+}
+
+/// `/r/{key}` for [`service::Front`], which answers scans before the router.
+pub fn scan_route(service: &Arc<LinkService>) -> ScanRoute {
+    let service = Arc::clone(service);
+    ScanRoute {
+        prefix: "/r/",
+        pattern: SCAN,
+        answer: Arc::new(move |key, request| {
+            let service = Arc::clone(&service);
+            Box::pin(async move { answer_scan(&service, &key, &request.into_parts().0).await })
+        }),
+    }
 }
 
 pub fn router(service: Arc<LinkService>) -> Router {
@@ -178,30 +191,52 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-#[tracing::instrument(name = "redirect", level = "debug", skip_all)]
+/// What `redirect_scans_total` counts by.
+const SCAN_OUTCOMES: [&str; 5] = ["redirected", "unknown", "gone", "unavailable", "malformed"];
+
+/// Counts a scan; the handles are found once, not built from labels per scan (that showed in
+/// the scan path's profile).
+fn count_scan(outcome: &str) {
+    static SCANS: LazyLock<[Counter; 5]> = LazyLock::new(|| {
+        SCAN_OUTCOMES.map(|outcome| metrics::counter!("redirect_scans_total", "outcome" => outcome))
+    });
+    if let Some(index) = SCAN_OUTCOMES.iter().position(|known| *known == outcome) {
+        SCANS[index].increment(1);
+    }
+}
+
 async fn scan(
     State(service): State<Arc<LinkService>>,
     Path(key): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    let Ok(key) = LinkKey::parse(&key) else {
-        metrics::counter!("redirect_scans_total", "outcome" => "malformed").increment(1);
+    answer_scan(&service, &key, &request.into_parts().0).await
+}
+
+#[tracing::instrument(name = "redirect", level = "debug", skip_all)]
+async fn answer_scan(service: &LinkService, key: &str, request: &Parts) -> Response {
+    // Read in place: the `HeaderMap` extractor would copy every header of every scan.
+    let (headers, query) = (&request.headers, request.uri.query());
+    let Ok(key) = LinkKey::parse(key) else {
+        count_scan("malformed");
         return not_found_page();
     };
+    // Classified once, for the link's rules and for the scan's event.
+    let device = scans::device(headers);
     let record = |outcome: &str, tenant: Option<&Tenant>, variant: Option<String>| {
         if let Some(scans) = &service.scans {
             let mut event = scans.event(
                 key.to_string(),
                 outcome,
                 tenant.map(|t| t.as_str().to_owned()),
-                &headers,
-                query.as_deref(),
+                device,
+                headers,
+                query,
             );
             event.variant = variant;
             scans.record(event);
         }
-        metrics::counter!("redirect_scans_total", "outcome" => outcome.to_owned()).increment(1);
+        count_scan(outcome);
     };
     let link = match service.redirects.resolve(&key).await {
         Ok(Some(link)) => link,
@@ -224,10 +259,9 @@ async fn scan(
         }
     };
     let target = &version.target;
-    let header_text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let country = scans::country(&headers, service.country_header.as_deref());
+    let country = scans::country(headers, service.country_header.as_deref());
     let mut new_visitor = None;
-    let visitor = match cookie(&headers, VISITOR_COOKIE) {
+    let visitor = match cookie(headers, VISITOR_COOKIE) {
         Some(visitor) => Some(visitor.to_owned()),
         None if target.has_split() => {
             let visitor = LinkKey::generate().to_string() + LinkKey::generate().as_str();
@@ -239,7 +273,7 @@ async fn scan(
     let served = target.serve(
         &link.key,
         &Visit {
-            device: DeviceClass::from_user_agent(header_text(header::USER_AGENT.as_str())),
+            device,
             country: country.as_deref(),
             visitor: visitor.as_deref(),
         },
