@@ -4,7 +4,7 @@
 # (`/r/{key}`), one after the other, same machine, same wrk settings: first from the
 # in-process cache (the hit path), then from a second qrpool on the same store with no
 # in-process cache, so every scan reads the database (the path of a Redis miss). Prints
-# requests/s, p50, p99 and the ratios to nginx.
+# requests/s, p50, p99 and the ratio to an nginx run made just before each target.
 #
 #   benches/scan-vs-nginx.sh                 DURATION=10s CONNECTIONS=64 THREADS=2 by default
 set -euo pipefail
@@ -83,8 +83,10 @@ uncached_pid=$!
 for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$uncached_port/readyz" >/dev/null && break; sleep 0.05; done
 curl -sf -o /dev/null "http://127.0.0.1:$uncached_port/m/$id" || { cat "$work/uncached.log"; exit 1; }
 
-# Runs wrk and prints "<requests/s> <p50 ms> <p99 ms>".
+# Runs wrk and prints "<requests/s> <p50 ms> <p99 ms>", after a 2-s warm-up of the same
+# target (connections open, caches and allocator warm, the previous target's work settled).
 measure() {
+  wrk -t"$threads" -c"$connections" -d2s "$1" >/dev/null
   wrk -t"$threads" -c"$connections" -d"$duration" --latency "$1" | awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /Requests\/sec/ { rps = $2 }
@@ -94,18 +96,21 @@ measure() {
     END { if (bad > 0) { print "wrk saw " bad " error answers" > "/dev/stderr"; exit 1 } printf "%s %.3f %.3f\n", rps, p50, p99 }'
 }
 
-say "wrk -t$threads -c$connections -d$duration, one target at a time"
-read -r nginx_rps nginx_p50 nginx_p99 < <(measure "http://127.0.0.1:$nginx_port/r/abc")
-read -r page_rps page_p50 page_p99 < <(measure "http://127.0.0.1:$qrpool_port/m/$id")
-read -r scene_rps scene_p50 scene_p99 < <(measure "http://127.0.0.1:$qrpool_port/v1/scene/$id")
-read -r link_rps link_p50 link_p99 < <(measure "http://127.0.0.1:$qrpool_port/r/$link")
-read -r page_db_rps page_db_p50 page_db_p99 < <(measure "http://127.0.0.1:$uncached_port/m/$id")
-read -r link_db_rps link_db_p50 link_db_p99 < <(measure "http://127.0.0.1:$uncached_port/r/$link")
-row() { printf '%-38s %12.0f %9.2f %9.2f %8.2f\n' "$1" "$2" "$3" "$4" "$(echo "$2 / $nginx_rps" | bc -l)"; }
-printf '%-38s %12s %9s %9s %8s\n' target requests/s "p50 ms" "p99 ms" "× nginx"
-row "nginx return 302" "$nginx_rps" "$nginx_p50" "$nginx_p99"
-row "qrpool /m/{id} (cached, HTML)" "$page_rps" "$page_p50" "$page_p99"
-row "qrpool /v1/scene/{id} (cached)" "$scene_rps" "$scene_p50" "$scene_p99"
-row "qrpool /r/{key} (cached, 302)" "$link_rps" "$link_p50" "$link_p99"
-row "qrpool /m/{id} (database, no cache)" "$page_db_rps" "$page_db_p50" "$page_db_p99"
-row "qrpool /r/{key} (database, no cache)" "$link_db_rps" "$link_db_p50" "$link_db_p99"
+say "wrk -t$threads -c$connections -d$duration, one target at a time, nginx again before each"
+# This machine's speed moves by a third within minutes, so each qrpool target is compared with
+# an nginx run just before it, not with one run at the start.
+nginx_url="http://127.0.0.1:$nginx_port/r/abc"
+printf '%-38s %12s %9s %9s %12s %8s\n' target requests/s "p50 ms" "p99 ms" "nginx req/s" "× nginx"
+compare() {
+  local label=$1 url=$2 nginx_rps nginx_p50 nginx_p99 rps p50 p99
+  read -r nginx_rps nginx_p50 nginx_p99 < <(measure "$nginx_url")
+  read -r rps p50 p99 < <(measure "$url")
+  printf '%-38s %12.0f %9.2f %9.2f %12.0f %8.2f\n' "$label" "$rps" "$p50" "$p99" "$nginx_rps" \
+    "$(echo "$rps / $nginx_rps" | bc -l)"
+  echo "  (nginx p50 $nginx_p50 ms, p99 $nginx_p99 ms)"
+}
+compare "qrpool /m/{id} (cached, HTML)" "http://127.0.0.1:$qrpool_port/m/$id"
+compare "qrpool /v1/scene/{id} (cached)" "http://127.0.0.1:$qrpool_port/v1/scene/$id"
+compare "qrpool /r/{key} (cached, 302)" "http://127.0.0.1:$qrpool_port/r/$link"
+compare "qrpool /m/{id} (database, no cache)" "http://127.0.0.1:$uncached_port/m/$id"
+compare "qrpool /r/{key} (database, no cache)" "http://127.0.0.1:$uncached_port/r/$link"
