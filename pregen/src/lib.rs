@@ -231,7 +231,12 @@ impl Pregen {
         shutdown: &CancellationToken,
         starting: bool,
     ) -> Result<u64, PregenError> {
-        let depth = self.writer.depth(self.issuer.name()).await?;
+        // Asking a broker that is gone waits out its timeouts (metadata, offsets, watermarks in
+        // turn): shutdown does not wait for that answer. The query holds nothing to undo.
+        let depth = tokio::select! {
+            depth = self.writer.depth(self.issuer.name()) => depth?,
+            () = shutdown.cancelled() => return Ok(0),
+        };
         events::depth(depth);
         let rate = self.drain().observe(std::time::Instant::now(), depth);
         if let Some(rate) = rate {

@@ -334,13 +334,8 @@ impl App {
                 shutdown.child_token(),
             ))
         });
-        let served = service::serve(
-            listener,
-            front,
-            shutdown.clone().cancelled_owned(),
-            grace,
-        )
-        .await;
+        let served =
+            service::serve(listener, front, shutdown.clone().cancelled_owned(), grace).await;
         shutdown.cancel();
         // Once no request runs, the parts stop side by side: each may wait on a broker that
         // is gone (a producer flush, an offset commit), and waiting in turn would add up.

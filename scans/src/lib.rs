@@ -83,7 +83,9 @@ impl ScanWriter {
 /// Why the writer did not end cleanly at shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanWriterError {
-    #[error("the scan event queue was still open {0:?} after shutdown; events queued since may be lost")]
+    #[error(
+        "the scan event queue was still open {0:?} after shutdown; events queued since may be lost"
+    )]
     NotDrained(Duration),
     #[error("the scan event writer failed")]
     Failed(#[source] tokio::task::JoinError),
