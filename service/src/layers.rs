@@ -19,15 +19,16 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram};
 use tower::{Layer, Service};
 
 use crate::Problem;
 
-/// The header a request id travels in, both ways.
-const REQUEST_ID: &str = "x-request-id";
+/// The header a request id travels in, both ways. A `HeaderName` made once: inserting by a
+/// `&str` name that is not a standard header copies the name on every request.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps `router` with: a request id (`x-request-id`, kept when the caller sent a usable one)
 /// that every log line of the request carries and the answer repeats, per-route metrics, a
@@ -114,11 +115,11 @@ pub fn observe<F>(
     let started = Instant::now();
     let id = request
         .headers()
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID)
         .filter(|id| usable_request_id(id.as_bytes()))
         .cloned()
         .unwrap_or_else(next_request_id);
-    request.headers_mut().insert(REQUEST_ID, id.clone());
+    request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
     let method = request.method().clone();
     let span = request_span(&request, &id);
     let inner = span.in_scope(|| answer(request));
@@ -209,7 +210,9 @@ where
                 "answered"
             );
         }
-        response.headers_mut().insert(REQUEST_ID, this.id.clone());
+        response
+            .headers_mut()
+            .insert(REQUEST_ID.clone(), this.id.clone());
         Poll::Ready(Ok(response))
     }
 }
