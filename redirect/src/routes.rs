@@ -223,7 +223,7 @@ async fn answer_scan(service: &LinkService, key: &str, request: &Parts) -> Respo
     };
     // Classified once, for the link's rules and for the scan's event.
     let device = scans::device(headers);
-    let record = |outcome: &str, tenant: Option<&Tenant>, variant: Option<String>| {
+    let record = |outcome: &'static str, tenant: Option<&Tenant>, variant: Option<String>| {
         if let Some(scans) = &service.scans {
             let mut event = scans.event(
                 key.to_string(),

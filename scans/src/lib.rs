@@ -144,7 +144,7 @@ impl ScanEvents {
     pub fn event(
         &self,
         key: String,
-        outcome: &str,
+        outcome: &'static str,
         tenant: Option<String>,
         device: DeviceClass,
         headers: &HeaderMap,
@@ -156,7 +156,7 @@ impl ScanEvents {
             v: ScanEvent::LAYOUT,
             at: Utc::now(),
             key,
-            outcome: outcome.to_owned(),
+            outcome: outcome.into(),
             tenant,
             device,
             country: country(headers, self.country_header.as_deref()),
