@@ -23,13 +23,22 @@ uncached_port=18082
 work=$(mktemp -d)
 qrpool_pid=
 uncached_pid=
+# Every step tolerates failure: under `set -e` a killed child's exit status would end the
+# trap early and leave the servers after it running.
 cleanup() {
-  [ -n "$uncached_pid" ] && kill "$uncached_pid" 2>/dev/null && wait "$uncached_pid" 2>/dev/null
-  [ -n "$qrpool_pid" ] && kill "$qrpool_pid" 2>/dev/null && wait "$qrpool_pid" 2>/dev/null
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
+  for pid in $uncached_pid $qrpool_pid; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  if [ -f "$work/nginx.pid" ]; then kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# A server left on one of these ports would answer in place of the one started here.
+for port in $qrpool_port $nginx_port $uncached_port; do
+  if listening "$port"; then
+    echo "127.0.0.1:$port is taken (by an earlier run?): stop what listens there first" >&2
+    exit 1
+  fi
+done
 
 apt_install wrk nginx-light curl bc
 say "building the release binary"
