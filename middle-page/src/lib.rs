@@ -15,13 +15,18 @@
 //! change or revocation is seen at the next scan. Unknown and unavailable answers are
 //! `no-store`: the code may be bound, or the store back, a moment later. `HEAD` answers as
 //! `GET` without the body.
+//!
+//! A bound code's page and scene are rendered once per version and kept (by id, version and
+//! kind, up to [`RENDERED_BYTES`]): a herd scanning one poster gets the same bytes, and a
+//! change, being a new version, is rendered afresh.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use askama::Template;
-use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -29,6 +34,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use metrics::Counter;
+use moka::future::Cache;
 use serde::Serialize;
 
 use bindings::Bindings;
@@ -70,6 +76,33 @@ pub struct MiddlePage {
     scans: Option<ScanEvents>,
     targets: Targets,
     landings: Landings,
+    rendered: Cache<RenderedKey, Rendered>,
+}
+
+/// Most bytes of rendered answers kept.
+const RENDERED_BYTES: u64 = 32 * 1024 * 1024;
+/// A rendered answer not asked for this long is dropped (its code has gone quiet).
+const RENDERED_IDLE: Duration = Duration::from_secs(600);
+
+/// Which answer of which version of which code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RenderedKey {
+    id: RequestId,
+    version: u32,
+    kind: AnswerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AnswerKind {
+    Landing,
+    Scene,
+}
+
+/// A bound code's answer, ready to send: its entity tag and body.
+#[derive(Debug, Clone)]
+struct Rendered {
+    etag: HeaderValue,
+    body: Bytes,
 }
 
 impl std::fmt::Debug for MiddlePage {
@@ -87,11 +120,19 @@ impl MiddlePage {
         targets: Targets,
         landings: Landings,
     ) -> Arc<Self> {
+        let rendered = Cache::builder()
+            .weigher(|_: &RenderedKey, rendered: &Rendered| {
+                u32::try_from(rendered.body.len()).unwrap_or(u32::MAX)
+            })
+            .max_capacity(RENDERED_BYTES)
+            .time_to_idle(RENDERED_IDLE)
+            .build();
         Arc::new(MiddlePage {
             bindings,
             scans,
             targets,
             landings,
+            rendered,
         })
     }
 }
@@ -364,20 +405,19 @@ async fn answer_landing(page: &MiddlePage, request_id: &str, request: &Parts) ->
                 )
                     .into_response();
             }
-            let etag = etag(&binding);
-            if let Some(response) = not_modified(headers, &etag) {
-                return response;
-            }
-            let page = Landing::of(
-                &binding,
-                page.landings.get(binding.tenant.as_str()),
-                &page.targets,
-            );
-            with_cache_headers(
-                page_response(StatusCode::OK, page.render()),
-                REVALIDATE,
-                Some(etag),
-            )
+            let rendered = page
+                .rendered(&binding, AnswerKind::Landing, || {
+                    Landing::of(
+                        &binding,
+                        page.landings.get(binding.tenant.as_str()),
+                        &page.targets,
+                    )
+                    .render()
+                    .map(Bytes::from)
+                    .map_err(|error| error.to_string())
+                })
+                .await;
+            answer_rendered(headers, rendered, HTML)
         }
         Resolved::Unknown => with_cache_headers(
             page_response(StatusCode::NOT_FOUND, UnknownPage.render()),
@@ -401,6 +441,59 @@ async fn answer_landing(page: &MiddlePage, request_id: &str, request: &Parts) ->
             response
         }
     }
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
+
+impl MiddlePage {
+    /// `binding`'s answer of `kind`, rendered by `render` unless this version's is kept.
+    async fn rendered(
+        &self,
+        binding: &Binding,
+        kind: AnswerKind,
+        render: impl FnOnce() -> Result<Bytes, String>,
+    ) -> Result<Rendered, String> {
+        let key = RenderedKey {
+            id: binding.request_id,
+            version: binding.version,
+            kind,
+        };
+        if let Some(rendered) = self.rendered.get(&key).await {
+            return Ok(rendered);
+        }
+        // Two scans racing here both render: harmless, the answers are the same.
+        let rendered = Rendered {
+            etag: etag(binding),
+            body: render()?,
+        };
+        self.rendered.insert(key, rendered.clone()).await;
+        Ok(rendered)
+    }
+}
+
+/// A bound code's answer: `304` when the scanner holds this version, else the body.
+fn answer_rendered(
+    headers: &HeaderMap,
+    rendered: Result<Rendered, String>,
+    content_type: &'static str,
+) -> Response {
+    let rendered = match rendered {
+        Ok(rendered) => rendered,
+        Err(error) => {
+            tracing::error!(%error, "rendering an answer failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong.").into_response();
+        }
+    };
+    if let Some(response) = not_modified(headers, &rendered.etag) {
+        return response;
+    }
+    let response = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        rendered.body,
+    )
+        .into_response();
+    with_cache_headers(response, REVALIDATE, Some(rendered.etag))
 }
 
 fn page_response(status: StatusCode, rendered: askama::Result<String>) -> Response {
@@ -435,17 +528,19 @@ async fn answer_scene(page: &MiddlePage, request_id: &str, request: &Parts) -> R
     let (headers, query) = (&request.headers, request.uri.query());
     match scan(page, request_id, headers, query).await {
         Resolved::Bound(binding) => {
-            let etag = etag(&binding);
-            if let Some(response) = not_modified(headers, &etag) {
-                return response;
-            }
-            let scene = Json(Scene {
-                request_id: binding.request_id,
-                params: &binding.params,
-                created_at: binding.created_at,
-                expires_at: binding.expires_at,
-            });
-            with_cache_headers(scene.into_response(), REVALIDATE, Some(etag))
+            let rendered = page
+                .rendered(&binding, AnswerKind::Scene, || {
+                    serde_json::to_vec(&Scene {
+                        request_id: binding.request_id,
+                        params: &binding.params,
+                        created_at: binding.created_at,
+                        expires_at: binding.expires_at,
+                    })
+                    .map(Bytes::from)
+                    .map_err(|error| error.to_string())
+                })
+                .await;
+            answer_rendered(headers, rendered, JSON)
         }
         Resolved::Unknown => {
             with_cache_headers(Problem::not_found("code").into_response(), NO_STORE, None)

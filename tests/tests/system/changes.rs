@@ -22,6 +22,16 @@ async fn send(
     request.send().await.unwrap()
 }
 
+/// The scene a mini-program gets for `id` from `scanner`.
+async fn scene(scanner: &TestApp, id: &str) -> Value {
+    scanner
+        .get(&format!("/v1/scene/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 /// How long until `done` holds; a change must reach every process within two seconds (it
 /// takes milliseconds through change events; the cache's own expiry would take minutes).
 async fn until<F, Fut>(mut done: F) -> std::time::Duration
@@ -55,6 +65,8 @@ async fn change_and_revoke(
     let id = code["request_id"].as_str().unwrap().to_owned();
     let path = format!("/v1/codes/{id}");
     assert_eq!(code["version"], 1);
+    // Scanned once first: version 1's answer is rendered and kept, and must not outlive it.
+    assert_eq!(scene(scanner, &id).await["params"]["price"], 100);
 
     let changed = send(
         app,
@@ -67,16 +79,7 @@ async fn change_and_revoke(
     let changed: Value = changed.json().await.unwrap();
     assert_eq!(changed["version"], 2);
     assert_eq!(changed["params"]["price"], 90);
-    let took = until(|| async {
-        let scene: Value = scanner
-            .get(&format!("/v1/scene/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        scene["params"]["price"] == 90
-    })
-    .await;
+    let took = until(|| async { scene(scanner, &id).await["params"]["price"] == 90 }).await;
     eprintln!("the new params reached the scanner in {took:?}");
 
     let expiry = "2999-01-01T00:00:00Z";
