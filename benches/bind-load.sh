@@ -56,6 +56,14 @@ start_up() {
   return 1
 }
 
+# Where the codes of the run came from: a bind that found the pool's buffer empty drew a
+# code on demand (rendered there and then), which is not the pool path this script is for.
+codes_drawn() {
+  local on_demand
+  on_demand=$(curl -sf "$base/metrics" | awk '/^binder_on_demand_codes_total/ { sum += $2 } END { printf "%d", sum }')
+  printf '%-30s %8d of %d codes drawn on demand (pool buffer empty at the bind)\n' "" "$on_demand" "$requests"
+}
+
 stop_up() {
   kill -TERM "$pid" && wait "$pid" || true
   pid=
@@ -74,6 +82,7 @@ say "binds on the embedded backends ($requests binds, $concurrency concurrent)"
 start_up QRPOOL_EMBEDDED__DATA_DIR="$work/embedded" QRPOOL_PREGEN__TARGET_DEPTH=$depth \
   QRPOOL_PREGEN__LOW_WATER=0
 "$load" --base "$base" --key "$key" --requests "$requests" --concurrency "$concurrency" --label "embedded (SQLite)"
+codes_drawn
 stop_up
 
 say "binds on Kafka (tansu) + Redis + PostgreSQL ($requests binds, $concurrency concurrent)"
@@ -96,6 +105,7 @@ start_up QRPOOL_CONFIG="$work/kafka.toml" QRPOOL_POOL__BACKEND=kafka QRPOOL_STOR
   QRPOOL_KAFKA__SESSION_TIMEOUT_MS=6000 \
   QRPOOL_PREGEN__TARGET_DEPTH=$depth QRPOOL_PREGEN__LOW_WATER=0
 "$load" --base "$base" --key "$key" --requests "$requests" --concurrency "$concurrency" --label "Kafka + Redis + PostgreSQL"
+codes_drawn
 stop_up
 say "PostgreSQL's own rate of single-row durable inserts (pgbench, $concurrency clients, 10 s): the floor"
 # One autocommit INSERT per transaction, a row the size of a binding: what the database does
