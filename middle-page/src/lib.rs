@@ -98,6 +98,15 @@ enum AnswerKind {
     Scene,
 }
 
+impl AnswerKind {
+    fn content_type(self) -> &'static str {
+        match self {
+            AnswerKind::Landing => "text/html; charset=utf-8",
+            AnswerKind::Scene => "application/json",
+        }
+    }
+}
+
 /// A bound code's answer, ready to send: its entity tag and body.
 #[derive(Debug, Clone)]
 struct Rendered {
@@ -417,7 +426,7 @@ async fn answer_landing(page: &MiddlePage, request_id: &str, request: &Parts) ->
                     .map_err(|error| error.to_string())
                 })
                 .await;
-            answer_rendered(headers, rendered, HTML)
+            answer_rendered(headers, AnswerKind::Landing, rendered)
         }
         Resolved::Unknown => with_cache_headers(
             page_response(StatusCode::NOT_FOUND, UnknownPage.render()),
@@ -442,9 +451,6 @@ async fn answer_landing(page: &MiddlePage, request_id: &str, request: &Parts) ->
         }
     }
 }
-
-const HTML: &str = "text/html; charset=utf-8";
-const JSON: &str = "application/json";
 
 impl MiddlePage {
     /// `binding`'s answer of `kind`, rendered by `render` unless this version's is kept.
@@ -475,8 +481,8 @@ impl MiddlePage {
 /// A bound code's answer: `304` when the scanner holds this version, else the body.
 fn answer_rendered(
     headers: &HeaderMap,
+    kind: AnswerKind,
     rendered: Result<Rendered, String>,
-    content_type: &'static str,
 ) -> Response {
     let rendered = match rendered {
         Ok(rendered) => rendered,
@@ -489,7 +495,10 @@ fn answer_rendered(
         return response;
     }
     let response = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(kind.content_type()),
+        )],
         rendered.body,
     )
         .into_response();
@@ -540,7 +549,7 @@ async fn answer_scene(page: &MiddlePage, request_id: &str, request: &Parts) -> R
                     .map_err(|error| error.to_string())
                 })
                 .await;
-            answer_rendered(headers, rendered, JSON)
+            answer_rendered(headers, AnswerKind::Scene, rendered)
         }
         Resolved::Unknown => {
             with_cache_headers(Problem::not_found("code").into_response(), NO_STORE, None)

@@ -45,12 +45,10 @@ impl ScanEvent {
 /// profile. Any RFC 3339 text reads back (`Deserialize` is chrono's).
 fn utc_micros<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     use chrono::{Datelike, Timelike};
-    let Ok(year) = u32::try_from(at.year()) else {
+    // Four digits of year only; chrono writes the rest (signs, five digits).
+    let Some(year) = u32::try_from(at.year()).ok().filter(|year| *year <= 9999) else {
         return serializer.collect_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     };
-    if year > 9999 {
-        return serializer.collect_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    }
     let mut text = *b"0000-00-00T00:00:00.000000Z";
     let mut put = |at: usize, width: usize, mut value: u32| {
         for slot in text[at..at + width].iter_mut().rev() {
