@@ -7,25 +7,35 @@
 //! flight ([`crate::offsets`]) and librdkafka commits the stored offsets; so a binder that
 //! dies re-delivers every code it had not bound yet, and nothing more is lost than a
 //! re-delivery of codes that the binding store then skips as already bound.
+//!
+//! The reader's prefetch is librdkafka's own, per partition: each partition's messages come
+//! through a queue of their own (split from the consumer's), read by a task that hands codes
+//! on only as takers make room; librdkafka stops fetching a partition whose queue holds
+//! `prefetch` codes. The consumer's own queue then carries only events (a rebalance is served
+//! from its poll), so it is polled all the time whatever the binds do. Pausing partitions
+//! instead, as an earlier reader did, made librdkafka drop what it had fetched ahead and wait
+//! out a fetch on every resume: about 1,000 codes/s from a topic a plain consumer reads at
+//! 75,000/s (`pool/examples/reader.rs` measures it).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use config::KafkaSettings;
 use records::PoolRecord;
@@ -35,6 +45,15 @@ use crate::{Delivery, PoolError, Receipt, record_undecodable};
 
 /// How long a metadata or offset request to the brokers may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How soon librdkafka looks again at a partition whose prefetch queue was full. Its default
+/// (1 s) suits queues of 100,000 messages; ours hold a few hundred codes, which a busy binder
+/// takes in a few milliseconds.
+const FULL_QUEUE_RECHECK_MS: &str = "5";
+
+/// Kilobytes a partition's prefetch queue may hold (librdkafka overshoots by one fetch):
+/// codes are about a kilobyte, so this only caps a `prefetch` set far too high.
+const PREFETCH_QUEUE_KBYTES: &str = "4096";
 
 fn base_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -241,8 +260,9 @@ struct ReaderInner {
     prefetched: tokio::sync::Mutex<mpsc::Receiver<Delivery>>,
     /// Codes given back go into the prefetch channel, where waiting takers see them…
     requeue: mpsc::Sender<Delivery>,
-    /// …or here when the channel is full (so no taker is waiting for want of codes).
-    given_back: Mutex<VecDeque<Delivery>>,
+    /// …or here when the channel is full (so no taker is waiting for want of codes); also
+    /// where codes of a partition not split yet wait when the channel is full.
+    given_back: Arc<Mutex<VecDeque<Delivery>>>,
     tracker: Arc<Mutex<OffsetTracker>>,
     fetcher: JoinHandle<()>,
 }
@@ -278,6 +298,9 @@ impl KafkaReader {
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "500")
             .set("auto.offset.reset", "earliest")
+            .set("queued.min.messages", settings.prefetch.to_string())
+            .set("queued.max.messages.kbytes", PREFETCH_QUEUE_KBYTES)
+            .set("fetch.queue.backoff.ms", FULL_QUEUE_RECHECK_MS)
             .set(
                 "session.timeout.ms",
                 settings.session_timeout_ms.to_string(),
@@ -287,19 +310,38 @@ impl KafkaReader {
                 (settings.session_timeout_ms / 4).max(100).to_string(),
             )
             .create_with_context(context)?;
-        consumer.subscribe(&[&topic])?;
         let consumer = Arc::new(consumer);
+        // Split before subscribing, so that no message of these partitions is fetched into
+        // the consumer's own queue.
+        let partitions = partitions_of(&consumer, &topic).await?;
+        let mut queues = Vec::new();
+        for partition in partitions {
+            let queue = consumer
+                .split_partition_queue(&topic, partition)
+                .ok_or_else(|| PoolError::Kafka(KafkaError::Canceled))?;
+            queues.push(queue);
+        }
+        consumer.subscribe(&[&topic])?;
         let (sender, receiver) = mpsc::channel(settings.prefetch);
-        let requeue = sender.clone();
-        let fetcher = tokio::spawn(fetch(Arc::clone(&consumer), Arc::clone(&tracker), sender));
+        let given_back = Arc::new(Mutex::new(VecDeque::new()));
+        let fetcher = tokio::spawn(
+            Fetcher {
+                consumer: Arc::clone(&consumer),
+                topic: topic.clone(),
+                tracker: Arc::clone(&tracker),
+                sender: sender.clone(),
+                overflow: Arc::clone(&given_back),
+            }
+            .run(queues),
+        );
         Ok(KafkaReader {
             inner: Arc::new(ReaderInner {
                 consumer,
                 issuer: issuer.to_owned(),
                 topic,
                 prefetched: tokio::sync::Mutex::new(receiver),
-                requeue,
-                given_back: Mutex::new(VecDeque::new()),
+                requeue: sender,
+                given_back,
                 tracker,
                 fetcher,
             }),
@@ -416,97 +458,119 @@ impl KafkaReader {
     }
 }
 
-/// Moves messages from the consumer into the prefetch channel, whose bound is the prefetch
-/// depth. When it is full the assigned partitions are paused, but the consumer is still
-/// polled: a rebalance is only served from a poll, and a binder that stopped polling because
-/// nobody binds would hold up every other binder of its group until librdkafka's poll limit.
-async fn fetch(
+/// The partitions `topic` has now.
+async fn partitions_of(
+    consumer: &Arc<StreamConsumer<LaneContext>>,
+    topic: &str,
+) -> Result<Vec<i32>, PoolError> {
+    let consumer = Arc::clone(consumer);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(Some(&topic), BROKER_TIMEOUT)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|meta| meta.name() == topic)
+            .flat_map(|meta| meta.partitions().iter().map(|partition| partition.id()))
+            .collect())
+    })
+    .await
+    .map_err(|_| PoolError::Kafka(KafkaError::Canceled))?
+}
+
+type PartitionQueue = StreamPartitionQueue<LaneContext>;
+
+/// Moves codes from the partition queues into the prefetch channel and serves the
+/// consumer's events.
+struct Fetcher {
     consumer: Arc<StreamConsumer<LaneContext>>,
+    topic: String,
     tracker: Arc<Mutex<OffsetTracker>>,
     sender: mpsc::Sender<Delivery>,
-) {
-    // Messages received while the channel was full (already fetched when we paused, or of
-    // partitions assigned since): handed on first, in order.
-    let mut stash: VecDeque<Delivery> = VecDeque::new();
-    let mut paused = false;
-    loop {
-        while let Some(delivery) = stash.pop_front() {
-            match sender.try_send(delivery) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(delivery)) => {
-                    stash.push_front(delivery);
-                    break;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            }
+    overflow: Arc<Mutex<VecDeque<Delivery>>>,
+}
+
+impl Fetcher {
+    /// Runs until aborted (or the reader is gone). Dropping it aborts every partition task.
+    async fn run(self, queues: Vec<PartitionQueue>) {
+        let mut forwarders = JoinSet::new();
+        let mut split = HashSet::new();
+        for queue in queues {
+            self.forward(&mut forwarders, queue);
         }
-        let full = !stash.is_empty() || sender.capacity() == 0;
-        if full != paused {
-            paused = set_paused(&consumer, full);
-        }
-        let received = if full {
-            tokio::select! {
-                room = sender.reserve() => match room {
-                    Ok(_) => continue,
-                    Err(_) => return,
-                },
-                received = consumer.recv() => {
-                    // A message although we paused: a newly assigned partition, not paused yet.
-                    paused = set_paused(&consumer, true);
-                    received
+        loop {
+            // Only events arrive here, but for messages of a partition the topic gained since
+            // this reader started (split now, so its next ones come through its own queue).
+            let received = self.consumer.recv().await;
+            let partition = received.as_ref().ok().map(Message::partition);
+            if let Some(delivery) = accept(received, &self.tracker).await {
+                use mpsc::error::TrySendError;
+                match self.sender.try_send(delivery) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(delivery)) => lock(&self.overflow).push_back(delivery),
+                    Err(TrySendError::Closed(_)) => return,
                 }
             }
-        } else {
-            consumer.recv().await
-        };
-        let message = match received {
-            Ok(message) => message,
-            Err(error) => {
-                tracing::warn!(%error, "reading the pool topic failed; retrying");
-                metrics::counter!("pool_fetch_errors_total").increment(1);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let (partition, offset) = (message.partition(), message.offset());
-        let Some(epoch) = lock(&tracker).received(partition, offset) else {
-            // Fetched just before its partition was revoked: the new owner delivers it.
-            continue;
-        };
-        let record = PoolRecord::decode(message.payload().unwrap_or_default());
-        drop(message);
-        match record {
-            Ok(record) => stash.push_back(Delivery {
-                record,
-                receipt: Receipt::Kafka {
-                    partition,
-                    offset,
-                    epoch,
-                },
-            }),
-            Err(error) => {
-                record_undecodable(&error);
-                lock(&tracker).done(partition, offset, epoch);
+            if let Some(partition) = partition
+                && split.insert(partition)
+                && let Some(queue) = self.consumer.split_partition_queue(&self.topic, partition)
+            {
+                tracing::info!(topic = %self.topic, partition, "pool partition added since start");
+                self.forward(&mut forwarders, queue);
             }
         }
     }
+
+    /// Hands one partition's codes on as takers make room; while the channel is full this
+    /// task waits, its queue fills up to `prefetch`, and librdkafka stops fetching it.
+    fn forward(&self, forwarders: &mut JoinSet<()>, queue: PartitionQueue) {
+        let tracker = Arc::clone(&self.tracker);
+        let sender = self.sender.clone();
+        forwarders.spawn(async move {
+            loop {
+                let received = queue.recv().await;
+                if let Some(delivery) = accept(received, &tracker).await
+                    && sender.send(delivery).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
 }
 
-/// Pauses or resumes fetching on every assigned partition; returns whether fetching is now
-/// paused (unchanged when the consumer refuses, which the next turn retries).
-fn set_paused(consumer: &StreamConsumer<LaneContext>, pause: bool) -> bool {
-    let result = consumer.assignment().and_then(|assigned| {
-        if pause {
-            consumer.pause(&assigned)
-        } else {
-            consumer.resume(&assigned)
-        }
-    });
-    match result {
-        Ok(()) => pause,
+/// The delivery a received message makes, counting what makes none: a read error (after a
+/// pause, so a failing broker is not asked in a loop), an undecodable record (done at once,
+/// so it never holds the commit point back), a partition revoked since the fetch (its new
+/// owner delivers it).
+async fn accept(
+    received: Result<BorrowedMessage<'_>, KafkaError>,
+    tracker: &Mutex<OffsetTracker>,
+) -> Option<Delivery> {
+    let message = match received {
+        Ok(message) => message,
         Err(error) => {
-            tracing::debug!(%error, pause, "pausing or resuming the pool partitions failed");
-            !pause
+            tracing::warn!(%error, "reading the pool topic failed; retrying");
+            metrics::counter!("pool_fetch_errors_total").increment(1);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return None;
+        }
+    };
+    let (partition, offset) = (message.partition(), message.offset());
+    let epoch = lock(tracker).received(partition, offset)?;
+    match PoolRecord::decode(message.payload().unwrap_or_default()) {
+        Ok(record) => Some(Delivery {
+            record,
+            receipt: Receipt::Kafka {
+                partition,
+                offset,
+                epoch,
+            },
+        }),
+        Err(error) => {
+            record_undecodable(&error);
+            lock(tracker).done(partition, offset, epoch);
+            None
         }
     }
 }
