@@ -236,3 +236,75 @@ async fn scan_events_reach_the_events_topic() {
     evict_redis(&backends, &prefix).await;
     database.drop_now().await;
 }
+
+/// The reader as the binder uses it, on a lane written in multi-record batches (production's
+/// producer settings) through a prefetch far smaller than the lane: every code arrives, once.
+/// The reader that paused full partitions stopped delivering here (17,386 of 20,000 in the
+/// pool-drain bench) and was slow before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_takes_every_code_of_a_batched_lane_through_a_small_prefetch() {
+    use pool::{KafkaReader, KafkaWriter, PoolReader, PoolWriter};
+    use records::{PoolRecord, RequestId};
+
+    let backends = Backends::from_env();
+    let topic = unique("qrpool-pool");
+    let settings = config::KafkaSettings {
+        brokers: backends.kafka_brokers.clone(),
+        pool_topic: topic.clone(),
+        group_id: format!("{topic}-binders"),
+        partitions: 4,
+        session_timeout_ms: 6_000,
+        prefetch: 16,
+        ..config::KafkaSettings::default()
+    };
+    let writer = PoolWriter::Kafka(KafkaWriter::connect(&settings).await.unwrap());
+    let written: Vec<PoolRecord> = (0..2_000)
+        .map(|_| {
+            let request_id = RequestId::generate();
+            PoolRecord {
+                request_id,
+                issuer: config::LOCAL_ISSUER.into(),
+                content: format!("https://qr.example.com/m/{request_id}"),
+                image: None,
+                created_at: chrono::Utc::now(),
+            }
+        })
+        .collect();
+    writer.push(&written).await.unwrap();
+    writer.flush().await.unwrap();
+
+    let reader = PoolReader::Kafka(
+        KafkaReader::connect(&settings, config::LOCAL_ISSUER)
+            .await
+            .unwrap(),
+    );
+    let mut taken = HashSet::new();
+    // The first take waits for the consumer group to form.
+    let mut wait = Duration::from_secs(25);
+    while taken.len() < written.len() {
+        let Some(delivery) = reader.take(wait).await.unwrap() else {
+            panic!(
+                "no code for {wait:?} after {} of {}",
+                taken.len(),
+                written.len()
+            );
+        };
+        assert!(
+            taken.insert(delivery.record.request_id),
+            "a code was delivered twice"
+        );
+        reader.ack(&delivery);
+        wait = Duration::from_secs(10);
+    }
+    let expected: HashSet<RequestId> = written.iter().map(|record| record.request_id).collect();
+    assert_eq!(taken, expected);
+    assert!(
+        reader
+            .take(Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_none(),
+        "a code beyond those written"
+    );
+    reader.close().await.unwrap();
+}
