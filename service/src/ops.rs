@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::future::BoxFuture;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// One readiness check: a name and an async probe that says what is wrong.
 pub type ReadinessCheck = (
@@ -48,10 +48,17 @@ impl Readiness {
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
+        // Durations by default; the one histogram that counts things gets buckets of its own.
         let builder = PrometheusBuilder::new()
             .set_buckets(&[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ])
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full("bindings_commit_batch_size".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                )
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let handle = match builder.install_recorder() {
             Ok(handle) => handle,
@@ -112,4 +119,26 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_batch_sizes_have_buckets_of_their_own() {
+        let handle = prometheus();
+        metrics::histogram!("bindings_commit_batch_size").record(3.0);
+        metrics::histogram!("bindings_commit_seconds").record(0.002);
+        handle.run_upkeep();
+        let rendered = handle.render();
+        assert!(
+            rendered.contains("bindings_commit_batch_size_bucket{le=\"4\"} 1"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("bindings_commit_seconds_bucket{le=\"0.0025\"} 1"),
+            "{rendered}"
+        );
+    }
 }
