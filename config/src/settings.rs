@@ -129,7 +129,8 @@ pub struct KafkaSettings {
     pub replication: i32,
     pub group_id: String,
     pub session_timeout_ms: u32,
-    /// Codes a binder receives ahead of demand, so a bind never waits on a fetch.
+    /// Codes a binder receives ahead of demand, so a bind never waits on a fetch: up to this
+    /// many per assigned partition (librdkafka's queue of it), and this many handed on ready.
     pub prefetch: usize,
     /// Where scan events go when the pool is on Kafka.
     pub events_topic: String,
