@@ -29,7 +29,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
@@ -216,15 +216,15 @@ impl Resolved {
 }
 
 /// Resolves a scan and records its event (off the scan's path: see [`scans`]).
-async fn scan(
-    page: &MiddlePage,
-    request_id: &str,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Resolved {
+async fn scan(page: &MiddlePage, request_id: &str, request: &Parts) -> Resolved {
+    let (headers, query) = (&request.headers, request.uri.query());
     let resolved = resolve(&page.bindings, request_id).await;
-    // Malformed ids are probes, not scans of a code: counted in the resolve metric only.
-    if let (Some(scans), true) = (&page.scans, RequestId::parse(request_id).is_ok()) {
+    // Malformed ids are probes, not scans of a code, and a `HEAD` is a link checker or a
+    // preview, not a person scanning: counted in the resolve metric only.
+    if let Some(scans) = &page.scans
+        && request.method != Method::HEAD
+        && RequestId::parse(request_id).is_ok()
+    {
         let tenant = match &resolved {
             Resolved::Bound(binding) => Some(binding.tenant.as_str().to_owned()),
             _ => None,
@@ -398,9 +398,7 @@ async fn landing(
 
 #[tracing::instrument(name = "scan", level = "debug", skip_all)]
 async fn answer_landing(page: &MiddlePage, request_id: &str, request: &Parts) -> Response {
-    // Read in place: the `HeaderMap` extractor would copy every header of every scan.
-    let (headers, query) = (&request.headers, request.uri.query());
-    match scan(page, request_id, headers, query).await {
+    match scan(page, request_id, request).await {
         Resolved::Bound(binding) => {
             if let Some(url) = redirect_target(&page.targets, &binding)
                 && let Ok(location) = HeaderValue::from_str(&url)
@@ -426,7 +424,7 @@ async fn answer_landing(page: &MiddlePage, request_id: &str, request: &Parts) ->
                     .map_err(|error| error.to_string())
                 })
                 .await;
-            answer_rendered(headers, AnswerKind::Landing, rendered)
+            answer_rendered(&request.headers, AnswerKind::Landing, rendered)
         }
         Resolved::Unknown => with_cache_headers(
             page_response(StatusCode::NOT_FOUND, UnknownPage.render()),
@@ -533,9 +531,7 @@ async fn scene(
 }
 
 async fn answer_scene(page: &MiddlePage, request_id: &str, request: &Parts) -> Response {
-    // Read in place: the `HeaderMap` extractor would copy every header of every scan.
-    let (headers, query) = (&request.headers, request.uri.query());
-    match scan(page, request_id, headers, query).await {
+    match scan(page, request_id, request).await {
         Resolved::Bound(binding) => {
             let rendered = page
                 .rendered(&binding, AnswerKind::Scene, || {
@@ -549,7 +545,7 @@ async fn answer_scene(page: &MiddlePage, request_id: &str, request: &Parts) -> R
                     .map_err(|error| error.to_string())
                 })
                 .await;
-            answer_rendered(headers, AnswerKind::Scene, rendered)
+            answer_rendered(&request.headers, AnswerKind::Scene, rendered)
         }
         Resolved::Unknown => {
             with_cache_headers(Problem::not_found("code").into_response(), NO_STORE, None)

@@ -30,7 +30,7 @@ use askama::Template;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -223,8 +223,14 @@ async fn answer_scan(service: &LinkService, key: &str, request: &Parts) -> Respo
     };
     // Classified once, for the link's rules and for the scan's event.
     let device = scans::device(headers);
+    // A `HEAD` is a link checker or a preview, not a person scanning: answered, counted, and
+    // left out of the scan events.
+    let scan_events = service
+        .scans
+        .as_ref()
+        .filter(|_| request.method != Method::HEAD);
     let record = |outcome: &'static str, tenant: Option<&Tenant>, variant: Option<String>| {
-        if let Some(scans) = &service.scans {
+        if let Some(scans) = scan_events {
             let mut event = scans.event(
                 key.to_string(),
                 outcome,

@@ -651,6 +651,9 @@ async fn every_scan_leaves_an_event_and_never_the_scanners_address() {
     assert_eq!(scanned.status(), 200);
     assert_eq!(app.get(&format!("/v1/scene/{id}")).await.status(), 200);
     assert_eq!(app.get("/m/0000000000000000000000").await.status(), 404);
+    // A link checker's HEAD is answered but is nobody scanning.
+    let checked = app.client.head(app.url(&format!("/m/{id}"))).send().await;
+    assert_eq!(checked.unwrap().status(), 200);
     app.stop().await; // drains the event queue
 
     let file = dir

@@ -467,6 +467,9 @@ async fn a_scan_goes_where_the_effective_policy_says_and_its_event_says_why() {
         "after the flash sale, version 1's policy serves again"
     );
 
+    // A link checker's HEAD is answered like a scan but leaves no event.
+    let checked = scanner().head(app.url(&format!("/r/{key}"))).send().await;
+    assert_eq!(checked.unwrap().status(), 302);
     let dropped_before_stop = app.get("/metrics").await.text().await.unwrap();
     app.stop().await;
     let day = Utc::now().format("%Y-%m-%d");
