@@ -23,8 +23,13 @@ use crate::{BindError, StoreError};
 
 /// Binds committed in one transaction at most.
 const MAX_BATCH: usize = 512;
-/// Batch writers on PostgreSQL.
-const POSTGRES_WRITERS: usize = 4;
+/// Batch writers on PostgreSQL. One: binds queue while its commit is in flight and all go in
+/// the next, so batches grow with the load. With four, an idle writer took whatever single
+/// bind had just arrived: half the commits held one bind, and PostgreSQL spent ~1.8× the CPU
+/// per bind (`benches/bind-load.sh`'s Kafka stage, 64 clients: 4,348 commits for 30,000 binds
+/// with four writers, 2,299 with two, 1,255 with one; binds/s 12,500–14,200 / 13,300–15,100 /
+/// 15,100–18,100; p99 at 5,000 binds/s 11–12 / 9 / 8–10 ms).
+const POSTGRES_WRITERS: usize = 1;
 
 /// How long start-up keeps trying to reach PostgreSQL before it gives up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -343,7 +348,6 @@ impl PostgresStore {
             }
         };
         Self::migrate(&db).await?;
-        // Several writers, so a batch fills while the one before it is being flushed.
         let commits = GroupCommit::start(PgBatches(db.clone()), POSTGRES_WRITERS, MAX_BATCH);
         Ok(PostgresStore { db, commits })
     }

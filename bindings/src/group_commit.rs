@@ -42,7 +42,9 @@ pub(crate) struct GroupCommit {
 
 impl GroupCommit {
     /// Starts `writers` writer tasks, each committing up to `max_batch` binds at a time.
-    /// More than one writer lets the next batch fill while the last one is being flushed.
+    /// While a writer's commit is in flight the next batch fills in the queue; more writers
+    /// only pay where one commit's round trip is long (a distant database), since an idle
+    /// writer takes whatever is queued, often a single bind.
     pub(crate) fn start(backend: impl WriteBatch, writers: usize, max_batch: usize) -> Self {
         let (queue, receiver) = mpsc::channel(max_batch * writers.max(1) * 2);
         let receiver = Arc::new(Mutex::new(receiver));
