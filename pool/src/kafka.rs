@@ -15,7 +15,7 @@
 //! from its poll), so it is polled all the time whatever the binds do. Pausing partitions
 //! instead, as an earlier reader did, made librdkafka drop what it had fetched ahead and wait
 //! out a fetch on every resume: about 1,000 codes/s from a topic a plain consumer reads at
-//! 75,000/s (`pool/examples/reader.rs` measures it).
+//! 75,000/s (`benches/src/bin/pool-drain.rs` measures the reader).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -76,7 +76,7 @@ pub async fn ensure_topic(settings: &KafkaSettings, topic: &str) -> Result<(), P
             Err((topic, code)) => {
                 return Err(PoolError::Topic {
                     topic,
-                    reason: code.to_string(),
+                    reason: format!("cannot be created: {code}"),
                 });
             }
         }
@@ -318,8 +318,11 @@ impl KafkaReader {
         for partition in partitions {
             let queue = consumer
                 .split_partition_queue(&topic, partition)
-                .ok_or_else(|| PoolError::Kafka(KafkaError::Canceled))?;
-            queues.push(queue);
+                .ok_or_else(|| PoolError::Topic {
+                    topic: topic.clone(),
+                    reason: format!("partition {partition} cannot have a queue of its own"),
+                })?;
+            queues.push((partition, queue));
         }
         consumer.subscribe(&[&topic])?;
         let (sender, receiver) = mpsc::channel(settings.prefetch);
@@ -492,10 +495,11 @@ struct Fetcher {
 
 impl Fetcher {
     /// Runs until aborted (or the reader is gone). Dropping it aborts every partition task.
-    async fn run(self, queues: Vec<PartitionQueue>) {
+    async fn run(self, queues: Vec<(i32, PartitionQueue)>) {
         let mut forwarders = JoinSet::new();
         let mut split = HashSet::new();
-        for queue in queues {
+        for (partition, queue) in queues {
+            split.insert(partition);
             self.forward(&mut forwarders, queue);
         }
         loop {

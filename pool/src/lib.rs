@@ -35,7 +35,7 @@ pub enum PoolError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("Kafka failed")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("Kafka topic `{topic}` cannot be created: {reason}")]
+    #[error("Kafka topic `{topic}`: {reason}")]
     Topic { topic: String, reason: String },
     #[error("embedded pool folder `{path}` cannot be created")]
     DataDir {
