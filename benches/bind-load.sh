@@ -113,6 +113,9 @@ codes_drawn "$requests"
 "$load" --base "$base" --key "$key" --requests "$((rate * 10))" --rate "$rate" --concurrency 1024 \
   --label "Kafka + Redis + PostgreSQL"
 codes_drawn "$((requests + rate * 10))"
+# Group commit at work: how many transactions those binds took.
+commits=$(curl -sf "$base/metrics" | awk '/^bindings_commit_batch_size_count/ { print $2 }')
+printf '%-30s %8s commits for %d binds (warm-up included)\n' "" "$commits" "$((requests + rate * 10 + 2))"
 stop_up
 say "PostgreSQL's own rate of single-row durable inserts (pgbench, $concurrency clients, 10 s): the floor"
 # One autocommit INSERT per transaction, a row the size of a binding: what the database does

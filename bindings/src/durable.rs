@@ -23,13 +23,6 @@ use crate::{BindError, StoreError};
 
 /// Binds committed in one transaction at most.
 const MAX_BATCH: usize = 512;
-/// Batch writers on PostgreSQL. One: binds queue while its commit is in flight and all go in
-/// the next, so batches grow with the load. With four, an idle writer took whatever single
-/// bind had just arrived: half the commits held one bind, and PostgreSQL spent ~1.8× the CPU
-/// per bind (`benches/bind-load.sh`'s Kafka stage, 64 clients: 4,348 commits for 30,000 binds
-/// with four writers, 2,299 with two, 1,255 with one; binds/s 12,500–14,200 / 13,300–15,100 /
-/// 15,100–18,100; p99 at 5,000 binds/s 11–12 / 9 / 8–10 ms).
-const POSTGRES_WRITERS: usize = 1;
 
 /// How long start-up keeps trying to reach PostgreSQL before it gives up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -256,7 +249,7 @@ impl SqliteStore {
         migrator.set_ignore_missing(true);
         migrator.run(&db).await?;
         // SQLite has one writer at a time: one batch writer, batches as large as they come.
-        let commits = GroupCommit::start(SqliteBatches(db.clone()), 1, MAX_BATCH);
+        let commits = GroupCommit::start(SqliteBatches(db.clone()), MAX_BATCH);
         Ok(SqliteStore { db, commits })
     }
 
@@ -348,7 +341,7 @@ impl PostgresStore {
             }
         };
         Self::migrate(&db).await?;
-        let commits = GroupCommit::start(PgBatches(db.clone()), POSTGRES_WRITERS, MAX_BATCH);
+        let commits = GroupCommit::start(PgBatches(db.clone()), MAX_BATCH);
         Ok(PostgresStore { db, commits })
     }
 
@@ -376,7 +369,7 @@ struct PgBatches(PgPool);
 impl WriteBatch for PgBatches {
     /// One statement for the whole batch — one round trip, one implicit transaction: the
     /// bindings, and the images of those that were new. Rows go in in request-id order: two
-    /// writers whose batches share ids (the same code delivered twice, racing) then wait on
+    /// binders whose batches share ids (the same code delivered twice, racing) then wait on
     /// each other in one order and never deadlock, which unordered they did (PostgreSQL
     /// aborted one batch, and its binds failed).
     async fn write_batch(&self, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {

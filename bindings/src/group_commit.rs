@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use records::{Binding, CodeImage};
 
@@ -41,20 +41,16 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts `writers` writer tasks, each committing up to `max_batch` binds at a time.
-    /// While a writer's commit is in flight the next batch fills in the queue; more writers
-    /// only pay where one commit's round trip is long (a distant database), since an idle
-    /// writer takes whatever is queued, often a single bind.
-    pub(crate) fn start(backend: impl WriteBatch, writers: usize, max_batch: usize) -> Self {
-        let (queue, receiver) = mpsc::channel(max_batch * writers.max(1) * 2);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..writers.max(1) {
-            tokio::spawn(write_batches(
-                backend.clone(),
-                Arc::clone(&receiver),
-                max_batch,
-            ));
-        }
+    /// Starts the writer, committing up to `max_batch` binds at a time.
+    ///
+    /// One writer: while its commit is in flight the binds that arrive queue here and all go
+    /// in the next, so batches grow with the load. Four writers on PostgreSQL did worse: an
+    /// idle writer took whatever single bind had just arrived, half of all commits held one
+    /// bind, and the database spent ~1.8× the CPU per bind (`benches/bind-load.sh`'s Kafka
+    /// stage prints the commits: 4,348 for 30,000 binds with four writers, 1,255 with one).
+    pub(crate) fn start(backend: impl WriteBatch, max_batch: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(max_batch * 2);
+        tokio::spawn(write_batches(backend, receiver, max_batch));
         GroupCommit { queue }
     }
 
@@ -86,12 +82,11 @@ impl GroupCommit {
 
 async fn write_batches(
     backend: impl WriteBatch,
-    queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    mut queue: mpsc::Receiver<Pending>,
     max_batch: usize,
 ) {
     loop {
         let mut batch = {
-            let mut queue = queue.lock().await;
             let Some(first) = queue.recv().await else {
                 return;
             };
