@@ -4,9 +4,10 @@
 # (`/r/{key}`), one after the other, same machine, same wrk settings: first from the
 # in-process cache (the hit path), then from a second qrpool on the same store with no
 # in-process cache, so every scan reads the database (the path of a Redis miss). Prints
-# requests/s, p50, p99 and the ratio to an nginx run made just before each target.
+# requests/s, p50, p99 and the ratios to an nginx run made just before each target, each round,
+# then the medians over all rounds.
 #
-#   benches/scan-vs-nginx.sh                 DURATION=10s CONNECTIONS=64 THREADS=2 by default
+#   benches/scan-vs-nginx.sh      DURATION=10s ROUNDS=3 CONNECTIONS=64 THREADS=2 by default
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +16,7 @@ source "$repo/scripts/lib/services.sh"
 cd "$repo"
 
 duration=${DURATION:-10s}
+rounds=${ROUNDS:-3}
 connections=${CONNECTIONS:-64}
 threads=${THREADS:-2}
 qrpool_port=18080
@@ -105,21 +107,53 @@ measure() {
     END { if (bad > 0) { print "wrk saw " bad " error answers" > "/dev/stderr"; exit 1 } printf "%s %.3f %.3f\n", rps, p50, p99 }'
 }
 
-say "wrk -t$threads -c$connections -d$duration, one target at a time, nginx again before each"
+say "wrk -t$threads -c$connections -d$duration, $rounds rounds, one target at a time, nginx again before each"
 # This machine's speed moves by a third within minutes, so each qrpool target is compared with
-# an nginx run just before it, not with one run at the start.
+# an nginx run just before it, not with one run at the start, and the whole series is repeated
+# `rounds` times: the summary gives each figure's median over the rounds.
 nginx_url="http://127.0.0.1:$nginx_port/r/abc"
-printf '%-38s %12s %9s %9s %12s %8s\n' target requests/s "p50 ms" "p99 ms" "nginx req/s" "× nginx"
-compare() {
-  local label=$1 url=$2 nginx_rps nginx_p50 nginx_p99 rps p50 p99
-  read -r nginx_rps nginx_p50 nginx_p99 < <(measure "$nginx_url")
-  read -r rps p50 p99 < <(measure "$url")
-  printf '%-38s %12.0f %9.2f %9.2f %12.0f %8.2f\n' "$label" "$rps" "$p50" "$p99" "$nginx_rps" \
-    "$(echo "$rps / $nginx_rps" | bc -l)"
-  echo "  (nginx p50 $nginx_p50 ms, p99 $nginx_p99 ms)"
-}
-compare "qrpool /m/{id} (cached, HTML)" "http://127.0.0.1:$qrpool_port/m/$id"
-compare "qrpool /v1/scene/{id} (cached)" "http://127.0.0.1:$qrpool_port/v1/scene/$id"
-compare "qrpool /r/{key} (cached, 302)" "http://127.0.0.1:$qrpool_port/r/$link"
-compare "qrpool /m/{id} (database, no cache)" "http://127.0.0.1:$uncached_port/m/$id"
-compare "qrpool /r/{key} (database, no cache)" "http://127.0.0.1:$uncached_port/r/$link"
+labels=(
+  "qrpool /m/{id} (cached, HTML)"
+  "qrpool /v1/scene/{id} (cached)"
+  "qrpool /r/{key} (cached, 302)"
+  "qrpool /m/{id} (database, no cache)"
+  "qrpool /r/{key} (database, no cache)"
+)
+urls=(
+  "http://127.0.0.1:$qrpool_port/m/$id"
+  "http://127.0.0.1:$qrpool_port/v1/scene/$id"
+  "http://127.0.0.1:$qrpool_port/r/$link"
+  "http://127.0.0.1:$uncached_port/m/$id"
+  "http://127.0.0.1:$uncached_port/r/$link"
+)
+# One line per measurement: "<target index> <req/s> <p50> <p99> <nginx req/s> <nginx p50> <nginx p99>".
+results=$work/results
+row='%-38s %12s %9s %9s %12s %9s %8s %8s\n'
+printf "$row" target requests/s "p50 ms" "p99 ms" "nginx req/s" "nginx p99" "× nginx" "p99 ×"
+for ((round = 1; round <= rounds; round++)); do
+  for index in "${!urls[@]}"; do
+    read -r nginx_rps nginx_p50 nginx_p99 < <(measure "$nginx_url")
+    read -r rps p50 p99 < <(measure "${urls[$index]}")
+    echo "$index $rps $p50 $p99 $nginx_rps $nginx_p50 $nginx_p99" >>"$results"
+    printf "$row" "${labels[$index]}" "$(printf '%.0f' "$rps")" "$p50" "$p99" "$(printf '%.0f' "$nginx_rps")" \
+      "$nginx_p99" "$(echo "scale=2; $rps / $nginx_rps" | bc -l)" "$(echo "scale=2; $p99 / $nginx_p99" | bc -l)"
+  done
+done
+
+# Medians over the rounds, per target: of requests/s, p50, p99, and of the two ratios to the
+# nginx run just before (the ratios are taken per round, then their median).
+echo
+say "medians over $rounds rounds"
+printf "$row" target requests/s "p50 ms" "p99 ms" "nginx req/s" "nginx p99" "× nginx" "p99 ×"
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# `of <target index> <awk expression over a results line>`: its median over the rounds.
+of() { awk -v target="$1" "\$1 == target { print $2 }" "$results" | median; }
+declare -a median_rps
+for index in "${!urls[@]}"; do
+  median_rps[$index]=$(of "$index" '$2')
+  printf "$row" "${labels[$index]}" "$(printf '%.0f' "${median_rps[$index]}")" "$(of "$index" '$3')" \
+    "$(of "$index" '$4')" "$(printf '%.0f' "$(of "$index" '$5')")" "$(of "$index" '$7')" \
+    "$(printf '%.2f' "$(of "$index" '$2 / $5')")" "$(printf '%.2f' "$(of "$index" '$4 / $7')")"
+done
+printf '\nthe database path against the cache hit (medians): /m %.2f×, /r %.2f× of the hit path'"'"'s requests/s\n' \
+  "$(echo "${median_rps[3]} / ${median_rps[0]}" | bc -l)" "$(echo "${median_rps[4]} / ${median_rps[2]}" | bc -l)"
