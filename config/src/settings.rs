@@ -50,6 +50,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
     pub shutdown_grace_secs: u64,
+    /// Threads that answer requests, each with its own event loop; unset: one per core.
+    pub threads: Option<std::num::NonZeroUsize>,
 }
 
 impl Default for ServerSettings {
@@ -60,11 +62,19 @@ impl Default for ServerSettings {
             max_body_bytes: 64 * 1024,
             request_timeout_ms: 5_000,
             shutdown_grace_secs: 10,
+            threads: None,
         }
     }
 }
 
 impl ServerSettings {
+    /// `threads`, or the number of cores this process may use.
+    pub fn http_threads(&self) -> std::num::NonZeroUsize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN)
+        })
+    }
+
     /// `public_url` without a trailing slash, or `http://<listen>` when unset.
     pub fn public_base(&self) -> String {
         match &self.public_url {

@@ -95,6 +95,8 @@ pub struct App {
     /// Purges deleted links past their retention, when the scan side runs here.
     link_purge: Option<LinkPurge>,
     grace: Duration,
+    /// Threads answering requests (see [`service::serve`]).
+    http_threads: std::num::NonZeroUsize,
 }
 
 impl App {
@@ -283,6 +285,7 @@ impl App {
             scan_writer,
             link_purge,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+            http_threads: settings.server.http_threads(),
         })
     }
 
@@ -322,6 +325,7 @@ impl App {
             scan_writer,
             link_purge,
             grace,
+            http_threads,
         } = self;
         // The router holds the scan events' queue as much as `front` does: kept until the end,
         // it would keep the scan writer waiting for events that can no longer come.
@@ -334,8 +338,14 @@ impl App {
                 shutdown.child_token(),
             ))
         });
-        let served =
-            service::serve(listener, front, shutdown.clone().cancelled_owned(), grace).await;
+        let served = service::serve(
+            listener,
+            front,
+            shutdown.clone().cancelled_owned(),
+            grace,
+            http_threads,
+        )
+        .await;
         shutdown.cancel();
         // Once no request runs, the parts stop side by side: each may wait on a broker that
         // is gone (a producer flush, an offset commit), and waiting in turn would add up.
@@ -372,6 +382,7 @@ impl App {
         pregen?;
         link_purge?;
         scans.context("stopping the scan events")?;
-        served.context("serving HTTP")
+        drop(served.context("serving HTTP")?);
+        Ok(())
     }
 }

@@ -1,43 +1,358 @@
 //! Serving until shutdown, then draining the requests in flight.
-
-use std::future::Future;
-use std::time::Duration;
+//!
+//! Requests are answered on [`HttpThreads`]: one thread per core, each running its own
+//! single-threaded tokio runtime, the way nginx runs one event loop per worker. The listener
+//! stays on the caller's runtime and hands each new connection to the next thread in turn;
+//! from then on the connection is read, answered and written on that thread alone. A scan is
+//! a few microseconds of work between a read and a write, and on one shared work-stealing
+//! runtime moving connections' tasks between cores and waking parked workers cost more CPU
+//! per request than one thread per core does (measured with `benches/scan-vs-nginx.sh`).
+//!
+//! What a request starts that must outlive it (the group commit writer, change listeners,
+//! scan event writers) was spawned on the caller's runtime when the parts were built, so
+//! those threads carry only connections and the requests' own futures.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use axum::ServiceExt as _;
 use axum::extract::Request;
 use axum::response::Response;
-use tokio::net::TcpListener;
+use axum::serve::Listener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-/// Serves `service` on `listener` until `shutdown` resolves; then stops accepting and waits
-/// up to `grace` for the requests in flight. Returns an error only when serving itself failed.
+/// Serves `service` on `listener`, on `threads` threads, until `shutdown` resolves; then
+/// stops accepting and waits up to `grace` for the requests in flight. Returns the threads,
+/// which live on until dropped (see [`HttpThreads`]), or an error when one could not start.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-) -> std::io::Result<()>
+    threads: NonZeroUsize,
+) -> std::io::Result<HttpThreads>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let server =
-        axum::serve(listener, service.into_make_service()).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = drained_tx.send(());
-        });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => result,
-        () = async {
-            let _ = drained_rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; stopping");
-            Ok(())
+    let stop = CancellationToken::new();
+    let mut workers = HttpThreads::start(threads, &service, listener.local_addr()?, &stop)?;
+    let mut listener = listener;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut next = 0;
+    loop {
+        let (connection, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = Listener::accept(&mut listener) => accepted,
+        };
+        // Nagle's algorithm would only hold an answer back until the client's delayed ACK of
+        // the one before it: every answer is written whole.
+        if let Err(error) = connection.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
         }
+        // Leaves this runtime's reactor, to join the chosen thread's.
+        let connection = match connection.into_std() {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(%error, %peer, "could not hand a connection over; dropped");
+                continue;
+            }
+        };
+        workers.hand(&mut next, connection, peer);
+    }
+    drop(listener);
+    stop.cancel();
+    workers.drain(grace).await;
+    Ok(workers)
+}
+
+/// The threads requests are answered on. After serving they stay idle until this is dropped,
+/// because a request may have opened a connection to a store (a database connection, say)
+/// that now sits in a shared pool and is driven by that thread's runtime: the parts that
+/// stop after serving still use them.
+#[derive(Debug)]
+pub struct HttpThreads {
+    threads: Vec<HttpThread>,
+}
+
+#[derive(Debug)]
+struct HttpThread {
+    connections: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    /// Resolves when the thread has answered its last request.
+    drained: Option<oneshot::Receiver<()>>,
+    /// Dropped: the thread's runtime ends.
+    release: Option<oneshot::Sender<()>>,
+}
+
+impl HttpThreads {
+    fn start<S>(
+        count: NonZeroUsize,
+        service: &S,
+        local: SocketAddr,
+        stop: &CancellationToken,
+    ) -> std::io::Result<Self>
+    where
+        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send,
+    {
+        let mut threads = Vec::with_capacity(count.get());
+        for index in 0..count.get() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (connections, handed) = mpsc::unbounded_channel();
+            let (drained_tx, drained) = oneshot::channel();
+            let (release, released) = oneshot::channel::<()>();
+            let service = service.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("qrpool-http-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let listener = Handed {
+                            connections: handed,
+                            local,
+                        };
+                        // axum's own serve loop: connections, graceful shutdown, upgrades.
+                        let served = axum::serve(listener, service.into_make_service())
+                            .with_graceful_shutdown(stop.cancelled_owned());
+                        if let Err(error) = served.await {
+                            tracing::error!(%error, "an HTTP thread stopped serving");
+                        }
+                        let _ = drained_tx.send(());
+                        let _ = released.await;
+                    });
+                })?;
+            threads.push(HttpThread {
+                connections,
+                drained: Some(drained),
+                release: Some(release),
+            });
+        }
+        Ok(HttpThreads { threads })
+    }
+
+    /// Hands `connection` to the thread after the one `next` names, round robin.
+    fn hand(&mut self, next: &mut usize, connection: std::net::TcpStream, peer: SocketAddr) {
+        let mut connection = (connection, peer);
+        for _ in 0..self.threads.len() {
+            let thread = &self.threads[*next % self.threads.len()];
+            *next = next.wrapping_add(1);
+            match thread.connections.send(connection) {
+                Ok(()) => return,
+                // That thread is gone (it failed); try the next.
+                Err(mpsc::error::SendError(back)) => connection = back,
+            }
+        }
+        tracing::error!(%peer, "no HTTP thread is serving; connection dropped");
+    }
+
+    /// Waits for every thread to answer its last request, up to `grace`.
+    async fn drain(&mut self, grace: Duration) {
+        let drained = futures::future::join_all(
+            self.threads
+                .iter_mut()
+                .filter_map(|thread| thread.drained.take()),
+        );
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "requests still in flight after the grace period; stopping"
+            );
+        }
+    }
+}
+
+impl Drop for HttpThreads {
+    fn drop(&mut self) {
+        for thread in &mut self.threads {
+            drop(thread.release.take());
+        }
+    }
+}
+
+/// The connections handed to one thread, as axum's serve loop takes them.
+struct Handed {
+    connections: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    /// The shared listener's address.
+    local: SocketAddr,
+}
+
+impl Listener for Handed {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            let Some((connection, peer)) = self.connections.recv().await else {
+                // No more connections come; the graceful shutdown ends the serve loop.
+                return std::future::pending().await;
+            };
+            match TcpStream::from_std(connection) {
+                Ok(connection) => return (connection, peer),
+                Err(error) => {
+                    tracing::warn!(%error, %peer, "could not take a connection over; dropped")
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::routing::get;
+
+    use super::*;
+
+    /// One `GET` on a connection of its own; the whole answer, head and body.
+    async fn get_text(address: SocketAddr, path: &'static str) -> String {
+        tokio::task::spawn_blocking(move || {
+            let mut connection = std::net::TcpStream::connect(address).expect("connects");
+            write!(
+                connection,
+                "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+            )
+            .expect("sends");
+            let mut answer = String::new();
+            connection.read_to_string(&mut answer).expect("reads");
+            answer
+        })
+        .await
+        .expect("the client ran")
+    }
+
+    struct Serving {
+        address: SocketAddr,
+        shutdown: oneshot::Sender<()>,
+        served: tokio::task::JoinHandle<std::io::Result<HttpThreads>>,
+    }
+
+    async fn serving(router: Router, threads: usize) -> Serving {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = listener.local_addr().expect("an address");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let threads = NonZeroUsize::new(threads).expect("not zero");
+        let served = tokio::spawn(serve(
+            listener,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+            threads,
+        ));
+        Serving {
+            address,
+            shutdown,
+            served,
+        }
+    }
+
+    impl Serving {
+        async fn stop(self) -> HttpThreads {
+            let _ = self.shutdown.send(());
+            self.served
+                .await
+                .expect("serve did not panic")
+                .expect("served")
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_answered_by_each_thread_in_turn() {
+        let router = Router::new().route(
+            "/",
+            get(|| async { std::thread::current().name().unwrap_or_default().to_owned() }),
+        );
+        let serving = serving(router, 2).await;
+        let mut answered_by = Vec::new();
+        for _ in 0..4 {
+            let answer = get_text(serving.address, "/").await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            answered_by.push(answer.rsplit("\r\n").next().unwrap_or_default().to_owned());
+        }
+        assert_eq!(
+            answered_by,
+            [
+                "qrpool-http-0",
+                "qrpool-http-1",
+                "qrpool-http-0",
+                "qrpool-http-1"
+            ]
+        );
+        drop(serving.stop().await);
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_the_requests_in_flight_and_takes_no_new_ones() {
+        let router = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "done"
+            }),
+        );
+        let serving = serving(router, 2).await;
+        let address = serving.address;
+        let in_flight = tokio::spawn(get_text(address, "/slow"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let threads = serving.stop().await;
+        let answer = in_flight.await.expect("the request ran");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        assert!(std::net::TcpStream::connect(address).is_err());
+        drop(threads);
+    }
+
+    #[tokio::test]
+    async fn what_a_request_started_on_a_thread_runs_until_the_threads_are_dropped() {
+        // Each request starts a task on its HTTP thread that reports after `delay`.
+        type Report = (Duration, oneshot::Sender<()>);
+        let reports: Arc<Mutex<Vec<Report>>> = Arc::default();
+        let handed = Arc::clone(&reports);
+        let router = Router::new().route(
+            "/",
+            get(move || {
+                let report = handed.lock().expect("not poisoned").pop();
+                async move {
+                    if let Some((delay, report)) = report {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = report.send(());
+                        });
+                    }
+                }
+            }),
+        );
+        let (soon, soon_reported) = oneshot::channel();
+        let (late, late_reported) = oneshot::channel();
+        reports.lock().expect("not poisoned").extend([
+            (Duration::from_secs(60), late),
+            (Duration::from_millis(200), soon),
+        ]);
+        let serving = serving(router, 1).await;
+        get_text(serving.address, "/").await;
+        get_text(serving.address, "/").await;
+        let threads = serving.stop().await;
+        // Serving has ended, the thread's runtime still runs what the requests started.
+        assert!(soon_reported.await.is_ok());
+        // Dropped, the runtime ends and with it the task that had yet to report.
+        drop(threads);
+        assert!(late_reported.await.is_err());
     }
 }
