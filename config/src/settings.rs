@@ -50,8 +50,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
     pub shutdown_grace_secs: u64,
-    /// Threads that answer requests, each with its own event loop; unset: one per core.
-    pub threads: Option<std::num::NonZeroUsize>,
+    /// Threads that answer requests, each with its own event loop; 0: the shared runtime
+    /// answers them. Unset: see [`ServerSettings::http_threads`].
+    pub threads: Option<usize>,
 }
 
 impl Default for ServerSettings {
@@ -68,10 +69,22 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
-    /// `threads`, or the number of cores this process may use.
-    pub fn http_threads(&self) -> std::num::NonZeroUsize {
+    /// `threads`; unset, one per core in a process that answers scans but not binds, else 0.
+    ///
+    /// A scan is answered from memory on the thread that read it, so a thread per core with its
+    /// own event loop serves more of them (`benches/scan-vs-nginx.sh`: `/r` 0.78 → 0.84×
+    /// nginx). A bind crosses to the group-commit writer, the pool reader and the Redis
+    /// connection, which run on the shared runtime, and back, each time waking a parked
+    /// thread: with the binder in the process the shared runtime alone binds faster
+    /// (`benches/bind-load.sh` on Kafka: 16,600–17,700 binds/s against 13,400, and ten times
+    /// more codes drawn on demand when the reader's tasks wait for a core).
+    pub fn http_threads(&self, binds_here: bool) -> usize {
         self.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN)
+            if binds_here {
+                0
+            } else {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }
         })
     }
 

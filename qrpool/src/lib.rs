@@ -95,8 +95,8 @@ pub struct App {
     /// Purges deleted links past their retention, when the scan side runs here.
     link_purge: Option<LinkPurge>,
     grace: Duration,
-    /// Threads answering requests (see [`service::serve`]).
-    http_threads: std::num::NonZeroUsize,
+    /// Threads answering requests, 0 for the shared runtime (see [`service::serve`]).
+    http_threads: usize,
 }
 
 impl App {
@@ -210,6 +210,8 @@ impl App {
         let mut scan_writer = None;
         let mut link_purge = None;
         if let (true, Some(bindings), Some(keys)) = (parts.middle_page, &bindings, &keys) {
+            let country_header = scans::country_header(settings.scans.country_header.as_deref())
+                .context("scans.country_header is not a header name")?;
             let scans = if settings.scans.enabled {
                 let sink = match settings.pool.backend {
                     PoolBackend::Kafka => {
@@ -225,12 +227,9 @@ impl App {
                         scans::ScanSink::Files(settings.embedded.data_dir.join("scans"))
                     }
                 };
-                let (events, writer) = scans::ScanEvents::start(
-                    sink,
-                    settings.scans.queue,
-                    settings.scans.country_header.clone(),
-                )
-                .context("starting the scan event writer")?;
+                let (events, writer) =
+                    scans::ScanEvents::start(sink, settings.scans.queue, country_header.clone())
+                        .context("starting the scan event writer")?;
                 scan_writer = Some(writer);
                 Some(events)
             } else {
@@ -257,7 +256,7 @@ impl App {
                     settings.redirect.signing_secret.clone(),
                 ),
                 scans,
-                country_header: settings.scans.country_header.clone(),
+                country_header,
                 secure_cookie: public_base.starts_with("https://"),
                 public_url: public_base,
             });
@@ -285,7 +284,7 @@ impl App {
             scan_writer,
             link_purge,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
-            http_threads: settings.server.http_threads(),
+            http_threads: settings.server.http_threads(parts.binder),
         })
     }
 

@@ -30,7 +30,7 @@ use askama::Template;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -82,7 +82,7 @@ pub struct LinkService {
     /// `None` when scan events are off.
     pub scans: Option<ScanEvents>,
     /// The header a trusted proxy puts the scanner's country in.
-    pub country_header: Option<String>,
+    pub country_header: Option<HeaderName>,
     /// Where links are printed from: `<public_url>/r/<key>`.
     pub public_url: String,
     /// Whether the visitor cookie needs HTTPS (`public_url` is `https`).
@@ -265,7 +265,7 @@ async fn answer_scan(service: &LinkService, key: &str, request: &Parts) -> Respo
         }
     };
     let target = &version.target;
-    let country = scans::country(headers, service.country_header.as_deref());
+    let country = scans::country(headers, service.country_header.as_ref());
     let mut new_visitor = None;
     let visitor = match cookie(headers, VISITOR_COOKIE) {
         Some(visitor) => Some(visitor.to_owned()),

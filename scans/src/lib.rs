@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, header};
+use axum::http::header::InvalidHeaderName;
+use axum::http::{HeaderMap, HeaderName, header};
 use chrono::{NaiveDate, Utc};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
@@ -52,7 +53,15 @@ pub struct ScanEvents {
     queue: mpsc::Sender<ScanEvent>,
     dropped: Arc<AtomicU64>,
     salt: Arc<Mutex<(NaiveDate, [u8; 16])>>,
-    country_header: Option<String>,
+    country_header: Option<HeaderName>,
+}
+
+/// The proxy header whose first hop is the scanner's address (digested, never stored).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// `scans.country_header` as a header name, checked once at start.
+pub fn country_header(name: Option<&str>) -> Result<Option<HeaderName>, InvalidHeaderName> {
+    name.map(HeaderName::try_from).transpose()
 }
 
 impl std::fmt::Debug for ScanEvents {
@@ -102,7 +111,7 @@ impl ScanEvents {
     pub fn start(
         sink: ScanSink,
         capacity: usize,
-        country_header: Option<String>,
+        country_header: Option<HeaderName>,
     ) -> Result<(ScanEvents, ScanWriter), ScanSinkError> {
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
@@ -121,7 +130,7 @@ impl ScanEvents {
             queue,
             dropped,
             salt: Arc::new(Mutex::new((NaiveDate::MIN, [0; 16]))),
-            country_header: country_header.map(|name| name.to_ascii_lowercase()),
+            country_header,
         };
         Ok((events, ScanWriter(writer)))
     }
@@ -150,8 +159,9 @@ impl ScanEvents {
         headers: &HeaderMap,
         query: Option<&str>,
     ) -> ScanEvent {
-        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-        let user_agent = header(header::USER_AGENT.as_str());
+        // Looked up by `HeaderName`, not `&str`: a name given as text is parsed on every call.
+        let header = |name: &HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
+        let user_agent = header(&header::USER_AGENT);
         ScanEvent {
             v: ScanEvent::LAYOUT,
             at: Utc::now(),
@@ -159,13 +169,13 @@ impl ScanEvents {
             outcome: outcome.into(),
             tenant,
             device,
-            country: country(headers, self.country_header.as_deref()),
-            referrer: header(header::REFERER.as_str())
+            country: country(headers, self.country_header.as_ref()),
+            referrer: header(&header::REFERER)
                 .map(|referrer| referrer.chars().take(MAX_REFERRER).collect()),
             variant: None,
             via_qr: query
                 .is_some_and(|query| query.split('&').any(|pair| pair == records::PRINTED_MARKER)),
-            visitor: header("x-forwarded-for")
+            visitor: header(&X_FORWARDED_FOR)
                 .and_then(|hops| hops.split(',').next())
                 .map(|address| self.visitor(address.trim(), user_agent.unwrap_or_default())),
         }
@@ -208,7 +218,7 @@ pub fn device(headers: &HeaderMap) -> DeviceClass {
 
 /// The scanner's country, upper-case ISO alpha-2, from the header a trusted proxy fills
 /// (`scans.country_header`); `None` without one, or for anything not shaped like a code.
-pub fn country(headers: &HeaderMap, country_header: Option<&str>) -> Option<String> {
+pub fn country(headers: &HeaderMap, country_header: Option<&HeaderName>) -> Option<String> {
     headers
         .get(country_header?)?
         .to_str()
@@ -397,7 +407,7 @@ mod tests {
         let (events, _writer) = ScanEvents::start(
             ScanSink::Files(std::env::temp_dir()),
             8,
-            Some("CF-IPCountry".into()),
+            country_header(Some("CF-IPCountry")).unwrap(),
         )
         .unwrap();
         let mut headers = HeaderMap::new();

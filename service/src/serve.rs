@@ -21,26 +21,33 @@ use std::time::Duration;
 use axum::ServiceExt as _;
 use axum::extract::Request;
 use axum::response::Response;
-use axum::serve::Listener;
+use axum::serve::{Listener, ListenerExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-/// Serves `service` on `listener`, on `threads` threads, until `shutdown` resolves; then
-/// stops accepting and waits up to `grace` for the requests in flight. Returns the threads,
-/// which live on until dropped (see [`HttpThreads`]), or an error when one could not start.
+/// Serves `service` on `listener`, on `threads` threads of their own (0: on the caller's
+/// runtime), until `shutdown` resolves; then stops accepting and waits up to `grace` for the
+/// requests in flight. Returns the threads, which live on until dropped (see
+/// [`HttpThreads`]), or an error when one could not start.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-    threads: NonZeroUsize,
+    threads: usize,
 ) -> std::io::Result<HttpThreads>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
+    let Some(threads) = NonZeroUsize::new(threads) else {
+        serve_here(listener, service, shutdown, grace).await?;
+        return Ok(HttpThreads {
+            threads: Vec::new(),
+        });
+    };
     let stop = CancellationToken::new();
     let mut workers = HttpThreads::start(threads, &service, listener.local_addr()?, &stop)?;
     let mut listener = listener;
@@ -52,11 +59,7 @@ where
             () = &mut shutdown => break,
             accepted = Listener::accept(&mut listener) => accepted,
         };
-        // Nagle's algorithm would only hold an answer back until the client's delayed ACK of
-        // the one before it: every answer is written whole.
-        if let Err(error) = connection.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
-        }
+        no_delay(&connection);
         // Leaves this runtime's reactor, to join the chosen thread's.
         let connection = match connection.into_std() {
             Ok(connection) => connection,
@@ -71,6 +74,45 @@ where
     stop.cancel();
     workers.drain(grace).await;
     Ok(workers)
+}
+
+/// Nagle's algorithm would only hold an answer back until the client's delayed ACK of the one
+/// before it: every answer is written whole.
+fn no_delay(connection: &TcpStream) {
+    if let Err(error) = connection.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
+    }
+}
+
+/// [`serve`] on the caller's runtime.
+async fn serve_here<S>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let (drained_tx, drained_rx) = oneshot::channel::<()>();
+    let listener = listener.tap_io(|connection| no_delay(connection));
+    let server =
+        axum::serve(listener, service.into_make_service()).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = drained_tx.send(());
+        });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result,
+        () = async {
+            let _ = drained_rx.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; stopping");
+            Ok(())
+        }
+    }
 }
 
 /// The threads requests are answered on. After serving they stay idle until this is dropped,
@@ -246,7 +288,6 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let address = listener.local_addr().expect("an address");
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let threads = NonZeroUsize::new(threads).expect("not zero");
         let served = tokio::spawn(serve(
             listener,
             router,
