@@ -2,8 +2,8 @@
 # Scan-time resolve against the static floor: wrk drives nginx answering a bare `return 302`,
 # then qrpool's middle page (`/m/{id}`), scene API (`/v1/scene/{id}`) and dynamic redirect
 # (`/r/{key}`), one after the other, same machine, same wrk settings: first from the
-# in-process cache (the hit path), then from a second qrpool on the same store with no
-# in-process cache, so every scan reads the database (the path of a Redis miss). Prints
+# in-process cache (the hit path), then with none, so every scan reads the database (the path
+# of a Redis miss); both on `qrpool middle-page` processes over the store `qrpool up` wrote. Prints
 # requests/s, p50, p99 and the ratios to an nginx run made just before each target, each round,
 # then the medians over all rounds.
 #
@@ -87,12 +87,20 @@ link=$(curl -sf -X POST "http://127.0.0.1:$qrpool_port/v1/links" -H 'content-typ
   -d '{"target": {"destination": "https://example.com/listing/1001"}}' | sed -E 's/.*"key":"([0-9A-Za-z]+)".*/\1/')
 curl -sf -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$qrpool_port/r/$link" | grep -q 302
 
-say "starting a second qrpool (scan side only, no in-process cache) on 127.0.0.1:$uncached_port"
+# Scans are measured on `qrpool middle-page` processes, as the scan crowd is served in
+# production (a thread per core; a process that also binds answers on its shared runtime), on
+# the store `up` wrote: one with the in-process cache (the hit path), one without.
+kill "$qrpool_pid" && wait "$qrpool_pid" 2>/dev/null || true
+say "starting qrpool middle-page on 127.0.0.1:$qrpool_port (cached) and on 127.0.0.1:$uncached_port (no in-process cache)"
+QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port target/release/qrpool middle-page >"$work/cached.log" 2>&1 &
+qrpool_pid=$!
 QRPOOL_SERVER__LISTEN=127.0.0.1:$uncached_port QRPOOL_MIDDLE_PAGE__CACHE_CAPACITY=0 \
   target/release/qrpool middle-page >"$work/uncached.log" 2>&1 &
 uncached_pid=$!
-for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$uncached_port/readyz" >/dev/null && break; sleep 0.05; done
-curl -sf -o /dev/null "http://127.0.0.1:$uncached_port/m/$id" || { cat "$work/uncached.log"; exit 1; }
+for port in $qrpool_port $uncached_port; do
+  for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
+  curl -sf -o /dev/null "http://127.0.0.1:$port/m/$id" || { cat "$work"/*.log; exit 1; }
+done
 
 # Runs wrk and prints "<requests/s> <p50 ms> <p99 ms>", after a 2-s warm-up of the same
 # target (connections open, caches and allocator warm, the previous target's work settled).
