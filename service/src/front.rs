@@ -96,14 +96,15 @@ impl Service<Request> for Front {
         let Some((route, id)) = self.scan_of(&request) else {
             return Either::Right(self.router.call(request));
         };
-        let answer = Arc::clone(&route.answer);
         let head = request.method() == Method::HEAD;
         Either::Left(layers::observe(
             request,
             Route::Fixed(route.pattern),
             self.limit,
-            move |request| {
-                let answered = answer(id, request);
+            // Called at once, so the route is borrowed, not cloned: its answer's future owns
+            // what it needs.
+            |request| {
+                let answered = (route.answer)(id, request);
                 let answered: BoxFuture<'static, Response> = if head {
                     Box::pin(answered.map(without_body))
                 } else {

@@ -107,19 +107,19 @@ impl Route {
 
 /// Gives `request` its id and span and starts `answer` on it, observed: see [`Observe`].
 pub fn observe<F>(
-    mut request: Request,
+    request: Request,
     route: Route,
     limit: Duration,
     answer: impl FnOnce(Request) -> F,
 ) -> Observed<F> {
     let started = Instant::now();
+    // Not written into the request: nothing further in reads it there (the span carries it).
     let id = request
         .headers()
         .get(&REQUEST_ID)
         .filter(|id| usable_request_id(id.as_bytes()))
         .cloned()
         .unwrap_or_else(next_request_id);
-    request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
     let method = request.method().clone();
     let span = request_span(&request, &id);
     let inner = span.in_scope(|| answer(request));
