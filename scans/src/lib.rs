@@ -309,7 +309,7 @@ fn append(dir: &std::path::Path, events: &[ScanEvent]) -> std::io::Result<()> {
             lines.clear();
         }
         day = Some(date);
-        serde_json::to_writer(&mut lines, event)?;
+        event.write_json(&mut lines);
         lines.push(b'\n');
     }
     write_day(dir, day, &lines)
@@ -338,9 +338,8 @@ async fn write_kafka(
     while next_batch(&mut receiver, &mut batch, &mut tick, backlog).await {
         backlog = batch.len() == BATCH;
         for event in batch.drain(..) {
-            let Ok(payload) = serde_json::to_vec(&event) else {
-                continue;
-            };
+            let mut payload = Vec::with_capacity(256);
+            event.write_json(&mut payload);
             let record = BaseRecord::to(&topic)
                 .key(event.key.as_bytes())
                 .payload(&payload);
