@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use moka::future::Cache;
 use redis::AsyncCommands;
 
 use records::{Binding, RequestId};
 
-use crate::RedisTier;
+use crate::{RedisTier, ScanCache};
 
 /// The channel (under the key prefix) of binding changes.
 const BINDING_CHANGES: &str = "changes";
@@ -62,7 +61,7 @@ impl RedisTier {
     pub fn invalidate_on_changes<K, V>(
         &self,
         channel: &'static str,
-        local: Cache<K, V>,
+        local: ScanCache<K, V>,
         parse: fn(&str) -> Option<K>,
     ) -> ChangeListener
     where
@@ -116,7 +115,7 @@ impl RedisTier {
     /// Keeps `local` in step with the binding changes of every process.
     pub(crate) fn listen_for_changes(
         &self,
-        local: Cache<RequestId, Arc<Binding>>,
+        local: ScanCache<RequestId, Arc<Binding>>,
     ) -> ChangeListener {
         self.invalidate_on_changes(BINDING_CHANGES, local, |text| RequestId::parse(text).ok())
     }

@@ -18,9 +18,13 @@
 //!
 //! A bound code's page and scene are rendered once per version and kept (by id, version and
 //! kind, up to [`RENDERED_BYTES`]): a herd scanning one poster gets the same bytes, and a
-//! change, being a new version, is rendered afresh.
+//! change, being a new version, is rendered afresh. Each serving thread also keeps the last
+//! few hundred answers it sent, so that a herd on one code does not even touch the shared
+//! cache.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -37,7 +41,7 @@ use metrics::Counter;
 use moka::future::Cache;
 use serde::Serialize;
 
-use bindings::Bindings;
+use bindings::{Bindings, ScanCache};
 use records::{Binding, RequestId, TargetTemplate};
 use scans::ScanEvents;
 use service::{Problem, ScanRoute};
@@ -76,13 +80,26 @@ pub struct MiddlePage {
     scans: Option<ScanEvents>,
     targets: Targets,
     landings: Landings,
-    rendered: Cache<RenderedKey, Rendered>,
+    rendered: ScanCache<RenderedKey, Rendered>,
+    /// Tells this page's answers from another's in the per-thread copies (tests run several
+    /// pages, with other settings, in one process).
+    instance: u64,
 }
 
 /// Most bytes of rendered answers kept.
 const RENDERED_BYTES: u64 = 32 * 1024 * 1024;
 /// A rendered answer not asked for this long is dropped (its code has gone quiet).
 const RENDERED_IDLE: Duration = Duration::from_secs(600);
+
+/// Most answers a serving thread keeps for itself (see [`MiddlePage::rendered`]).
+const RECENT_PER_THREAD: usize = 256;
+
+thread_local! {
+    /// The answers this thread sent last, by page instance and key. A key names a version, so
+    /// a copy here is never stale; when full, the map is emptied and fills again.
+    static RECENT: RefCell<HashMap<(u64, RenderedKey), Rendered, foldhash::fast::RandomState>> =
+        RefCell::default();
+}
 
 /// Which answer of which version of which code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,13 +152,15 @@ impl MiddlePage {
             })
             .max_capacity(RENDERED_BYTES)
             .time_to_idle(RENDERED_IDLE)
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         Arc::new(MiddlePage {
             bindings,
             scans,
             targets,
             landings,
             rendered,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         })
     }
 }
@@ -465,15 +484,30 @@ impl MiddlePage {
             version: binding.version,
             kind,
         };
-        if let Some(rendered) = self.rendered.get(&key).await {
+        // This thread's copy first: the shared cache costs several times as much (its
+        // bookkeeping is shared by every thread), and a herd asks for one answer over and over.
+        let recent = RECENT.with_borrow(|recent| recent.get(&(self.instance, key)).cloned());
+        if let Some(rendered) = recent {
             return Ok(rendered);
         }
-        // Two scans racing here both render: harmless, the answers are the same.
-        let rendered = Rendered {
-            etag: etag(binding),
-            body: render()?,
+        let rendered = match self.rendered.get(&key).await {
+            Some(rendered) => rendered,
+            None => {
+                // Two scans racing here both render: harmless, the answers are the same.
+                let rendered = Rendered {
+                    etag: etag(binding),
+                    body: render()?,
+                };
+                self.rendered.insert(key, rendered.clone()).await;
+                rendered
+            }
         };
-        self.rendered.insert(key, rendered.clone()).await;
+        RECENT.with_borrow_mut(|recent| {
+            if recent.len() >= RECENT_PER_THREAD {
+                recent.clear();
+            }
+            recent.insert((self.instance, key), rendered.clone());
+        });
         Ok(rendered)
     }
 }
@@ -566,5 +600,74 @@ async fn answer_scene(page: &MiddlePage, request_id: &str, request: &Parts) -> R
             NO_STORE,
             None,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use records::{Params, ParamsLimits, Tenant};
+
+    fn landings(title: &str) -> Landings {
+        let settings = config::LandingSettings {
+            title: Some(title.to_owned()),
+            ..config::LandingSettings::default()
+        };
+        Landings::from([("acme".to_owned(), settings)])
+    }
+
+    async fn page_text(page: &MiddlePage, id: &str) -> String {
+        let (parts, ()) = axum::http::Request::get(format!("/m/{id}"))
+            .body(())
+            .expect("a request")
+            .into_parts();
+        let response = answer_landing(page, id, &parts).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a body");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// The per-thread copies are told apart by page: two pages with other settings, answering
+    /// the same code on one thread, each send their own.
+    #[tokio::test(flavor = "current_thread")]
+    async fn pages_with_other_settings_keep_their_own_answers_on_one_thread() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut settings = config::Settings::default();
+        settings.embedded.data_dir = dir.path().to_owned();
+        let bindings = Bindings::connect(&settings).await.expect("the store");
+        let params = Params::parse(
+            serde_json::json!({"listing": "L-1"}),
+            &ParamsLimits::default(),
+        )
+        .expect("params");
+        let binding = Binding {
+            v: Binding::LAYOUT,
+            request_id: RequestId::generate(),
+            tenant: Tenant::parse("acme").expect("a tenant"),
+            params,
+            content: String::new(),
+            issuer: "local".to_owned(),
+            version: 1,
+            created_at: Utc::now(),
+            expires_at: None,
+        };
+        let id = binding.request_id.to_string();
+        bindings.bind(binding, None, None).await.expect("bound");
+        let first = MiddlePage::new(
+            bindings.clone(),
+            None,
+            Targets::new(),
+            landings("First Realty"),
+        );
+        let second = MiddlePage::new(bindings, None, Targets::new(), landings("Second Homes"));
+        // Twice each: rendered, then from this thread's copy.
+        for _ in 0..2 {
+            let text = page_text(&first, &id).await;
+            assert!(text.contains("First Realty") && !text.contains("Second Homes"));
+            let text = page_text(&second, &id).await;
+            assert!(text.contains("Second Homes") && !text.contains("First Realty"));
+        }
     }
 }

@@ -18,9 +18,7 @@ pub mod store;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use moka::future::Cache;
-
-use bindings::{ChangeListener, RedisTier};
+use bindings::{ChangeListener, RedisTier, ScanCache};
 use records::{Link, LinkKey};
 
 pub use allow::Destinations;
@@ -36,9 +34,9 @@ pub struct Redirects {
     store: LinkStore,
     redis: Option<RedisTier>,
     ttl_secs: u64,
-    local: Cache<LinkKey, Arc<Link>>,
+    local: ScanCache<LinkKey, Arc<Link>>,
     /// Keys recently found missing; `None` when turned off.
-    missing: Option<Cache<LinkKey, ()>>,
+    missing: Option<ScanCache<LinkKey, ()>>,
     _listening: Option<Arc<ChangeListener>>,
 }
 
