@@ -7,6 +7,8 @@
 //! a few microseconds of work between a read and a write, and on one shared work-stealing
 //! runtime moving connections' tasks between cores and waking parked workers cost more CPU
 //! per request than one thread per core does (measured with `benches/scan-vs-nginx.sh`).
+//! Each thread drives hyper's HTTP/1 connections itself rather than through axum's serve
+//! loop, to set what that loop leaves at hyper's defaults (see [`serve_handed`]).
 //!
 //! What a request starts that must outlive it (the group commit writer, change listeners,
 //! scan event writers) was spawned on the caller's runtime when the parts were built, so
@@ -19,13 +21,19 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use axum::ServiceExt as _;
+use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::serve::{Listener, ListenerExt as _};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tower::Service;
+use tower::{Service, ServiceExt as _};
 
 /// Serves `service` on `listener`, on `threads` threads of their own (0: on the caller's
 /// runtime), until `shutdown` resolves; then stops accepting and waits up to `grace` for the
@@ -49,7 +57,7 @@ where
         });
     };
     let stop = CancellationToken::new();
-    let mut workers = HttpThreads::start(threads, &service, listener.local_addr()?, &stop)?;
+    let mut workers = HttpThreads::start(threads, &service, &stop)?;
     let mut listener = listener;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut next = 0;
@@ -134,12 +142,7 @@ struct HttpThread {
 }
 
 impl HttpThreads {
-    fn start<S>(
-        count: NonZeroUsize,
-        service: &S,
-        local: SocketAddr,
-        stop: &CancellationToken,
-    ) -> std::io::Result<Self>
+    fn start<S>(count: NonZeroUsize, service: &S, stop: &CancellationToken) -> std::io::Result<Self>
     where
         S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send,
@@ -158,16 +161,7 @@ impl HttpThreads {
                 .name(format!("qrpool-http-{index}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        let listener = Handed {
-                            connections: handed,
-                            local,
-                        };
-                        // axum's own serve loop: connections, graceful shutdown, upgrades.
-                        let served = axum::serve(listener, service.into_make_service())
-                            .with_graceful_shutdown(stop.cancelled_owned());
-                        if let Err(error) = served.await {
-                            tracing::error!(%error, "an HTTP thread stopped serving");
-                        }
+                        serve_handed(handed, service, stop).await;
                         let _ = drained_tx.send(());
                         let _ = released.await;
                     });
@@ -220,35 +214,57 @@ impl Drop for HttpThreads {
     }
 }
 
-/// The connections handed to one thread, as axum's serve loop takes them.
-struct Handed {
-    connections: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
-    /// The shared listener's address.
-    local: SocketAddr,
-}
-
-impl Listener for Handed {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            let Some((connection, peer)) = self.connections.recv().await else {
-                // No more connections come; the graceful shutdown ends the serve loop.
-                return std::future::pending().await;
-            };
-            match TcpStream::from_std(connection) {
-                Ok(connection) => return (connection, peer),
-                Err(error) => {
-                    tracing::warn!(%error, %peer, "could not take a connection over; dropped")
+/// One thread's serving: each connection handed to it is served by hyper's HTTP/1 on this
+/// thread until it closes; when `stop` is cancelled, no more are taken, idle connections are
+/// closed and those with a request in flight close after answering it.
+async fn serve_handed<S>(
+    mut handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    service: S,
+    stop: CancellationToken,
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let mut http1 = http1::Builder::new();
+    // hyper watches a connection for the client's EOF while a request is in flight, which
+    // reads ahead into a new 8-KiB buffer on every request (the request still holds the old
+    // one): a twentieth of a scan's instructions (callgrind). Answers take microseconds, so
+    // finishing one for a client that left costs less than watching for it on every request.
+    http1.half_close(true);
+    let connections = GracefulShutdown::new();
+    loop {
+        let (connection, peer) = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            next = handed.recv() => match next {
+                Some(next) => next,
+                // The listener is gone: nothing more comes until the stop.
+                None => {
+                    stop.cancelled().await;
+                    break;
                 }
+            },
+        };
+        let connection = match TcpStream::from_std(connection) {
+            Ok(connection) => TokioIo::new(connection),
+            Err(error) => {
+                tracing::warn!(%error, %peer, "could not take a connection over; dropped");
+                continue;
             }
-        }
+        };
+        let service = TowerToHyperService::new(
+            service
+                .clone()
+                .map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
+        );
+        let served = connections.watch(http1.serve_connection(connection, service));
+        tokio::spawn(async move {
+            if let Err(error) = served.await {
+                tracing::debug!(%error, %peer, "a connection ended with an error");
+            }
+        });
     }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
+    connections.shutdown().await;
 }
 
 #[cfg(test)]
@@ -358,6 +374,36 @@ mod tests {
         assert!(answer.ends_with("done"), "{answer}");
         assert!(std::net::TcpStream::connect(address).is_err());
         drop(threads);
+    }
+
+    /// The HTTP threads let a connection half close: a client that shuts its side after
+    /// asking still gets its answer (hyper's default would drop the request at the EOF).
+    #[tokio::test]
+    async fn a_client_that_closes_its_side_after_asking_still_gets_the_answer() {
+        let router = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                "done"
+            }),
+        );
+        let serving = serving(router, 1).await;
+        let address = serving.address;
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut connection = std::net::TcpStream::connect(address).expect("connects");
+            write!(connection, "GET /slow HTTP/1.1\r\nhost: test\r\n\r\n").expect("sends");
+            connection
+                .shutdown(std::net::Shutdown::Write)
+                .expect("half closes");
+            let mut answer = String::new();
+            connection.read_to_string(&mut answer).expect("reads");
+            answer
+        })
+        .await
+        .expect("the client ran");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        drop(serving.stop().await);
     }
 
     #[tokio::test]
