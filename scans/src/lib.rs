@@ -335,10 +335,12 @@ async fn write_kafka(
     let mut batch = Vec::with_capacity(BATCH);
     let mut tick = drain_timer();
     let mut backlog = false;
+    // One buffer for every payload: librdkafka copies a payload when it takes the record.
+    let mut payload = Vec::with_capacity(512);
     while next_batch(&mut receiver, &mut batch, &mut tick, backlog).await {
         backlog = batch.len() == BATCH;
         for event in batch.drain(..) {
-            let mut payload = Vec::with_capacity(256);
+            payload.clear();
             event.write_json(&mut payload);
             let record = BaseRecord::to(&topic)
                 .key(event.key.as_bytes())
