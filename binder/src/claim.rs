@@ -69,6 +69,7 @@ fn new_binding(
         version: 1,
         created_at,
         expires_at: ttl.map(|ttl| created_at + ttl),
+        tags: request.tags.clone(),
     }
 }
 
@@ -81,6 +82,8 @@ pub struct BindRequest<'a> {
     pub issuer: Option<&'a str>,
     /// The app's `Idempotency-Key`: a retry with the same key gets the same code.
     pub idempotency_key: Option<&'a str>,
+    /// Labels the code's scans carry (a campaign, a print run).
+    pub tags: records::Tags,
 }
 
 /// What a bind produced.

@@ -99,6 +99,21 @@ struct CreateCode {
     /// binder's default lane when absent.
     #[serde(default)]
     issuer: Option<String>,
+    /// Labels the code's scans carry, for analytics filters.
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+/// `tags` checked, or the 422 that names them.
+fn parse_tags(tags: Vec<String>) -> Result<records::Tags, Problem> {
+    records::Tags::parse(tags).map_err(|error| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "urn:qrpool:problem:invalid-tags",
+            "Invalid tags",
+        )
+        .with_detail(error.to_string())
+    })
 }
 
 /// A bound code as the API shows it.
@@ -113,6 +128,8 @@ struct CodeView<'a> {
     issuer: &'a str,
     tenant: &'a str,
     params: &'a records::Params,
+    #[serde(skip_serializing_if = "records::Tags::is_empty")]
+    tags: &'a records::Tags,
     image: ImageLinks,
     created_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
@@ -137,6 +154,7 @@ impl<'a> CodeView<'a> {
             issuer: &binding.issuer,
             tenant: binding.tenant.as_str(),
             params: &binding.params,
+            tags: &binding.tags,
             image: ImageLinks {
                 png: format!("{base}/qr.png"),
                 svg: drawn_by_us(binding).then(|| format!("{base}/qr.svg")),
@@ -156,12 +174,14 @@ async fn create_code(
     let caller = binder.keys.authorize(&headers, Scope::Bind).await?;
     let Json(body) = body?;
     let idempotency_key = idempotency_key(&headers)?;
+    let tags = parse_tags(body.tags)?;
     let Bound { binding, replayed } = binder
         .claim(BindRequest {
             tenant: caller.tenant,
             params: body.params,
             issuer: body.issuer.as_deref(),
             idempotency_key,
+            tags,
         })
         .await
         .map_err(claim_problem)?;
@@ -221,6 +241,8 @@ struct BatchItem {
     /// Makes this item safe to send again in a retried batch.
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 /// One line of a batch answer.
@@ -264,14 +286,17 @@ async fn create_batch(
                     caller.pace().await;
                 }
                 let tenant = caller.tenant;
-                let bound = match item.idempotency_key.as_deref().map(valid_idempotency_key) {
-                    Some(None) => Err(bad_idempotency_key()),
-                    key => binder
+                let tags = parse_tags(item.tags);
+                let bound = match (item.idempotency_key.as_deref().map(valid_idempotency_key), tags) {
+                    (Some(None), _) => Err(bad_idempotency_key()),
+                    (_, Err(problem)) => Err(problem),
+                    (key, Ok(tags)) => binder
                         .claim(BindRequest {
                             tenant,
                             params: item.params,
                             issuer: item.issuer.as_deref(),
                             idempotency_key: key.flatten(),
+                            tags,
                         })
                         .await
                         .map_err(claim_problem),
@@ -376,6 +401,9 @@ struct ChangeCode {
     /// Absent: unchanged; `null`: never expires.
     #[serde(default, deserialize_with = "present")]
     expires_at: Option<Option<DateTime<Utc>>>,
+    /// Absent: unchanged; `[]`: none.
+    #[serde(default)]
+    tags: Option<Vec<String>>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`).
@@ -400,17 +428,19 @@ async fn change_code(
         .map(|params| records::Params::parse(params, &binder.limits))
         .transpose()
         .map_err(|error| claim_problem(ClaimError::InvalidParams(error)))?;
-    if params.is_none() && body.expires_at.is_none() {
+    let tags = body.tags.map(parse_tags).transpose()?;
+    if params.is_none() && body.expires_at.is_none() && tags.is_none() {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "urn:qrpool:problem:empty-change",
             "Nothing to change",
         )
-        .with_detail("send `params`, `expires_at` or both"));
+        .with_detail("send `params`, `expires_at`, `tags` or any of them"));
     }
     let change = bindings::Change {
         params,
         expires_at: body.expires_at,
+        tags,
     };
     apply(&binder, &caller, &request_id, change).await
 }
@@ -425,6 +455,7 @@ async fn revoke_code(
     let change = bindings::Change {
         params: None,
         expires_at: Some(Some(Utc::now())),
+        tags: None,
     };
     apply(&binder, &caller, &request_id, change).await
 }

@@ -16,7 +16,7 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgPool, SqlitePool};
 
 use config::{Settings, StoreBackend};
-use records::{Binding, CodeImage, Params, RequestId, Tenant};
+use records::{Binding, CodeImage, Params, RequestId, Tags, Tenant};
 
 use crate::group_commit::{GroupCommit, Pending, WriteBatch};
 use crate::{BindError, StoreError};
@@ -186,6 +186,21 @@ struct BindingRow {
     version: i32,
     created_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
+    tags: Option<Json<Vec<String>>>,
+}
+
+/// Tags as stored: `NULL` for none.
+pub(crate) fn stored_tags(tags: &Tags) -> Option<Json<&[String]>> {
+    (!tags.is_empty()).then(|| Json(tags.as_slice()))
+}
+
+/// Tags as read back.
+pub(crate) fn read_tags(stored: Option<Json<Vec<String>>>) -> Result<Tags, StoreError> {
+    stored
+        .map(|Json(tags)| Tags::parse(tags))
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|error| StoreError::Corrupt(format!("tags: {error}")))
 }
 
 impl BindingRow {
@@ -202,6 +217,7 @@ impl BindingRow {
             version: u32::try_from(self.version).map_err(|_| corrupt("version"))?,
             created_at: self.created_at,
             expires_at: self.expires_at,
+            tags: read_tags(self.tags)?,
         })
     }
 }
@@ -209,7 +225,7 @@ impl BindingRow {
 macro_rules! select_binding_where {
     ($condition:literal) => {
         concat!(
-            "SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at \
+            "SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at, tags \
              FROM bindings WHERE ",
             $condition
         )
@@ -279,8 +295,8 @@ impl WriteBatch for SqliteBatches {
             // No conflict target: a clash on the request id (bound already) or on the
             // tenant's idempotency key (a retried request) both leave the row out.
             let new = sqlx::query(
-                "INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                "INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key, tags) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
             )
             .bind(id.as_str())
             .bind(binding.tenant.as_str())
@@ -291,6 +307,7 @@ impl WriteBatch for SqliteBatches {
             .bind(binding.created_at)
             .bind(binding.expires_at)
             .bind(idempotency_key.as_deref())
+            .bind(stored_tags(&binding.tags))
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -381,12 +398,12 @@ impl WriteBatch for PgBatches {
             "WITH input AS ( \
                  SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::JSONB[], $4::TEXT[], $5::TEXT[], \
                                       $6::INT[], $7::TIMESTAMPTZ[], $8::TIMESTAMPTZ[], $9::TEXT[], $10::BYTEA[], \
-                                      $11::TEXT[]) \
+                                      $11::TEXT[], $12::JSONB[]) \
                  AS t(request_id, tenant, params, content, issuer, version, created_at, expires_at, media_type, bytes, \
-                      idempotency_key)), \
+                      idempotency_key, tags)), \
              inserted AS ( \
-                 INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key) \
-                 SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key FROM input \
+                 INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key, tags) \
+                 SELECT request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key, tags FROM input \
                  ORDER BY request_id \
                  ON CONFLICT DO NOTHING \
                  RETURNING request_id), \
@@ -407,6 +424,7 @@ impl WriteBatch for PgBatches {
         .bind(batch.iter().map(|p| p.image.as_ref().map(|i| i.media_type.as_str())).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.image.as_ref().map(|i| i.bytes.as_slice())).collect::<Vec<_>>())
         .bind(batch.iter().map(|p| p.idempotency_key.as_deref()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|p| stored_tags(&p.binding.tags)).collect::<Vec<_>>())
         .fetch_all(&self.0)
         .await?;
         let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();

@@ -1,4 +1,4 @@
-//! Changing a binding: its params or its expiry, as a new version. The versions it had are
+//! Changing a binding: its params, its expiry or its tags, as a new version. The versions it had are
 //! kept (`binding_versions`), with when and by which key each was replaced.
 //!
 //! A change is optimistic: it applies only to the version it was computed from, so two
@@ -16,8 +16,9 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use sqlx::types::Json;
 
-use records::{Binding, Params, RequestId, Tenant};
+use records::{Binding, Params, RequestId, Tags, Tenant};
 
+use crate::durable::{read_tags, stored_tags};
 use crate::{Bindings, DurableStore, StoreError};
 
 /// What a change sets; `None` leaves a field as it is.
@@ -26,6 +27,7 @@ pub struct Change {
     pub params: Option<Params>,
     /// `Some(None)` removes the expiry.
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    pub tags: Option<Tags>,
 }
 
 /// A version a binding had before.
@@ -34,6 +36,8 @@ pub struct PastVersion {
     pub version: u32,
     pub params: Params,
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
     pub replaced_at: DateTime<Utc>,
     /// The id of the API key that replaced it.
     pub replaced_by: String,
@@ -58,6 +62,7 @@ struct PastVersionRow {
     version: i32,
     params: Json<serde_json::Value>,
     expires_at: Option<DateTime<Utc>>,
+    tags: Option<Json<Vec<String>>>,
     replaced_at: DateTime<Utc>,
     replaced_by: String,
 }
@@ -81,6 +86,7 @@ impl Bindings {
             version: current.version + 1,
             params: change.params.unwrap_or_else(|| current.params.clone()),
             expires_at: change.expires_at.unwrap_or(current.expires_at),
+            tags: change.tags.unwrap_or_else(|| current.tags.clone()),
             ..current.clone()
         };
         if let Some(redis) = &self.redis
@@ -128,11 +134,11 @@ impl DurableStore {
     ) -> Result<bool, StoreError> {
         let id = current.request_id.to_text();
         let version = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-        let update = "UPDATE bindings SET params = $1, version = $2, expires_at = $3 \
+        let update = "UPDATE bindings SET params = $1, version = $2, expires_at = $3, tags = $6 \
                       WHERE request_id = $4 AND version = $5";
         let keep = "INSERT INTO binding_versions \
-                    (request_id, version, params, expires_at, replaced_at, replaced_by) \
-                    VALUES ($1, $2, $3, $4, $5, $6)";
+                    (request_id, version, params, expires_at, replaced_at, replaced_by, tags) \
+                    VALUES ($1, $2, $3, $4, $5, $6, $7)";
         macro_rules! replace_in {
             ($db:expr) => {{
                 let mut tx = $db.begin().await?;
@@ -142,6 +148,7 @@ impl DurableStore {
                     .bind(next.expires_at)
                     .bind(id.as_str())
                     .bind(version(current.version))
+                    .bind(stored_tags(&next.tags))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
@@ -157,6 +164,7 @@ impl DurableStore {
                     .bind(current.expires_at)
                     .bind(Utc::now())
                     .bind(by)
+                    .bind(stored_tags(&current.tags))
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -170,7 +178,7 @@ impl DurableStore {
     }
 
     async fn past_versions(&self, id: RequestId) -> Result<Vec<PastVersion>, StoreError> {
-        let query = "SELECT version, params, expires_at, replaced_at, replaced_by \
+        let query = "SELECT version, params, expires_at, tags, replaced_at, replaced_by \
                      FROM binding_versions WHERE request_id = $1 ORDER BY version";
         let rows: Vec<PastVersionRow> = match self {
             DurableStore::Embedded(store) => {
@@ -194,6 +202,7 @@ impl DurableStore {
                     params: serde_json::from_value(row.params.0)
                         .map_err(|error| StoreError::Corrupt(format!("past params: {error}")))?,
                     expires_at: row.expires_at,
+                    tags: read_tags(row.tags)?,
                     replaced_at: row.replaced_at,
                     replaced_by: row.replaced_by,
                 })

@@ -24,6 +24,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use askama::Template;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -42,7 +43,7 @@ use moka::future::Cache;
 use serde::Serialize;
 
 use bindings::{Bindings, ScanCache};
-use records::{Binding, RequestId, TargetTemplate};
+use records::{Binding, RequestId, ScanKind, TargetTemplate};
 use scans::ScanEvents;
 use service::{Problem, ScanRoute};
 
@@ -183,17 +184,21 @@ pub fn scan_routes(page: &Arc<MiddlePage>) -> Vec<ScanRoute> {
         ScanRoute {
             prefix: "/m/",
             pattern: LANDING,
-            answer: Arc::new(move |id, request| {
+            answer: Arc::new(move |id, request, peer| {
                 let page = Arc::clone(&landing_page);
-                Box::pin(async move { answer_landing(&page, &id, &request.into_parts().0).await })
+                Box::pin(
+                    async move { answer_landing(&page, &id, &request.into_parts().0, peer).await },
+                )
             }),
         },
         ScanRoute {
             prefix: "/v1/scene/",
             pattern: SCENE,
-            answer: Arc::new(move |id, request| {
+            answer: Arc::new(move |id, request, peer| {
                 let page = Arc::clone(&scene_page);
-                Box::pin(async move { answer_scene(&page, &id, &request.into_parts().0).await })
+                Box::pin(
+                    async move { answer_scene(&page, &id, &request.into_parts().0, peer).await },
+                )
             }),
         },
     ]
@@ -235,7 +240,12 @@ impl Resolved {
 }
 
 /// Resolves a scan and records its event (off the scan's path: see [`scans`]).
-async fn scan(page: &MiddlePage, request_id: &str, request: &Parts) -> Resolved {
+async fn scan(
+    page: &MiddlePage,
+    request_id: &str,
+    request: &Parts,
+    peer: Option<IpAddr>,
+) -> Resolved {
     // Malformed ids are probes, not scans of a code: counted in the resolve metric only.
     let Ok(id) = RequestId::parse(request_id) else {
         count_resolve("malformed");
@@ -246,21 +256,28 @@ async fn scan(page: &MiddlePage, request_id: &str, request: &Parts) -> Resolved 
     if let Some(scans) = &page.scans
         && request.method != Method::HEAD
     {
-        let tenant = match &resolved {
-            Resolved::Bound(binding) => Some(binding.tenant.as_str().to_owned()),
-            _ => None,
-        };
-        let headers = &request.headers;
-        scans.record(scans.event(
+        let mut scan = scans.scan(
+            ScanKind::Code,
             request_id.to_owned(),
             resolved.outcome(),
-            tenant,
-            scans::device(headers),
-            headers,
-            request.uri.query(),
-        ));
+            request,
+            peer,
+        );
+        if let Resolved::Bound(binding) = &resolved {
+            scan.tenant = Some(binding.tenant.as_str().to_owned());
+            scan.tags = binding.tags.clone();
+        }
+        scans.record(scan);
     }
     resolved
+}
+
+/// The peer of a request the router answers (the front puts it there).
+fn peer_of(request: &Parts) -> Option<IpAddr> {
+    request
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip())
 }
 
 async fn resolve(bindings: &Bindings, id: RequestId) -> Resolved {
@@ -414,12 +431,18 @@ async fn landing(
     Path(request_id): Path<String>,
     request: Request,
 ) -> Response {
-    answer_landing(&page, &request_id, &request.into_parts().0).await
+    let parts = request.into_parts().0;
+    answer_landing(&page, &request_id, &parts, peer_of(&parts)).await
 }
 
 #[tracing::instrument(name = "scan", level = "debug", skip_all)]
-async fn answer_landing(page: &MiddlePage, request_id: &str, request: &Parts) -> Response {
-    match scan(page, request_id, request).await {
+async fn answer_landing(
+    page: &MiddlePage,
+    request_id: &str,
+    request: &Parts,
+    peer: Option<IpAddr>,
+) -> Response {
+    match scan(page, request_id, request, peer).await {
         Resolved::Bound(binding) => {
             if let Some(url) = redirect_target(&page.targets, &binding)
                 && let Ok(location) = HeaderValue::from_str(&url)
@@ -565,11 +588,17 @@ async fn scene(
     Path(request_id): Path<String>,
     request: Request,
 ) -> Response {
-    answer_scene(&page, &request_id, &request.into_parts().0).await
+    let parts = request.into_parts().0;
+    answer_scene(&page, &request_id, &parts, peer_of(&parts)).await
 }
 
-async fn answer_scene(page: &MiddlePage, request_id: &str, request: &Parts) -> Response {
-    match scan(page, request_id, request).await {
+async fn answer_scene(
+    page: &MiddlePage,
+    request_id: &str,
+    request: &Parts,
+    peer: Option<IpAddr>,
+) -> Response {
+    match scan(page, request_id, request, peer).await {
         Resolved::Bound(binding) => {
             let rendered = page
                 .rendered(&binding, AnswerKind::Scene, || {
@@ -621,7 +650,7 @@ mod tests {
             .body(())
             .expect("a request")
             .into_parts();
-        let response = answer_landing(page, id, &parts).await;
+        let response = answer_landing(page, id, &parts, None).await;
         assert_eq!(response.status(), StatusCode::OK);
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
@@ -652,6 +681,7 @@ mod tests {
             version: 1,
             created_at: Utc::now(),
             expires_at: None,
+            tags: records::Tags::default(),
         };
         let id = binding.request_id.to_string();
         bindings.bind(binding, None, None).await.expect("bound");

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::RequestId;
+use crate::{RequestId, Tags};
 
 /// One bound code: the request id a printed code carries, and what it stands for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +26,10 @@ pub struct Binding {
     pub created_at: DateTime<Utc>,
     /// After this instant the code resolves to "expired" and caches drop it.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Labels its scans' events carry (a campaign, a print run); absent in records written
+    /// before tags existed.
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
 }
 
 impl Binding {
@@ -263,8 +267,16 @@ mod tests {
             version: 1,
             created_at: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
             expires_at: None,
+            tags: Tags::default(),
         };
         let json = serde_json::to_string(&binding).unwrap();
+        assert!(!json.contains("tags"), "no tags, no field: {json}");
         assert_eq!(serde_json::from_str::<Binding>(&json).unwrap(), binding);
+        let tagged = Binding {
+            tags: Tags::parse(vec!["spring".into()]).unwrap(),
+            ..binding
+        };
+        let json = serde_json::to_string(&tagged).unwrap();
+        assert_eq!(serde_json::from_str::<Binding>(&json).unwrap(), tagged);
     }
 }

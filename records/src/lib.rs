@@ -11,6 +11,7 @@
 //! - [`link`]: [`Link`], a dynamic redirect with its versions and the policy that picks a
 //!   scan's destination.
 //! - [`scan_event`]: [`ScanEvent`], one scan as analytics receive it.
+//! - [`tags`]: [`Tags`], the labels on a code or link that its scans' events carry.
 //! - [`api_key`]: the API keys apps call with ([`KeyToken`]) and what they may do ([`Scopes`]).
 //!
 //! No I/O happens here: the adapters in `pool` and `bindings` move these records around.
@@ -21,17 +22,19 @@ pub mod link;
 pub mod pool_record;
 pub mod request_id;
 pub mod scan_event;
+pub mod tags;
 pub mod target;
 
 pub use api_key::{KeyToken, Scope, Scopes, ScopesError};
 pub use binding::{Binding, Params, ParamsError, ParamsLimits, Tenant, TenantError};
 pub use link::{
     Link, LinkKey, LinkKeyError, LinkTarget, LinkTargetError, LinkVersion, RedirectStatus, Rule,
-    Served, ServedBy, Variant, Visit, check_destination,
+    Served, ServedBy, Variant, Visit, CLICK_ID_PARAM, check_destination, with_click_id,
 };
 pub use pool_record::{CodeImage, DecodeError, PoolRecord};
 pub use request_id::{ParseRequestIdError, RequestId};
-pub use scan_event::{DeviceClass, ScanEvent};
+pub use scan_event::{DeviceClass, EventId, ScanEvent, ScanKind, referrer_host};
+pub use tags::{Tags, TagsError};
 pub use target::{TargetError, TargetTemplate};
 
 /// The fixed path prefix of the middle page; every pooled code opens `<public base>/m/<id>`.

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{DeviceClass, Tenant};
+use crate::{DeviceClass, Tags, Tenant};
 
 /// Characters in a link key: 10 base62 characters, about 59 random bits. Short enough for a
 /// small printed code; sparse enough that trying keys finds nothing (a billion guesses hit
@@ -130,6 +130,11 @@ pub struct LinkTarget {
     /// A weighted A/B split among the scanners no rule took.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub split: Vec<Variant>,
+    /// Append a click id (`qrclid=…`, random and unguessable) to the destination, recorded in
+    /// the scan's event, so that a conversion reported later (`POST /v1/conversions`) is
+    /// attributed to the scan and its variant.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_conversions: bool,
 }
 
 /// Sends scanners of some devices or countries to their own destination. Both lists given:
@@ -373,6 +378,30 @@ impl ServedBy<'_> {
     }
 }
 
+/// The query parameter a conversion-tracked link's destination gets its click id in.
+pub const CLICK_ID_PARAM: &str = "qrclid";
+
+/// `destination` with `qrclid=<click_id>` added to its query (before any fragment). The
+/// click id is base62, so it needs no encoding.
+pub fn with_click_id(destination: &str, click_id: &str) -> String {
+    let (before_fragment, fragment) = match destination.split_once('#') {
+        Some((before, fragment)) => (before, Some(fragment)),
+        None => (destination, None),
+    };
+    let separator = match before_fragment.split_once('?') {
+        None => "?",
+        Some((_, "")) => "",
+        Some((_, query)) if query.ends_with('&') => "",
+        Some(_) => "&",
+    };
+    let mut url = format!("{before_fragment}{separator}{CLICK_ID_PARAM}={click_id}");
+    if let Some(fragment) = fragment {
+        url.push('#');
+        url.push_str(fragment);
+    }
+    url
+}
+
 /// One version of a link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkVersion {
@@ -397,6 +426,10 @@ pub struct Link {
     /// Set when deleted: scans get `410` until it is restored or purged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Labels its scans' events carry; changed without a new version (they do not change
+    /// where scanners go), each change in the audit log.
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
     pub versions: Vec<LinkVersion>,
 }
 
@@ -629,6 +662,7 @@ mod tests {
             status: RedirectStatus::Found,
             created_at: at("2026-11-01T00:00:00Z"),
             deleted_at: None,
+            tags: Tags::default(),
             versions: vec![
                 version(
                     1,
@@ -654,5 +688,19 @@ mod tests {
             ..link.clone()
         };
         assert_eq!(only_campaign.effective(at("2027-01-01T00:00:00Z")), None);
+    }
+
+    #[test]
+    fn a_click_id_joins_the_query_before_the_fragment() {
+        let cases = [
+            ("https://shop.example/a", "https://shop.example/a?qrclid=C1"),
+            ("https://shop.example/a?x=1", "https://shop.example/a?x=1&qrclid=C1"),
+            ("https://shop.example/a?", "https://shop.example/a?qrclid=C1"),
+            ("https://shop.example/a?x=1#top", "https://shop.example/a?x=1&qrclid=C1#top"),
+            ("https://shop.example/#/route?y", "https://shop.example/?qrclid=C1#/route?y"),
+        ];
+        for (destination, expected) in cases {
+            assert_eq!(with_click_id(destination, "C1"), expected);
+        }
     }
 }

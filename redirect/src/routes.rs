@@ -24,20 +24,23 @@
 
 use metrics::Counter;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
 use askama::Template;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use records::{Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, Scope, Tenant, Visit};
+use records::{
+    Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, ScanKind, Scope, Tags, Tenant, Visit,
+};
 use scans::ScanEvents;
 use service::{Keys, Problem, ScanRoute};
 
@@ -81,8 +84,8 @@ pub struct LinkService {
     pub destinations: Destinations,
     /// `None` when scan events are off.
     pub scans: Option<ScanEvents>,
-    /// The header a trusted proxy puts the scanner's country in.
-    pub country_header: Option<HeaderName>,
+    /// Where scanners are (for rules by country): the CDN's header, else GeoIP.
+    pub clients: scans::Clients,
     /// Where links are printed from: `<public_url>/r/<key>`.
     pub public_url: String,
     /// Whether the visitor cookie needs HTTPS (`public_url` is `https`).
@@ -95,9 +98,11 @@ pub fn scan_route(service: &Arc<LinkService>) -> ScanRoute {
     ScanRoute {
         prefix: "/r/",
         pattern: SCAN,
-        answer: Arc::new(move |key, request| {
+        answer: Arc::new(move |key, request, peer| {
             let service = Arc::clone(&service);
-            Box::pin(async move { answer_scan(&service, &key, &request.into_parts().0).await })
+            Box::pin(
+                async move { answer_scan(&service, &key, &request.into_parts().0, peer).await },
+            )
         }),
     }
 }
@@ -191,6 +196,13 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
+/// What served a scan, for its event.
+#[derive(Default)]
+struct Served {
+    variant: Option<String>,
+    click_id: Option<String>,
+}
+
 /// What `redirect_scans_total` counts by.
 const SCAN_OUTCOMES: [&str; 5] = ["redirected", "unknown", "gone", "unavailable", "malformed"];
 
@@ -210,13 +222,23 @@ async fn scan(
     Path(key): Path<String>,
     request: Request,
 ) -> Response {
-    answer_scan(&service, &key, &request.into_parts().0).await
+    let parts = request.into_parts().0;
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    answer_scan(&service, &key, &parts, peer).await
 }
 
 #[tracing::instrument(name = "redirect", level = "debug", skip_all)]
-async fn answer_scan(service: &LinkService, key: &str, request: &Parts) -> Response {
+async fn answer_scan(
+    service: &LinkService,
+    key: &str,
+    request: &Parts,
+    peer: Option<IpAddr>,
+) -> Response {
     // Read in place: the `HeaderMap` extractor would copy every header of every scan.
-    let (headers, query) = (&request.headers, request.uri.query());
+    let headers = &request.headers;
     let Ok(key) = LinkKey::parse(key) else {
         count_scan("malformed");
         return not_found_page();
@@ -229,30 +251,28 @@ async fn answer_scan(service: &LinkService, key: &str, request: &Parts) -> Respo
         .scans
         .as_ref()
         .filter(|_| request.method != Method::HEAD);
-    let record = |outcome: &'static str, tenant: Option<&Tenant>, variant: Option<String>| {
+    let record = |outcome: &'static str, link: Option<&Link>, served: Served| {
         if let Some(scans) = scan_events {
-            let mut event = scans.event(
-                key.to_string(),
-                outcome,
-                tenant.map(|t| t.as_str().to_owned()),
-                device,
-                headers,
-                query,
-            );
-            event.variant = variant;
-            scans.record(event);
+            let mut scan = scans.scan(ScanKind::Link, key.to_string(), outcome, request, peer);
+            if let Some(link) = link {
+                scan.tenant = Some(link.tenant.as_str().to_owned());
+                scan.tags = link.tags.clone();
+            }
+            scan.variant = served.variant;
+            scan.click_id = served.click_id;
+            scans.record(scan);
         }
         count_scan(outcome);
     };
     let link = match service.redirects.resolve(&key).await {
         Ok(Some(link)) => link,
         Ok(None) => {
-            record("unknown", None, None);
+            record("unknown", None, Served::default());
             return not_found_page();
         }
         Err(error) => {
             tracing::error!(%error, "resolving a link failed");
-            record("unavailable", None, None);
+            record("unavailable", None, Served::default());
             return unavailable_page();
         }
     };
@@ -260,12 +280,18 @@ async fn answer_scan(service: &LinkService, key: &str, request: &Parts) -> Respo
     let version = match (&link.deleted_at, link.effective(now)) {
         (None, Some(version)) => version,
         _ => {
-            record("gone", Some(&link.tenant), None);
+            record("gone", Some(&link), Served::default());
             return gone_page();
         }
     };
     let target = &version.target;
-    let country = scans::country(headers, service.country_header.as_ref());
+    // Located only for a version whose rules ask where scanners are.
+    let country = target
+        .rules
+        .iter()
+        .any(|rule| !rule.countries.is_empty())
+        .then(|| service.clients.country(request, peer))
+        .flatten();
     let mut new_visitor = None;
     let visitor = match cookie(headers, VISITOR_COOKIE) {
         Some(visitor) => Some(visitor.to_owned()),
@@ -284,13 +310,31 @@ async fn answer_scan(service: &LinkService, key: &str, request: &Parts) -> Respo
             visitor: visitor.as_deref(),
         },
     );
-    let Ok(location) = HeaderValue::from_str(served.destination) else {
+    // A conversion-tracked link sends a click id along, which the scan's event records.
+    let click_id = target
+        .track_conversions
+        .then(|| records::RequestId::generate().to_string());
+    let destination = match &click_id {
+        Some(click_id) => std::borrow::Cow::Owned(records::with_click_id(
+            served.destination,
+            click_id,
+        )),
+        None => std::borrow::Cow::Borrowed(served.destination),
+    };
+    let Ok(location) = HeaderValue::from_str(&destination) else {
         // Checked when written; a stored destination that is no header value is a bug.
         tracing::error!(key = %link.key, "a stored destination is not a valid header value");
-        record("unavailable", Some(&link.tenant), None);
+        record("unavailable", Some(&link), Served::default());
         return unavailable_page();
     };
-    record("redirected", Some(&link.tenant), served.by.label());
+    record(
+        "redirected",
+        Some(&link),
+        Served {
+            variant: served.by.label(),
+            click_id,
+        },
+    );
     let status = match link.status {
         RedirectStatus::MovedPermanently => StatusCode::MOVED_PERMANENTLY,
         RedirectStatus::Found => StatusCode::FOUND,
@@ -342,6 +386,8 @@ struct LinkView<'a> {
     created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     deleted_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    tags: &'a Tags,
 }
 
 impl LinkService {
@@ -360,6 +406,7 @@ impl LinkService {
                 .flatten(),
             created_at: link.created_at,
             deleted_at: link.deleted_at,
+            tags: &link.tags,
         }
     }
 
@@ -451,6 +498,12 @@ struct CreateLink {
     note: Option<String>,
     #[serde(default)]
     signatures: HashMap<String, String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+fn tags(tags: Vec<String>) -> Result<Tags, Problem> {
+    Tags::parse(tags).map_err(|error| invalid(format!("`tags`: {error}")))
 }
 
 async fn create_link(
@@ -462,6 +515,7 @@ async fn create_link(
     let Json(body) = body?;
     service.check_target(&caller.tenant, &body.target, &body.signatures)?;
     let note = note(body.note)?;
+    let tags = tags(body.tags)?;
     let now = Utc::now();
     // A taken key is astronomically unlikely; try a few before calling it a failure.
     for _ in 0..3 {
@@ -472,6 +526,7 @@ async fn create_link(
             status: body.status,
             created_at: now,
             deleted_at: None,
+            tags: tags.clone(),
             versions: vec![LinkVersion {
                 version: 1,
                 target: body.target.clone(),
@@ -560,6 +615,7 @@ struct EditLink {
     base_version: Option<u32>,
     #[serde(default)]
     signatures: HashMap<String, String>,
+    tags: Option<Vec<String>>,
 }
 
 /// Applies an edit that `service` checked, around the cache-tier steps every change needs.
@@ -599,9 +655,10 @@ async fn edit_link(
     let caller = service.keys.authorize(&headers, Scope::Admin).await?;
     let Json(body) = body?;
     let link = service.owned(&key, &caller.tenant).await?;
-    if body.target.is_none() && body.status.is_none() {
-        return Err(invalid("send `target`, `status`, or both"));
+    if body.target.is_none() && body.status.is_none() && body.tags.is_none() {
+        return Err(invalid("send `target`, `status`, `tags`, or several"));
     }
+    let new_tags = body.tags.map(tags).transpose()?;
     if let Some(target) = &body.target {
         service.check_target(&caller.tenant, target, &body.signatures)?;
     }
@@ -612,6 +669,7 @@ async fn edit_link(
         base_version: body.base_version.unwrap_or(current),
         target: body.target,
         status: body.status,
+        tags: new_tags,
         note: note(body.note)?,
         actor: &caller.key_id,
     };
@@ -645,6 +703,7 @@ async fn rollback_link(
         base_version: link.current().map_or(0, |v| v.version),
         target: Some(old.target.clone()),
         status: None,
+        tags: None,
         note: Some(
             note(body.note)?.unwrap_or_else(|| format!("rollback to version {}", body.version)),
         ),

@@ -16,7 +16,7 @@ use sqlx::FromRow;
 use sqlx::types::Json;
 
 use bindings::Database;
-use records::{Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, Tenant};
+use records::{Tags, Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, Tenant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkStoreError {
@@ -71,6 +71,8 @@ pub struct LinkSummary {
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
 }
 
 #[derive(FromRow)]
@@ -81,6 +83,12 @@ struct LinkRow {
     created_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
     version: i32,
+    tags: Option<Json<Vec<String>>>,
+}
+
+/// Tags as stored: `NULL` for none.
+fn stored_tags(tags: &Tags) -> Option<Json<&[String]>> {
+    (!tags.is_empty()).then(|| Json(tags.as_slice()))
 }
 
 #[derive(FromRow)]
@@ -125,7 +133,17 @@ impl LinkRow {
             version: to_u32(self.version, "version")?,
             created_at: self.created_at,
             deleted_at: self.deleted_at,
+            tags: self.tags()?,
         })
+    }
+
+    fn tags(&self) -> Result<Tags, LinkStoreError> {
+        self.tags
+            .as_ref()
+            .map(|Json(tags)| Tags::parse(tags.clone()))
+            .transpose()
+            .map(Option::unwrap_or_default)
+            .map_err(|error| LinkStoreError::Corrupt(format!("tags: {error}")))
     }
 }
 
@@ -159,6 +177,8 @@ pub struct Edit<'a> {
     pub base_version: u32,
     pub target: Option<LinkTarget>,
     pub status: Option<RedirectStatus>,
+    /// Replaces the tags in place (no new version: they do not change where scans go).
+    pub tags: Option<Tags>,
     pub note: Option<String>,
     pub actor: &'a str,
 }
@@ -191,13 +211,14 @@ impl LinkStore {
         on_db!(self, db => {
             let mut tx = db.begin().await?;
             let inserted = sqlx::query(
-                "INSERT INTO links (link_key, tenant, status, created_at, version) \
-                 VALUES ($1, $2, $3, $4, 1) ON CONFLICT (link_key) DO NOTHING",
+                "INSERT INTO links (link_key, tenant, status, created_at, version, tags) \
+                 VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (link_key) DO NOTHING",
             )
             .bind(link.key.as_str())
             .bind(link.tenant.as_str())
             .bind(status)
             .bind(link.created_at)
+            .bind(stored_tags(&link.tags))
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -222,7 +243,10 @@ impl LinkStore {
                 .bind(actor)
                 .bind("create")
                 .bind(Some(to_i32(first.version)))
-                .bind(Json(serde_json::json!({ "status": u16::from(link.status) })))
+                .bind(Json(serde_json::json!({
+                    "status": u16::from(link.status),
+                    "tags": link.tags,
+                })))
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -235,7 +259,7 @@ impl LinkStore {
     pub async fn get(&self, key: &LinkKey) -> Result<Option<Link>, LinkStoreError> {
         let (row, versions): (Option<LinkRow>, Vec<VersionRow>) = on_db!(self, db => {
             let row = sqlx::query_as(
-                "SELECT link_key, tenant, status, created_at, deleted_at, version FROM links \
+                "SELECT link_key, tenant, status, created_at, deleted_at, version, tags FROM links \
                  WHERE link_key = $1",
             )
             .bind(key.as_str())
@@ -277,6 +301,7 @@ impl LinkStore {
             status: row.status()?,
             created_at: row.created_at,
             deleted_at: row.deleted_at,
+            tags: row.tags()?,
             versions,
         }))
     }
@@ -308,12 +333,18 @@ impl LinkStore {
         if let Some(note) = &edit.note {
             detail.insert("note".into(), note.clone().into());
         }
+        if let Some(tags) = &edit.tags {
+            detail.insert("tags".into(), tags.as_slice().into());
+        }
         let detail = (!detail.is_empty()).then_some(Json(serde_json::Value::Object(detail)));
         let status = edit.status.map(|status| i32::from(u16::from(status)));
+        // `NULL` is both "unchanged" (no tags sent) and "none" (stored): an emptied list is
+        // stored as `[]`.
+        let tags = edit.tags.as_ref().map(|tags| Json(tags.as_slice()));
         let outcome: Result<bool, EditError> = on_db!(self, db => {
             let mut tx = db.begin().await?;
             let updated = sqlx::query(
-                "UPDATE links SET version = $1, status = COALESCE($2, status) \
+                "UPDATE links SET version = $1, status = COALESCE($2, status), tags = COALESCE($6, tags) \
                  WHERE link_key = $3 AND tenant = $4 AND version = $5 AND deleted_at IS NULL",
             )
             .bind(to_i32(next))
@@ -321,6 +352,7 @@ impl LinkStore {
             .bind(edit.key.as_str())
             .bind(edit.tenant.as_str())
             .bind(to_i32(edit.base_version))
+            .bind(tags)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -499,7 +531,7 @@ impl LinkStore {
     ) -> Result<Vec<LinkSummary>, LinkStoreError> {
         let rows: Vec<LinkRow> = on_db!(self, db => {
             sqlx::query_as(
-                "SELECT link_key, tenant, status, created_at, deleted_at, version FROM links \
+                "SELECT link_key, tenant, status, created_at, deleted_at, version, tags FROM links \
                  WHERE tenant = $1 AND link_key > $2 ORDER BY link_key LIMIT $3",
             )
             .bind(tenant.as_str())

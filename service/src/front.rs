@@ -10,13 +10,14 @@
 //! the scan routes too, for paths this cheap match leaves alone (a percent-encoded id, say).
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, HttpBody};
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, Method, header};
 use axum::response::Response;
 use futures::FutureExt;
@@ -25,8 +26,10 @@ use tower::Service;
 
 use crate::layers::{self, Observed, Route};
 
-/// How a scan route answers: the id from the path, and the request.
-pub type ScanAnswer = Arc<dyn Fn(String, Request) -> BoxFuture<'static, Response> + Send + Sync>;
+/// How a scan route answers: the id from the path, the request, and the connection's peer
+/// (the scanner, or the proxy in front of it).
+pub type ScanAnswer =
+    Arc<dyn Fn(String, Request, Option<IpAddr>) -> BoxFuture<'static, Response> + Send + Sync>;
 
 /// One scan route: `prefix` then a single path segment.
 #[derive(Clone)]
@@ -46,12 +49,24 @@ impl std::fmt::Debug for ScanRoute {
     }
 }
 
-/// The service a process serves: scan routes first, then the router.
+/// The service a process serves: scan routes first, then the router. Each connection gets
+/// its own copy, told its peer ([`crate::serve::ForPeer`]); routed requests find the peer as
+/// axum's `ConnectInfo<SocketAddr>`.
 #[derive(Clone, Debug)]
 pub struct Front {
     scans: Arc<[ScanRoute]>,
     router: Router,
     limit: Duration,
+    peer: Option<SocketAddr>,
+}
+
+impl crate::serve::ForPeer for Front {
+    fn for_peer(&self, peer: SocketAddr) -> Self {
+        Front {
+            peer: Some(peer),
+            ..self.clone()
+        }
+    }
 }
 
 impl Front {
@@ -61,6 +76,7 @@ impl Front {
             scans: scans.into(),
             router,
             limit,
+            peer: None,
         }
     }
 
@@ -94,8 +110,13 @@ impl Service<Request> for Front {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let Some((route, id)) = self.scan_of(&request) else {
+            let mut request = request;
+            if let Some(peer) = self.peer {
+                request.extensions_mut().insert(ConnectInfo(peer));
+            }
             return Either::Right(self.router.call(request));
         };
+        let peer = self.peer.map(|peer| peer.ip());
         let head = request.method() == Method::HEAD;
         Either::Left(layers::observe(
             request,
@@ -104,7 +125,7 @@ impl Service<Request> for Front {
             // Called at once, so the route is borrowed, not cloned: its answer's future owns
             // what it needs.
             |request| {
-                let answered = (route.answer)(id, request);
+                let answered = (route.answer)(id, request, peer);
                 let answered: BoxFuture<'static, Response> = if head {
                     Box::pin(answered.map(without_body))
                 } else {
@@ -137,7 +158,7 @@ mod tests {
 
     /// A front whose `/r/` scan route and router answer with who answered (and the id seen).
     fn front() -> Front {
-        let answer: ScanAnswer = Arc::new(|id, _request| {
+        let answer: ScanAnswer = Arc::new(|id, _request, _peer| {
             Box::pin(async move {
                 Response::builder()
                     .header("answered-by", "front")

@@ -20,11 +20,10 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use axum::ServiceExt as _;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use axum::serve::{Listener, ListenerExt as _};
+use axum::serve::{IncomingStream, Listener, ListenerExt as _};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -34,6 +33,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt as _};
+
+/// A service that is made per connection and told the connection's peer.
+pub trait ForPeer {
+    fn for_peer(&self, peer: SocketAddr) -> Self;
+}
+
+/// A bare router is the same for every peer (tests serve one).
+impl ForPeer for axum::Router {
+    fn for_peer(&self, _peer: SocketAddr) -> Self {
+        self.clone()
+    }
+}
 
 /// Serves `service` on `listener`, on `threads` threads of their own (0: on the caller's
 /// runtime), until `shutdown` resolves; then stops accepting and waits up to `grace` for the
@@ -47,7 +58,7 @@ pub async fn serve<S>(
     threads: usize,
 ) -> std::io::Result<HttpThreads>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request, Response = Response, Error = Infallible> + ForPeer + Clone + Send + 'static,
     S::Future: Send,
 {
     let Some(threads) = NonZeroUsize::new(threads) else {
@@ -100,16 +111,19 @@ async fn serve_here<S>(
     grace: Duration,
 ) -> std::io::Result<()>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request, Response = Response, Error = Infallible> + ForPeer + Clone + Send + 'static,
     S::Future: Send,
 {
     let (drained_tx, drained_rx) = oneshot::channel::<()>();
     let listener = listener.tap_io(|connection| no_delay(connection));
-    let server =
-        axum::serve(listener, service.into_make_service()).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = drained_tx.send(());
-        });
+    let per_connection = tower::service_fn(move |incoming: IncomingStream<'_, _>| {
+        let service = service.for_peer(*incoming.remote_addr());
+        std::future::ready(Ok::<_, Infallible>(service))
+    });
+    let server = axum::serve(listener, per_connection).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = drained_tx.send(());
+    });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = &mut server => result,
@@ -144,7 +158,7 @@ struct HttpThread {
 impl HttpThreads {
     fn start<S>(count: NonZeroUsize, service: &S, stop: &CancellationToken) -> std::io::Result<Self>
     where
-        S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+        S: Service<Request, Response = Response, Error = Infallible> + ForPeer + Clone + Send + 'static,
         S::Future: Send,
     {
         let mut threads = Vec::with_capacity(count.get());
@@ -222,7 +236,7 @@ async fn serve_handed<S>(
     service: S,
     stop: CancellationToken,
 ) where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request, Response = Response, Error = Infallible> + ForPeer + Clone + Send + 'static,
     S::Future: Send,
 {
     let mut http1 = http1::Builder::new();
@@ -254,7 +268,7 @@ async fn serve_handed<S>(
         };
         let service = TowerToHyperService::new(
             service
-                .clone()
+                .for_peer(peer)
                 .map_request(|request: hyper::Request<Incoming>| request.map(Body::new)),
         );
         let served = connections.watch(http1.serve_connection(connection, service));

@@ -1,0 +1,471 @@
+//! Answering a [`ScansQuery`] from the Parquet files, in process.
+//!
+//! A query of one tenant's month reads that tenant's partition of each day (and nothing
+//! else: the folders are the index), only the columns it needs, in parallel (rayon, one
+//! partition per task), and adds the partitions' answers up. Within a partition:
+//!
+//! - text columns arrive as dictionaries, so a group or a filter is decided once per
+//!   dictionary value and each row costs an array lookup;
+//! - rows are stored by visitor digest, so distinct visitors are counted by noticing where
+//!   the digest changes within each (bucket, group) — no hash set, no sort. A partition not
+//!   yet merged into one file (today's, usually) is counted by sorting its (cell, visitor)
+//!   pairs instead;
+//! - the time column is read only when the range or a bucket edge cuts through the day.
+//!
+//! We wrote this rather than take DataFusion: the query shapes are few and fixed, the build
+//! of DataFusion alone outweighs all of qrpool's, and knowing the storage order (visitor
+//! digests sorted within a file) makes distinct counts cheap. See `docs/performance.md` for
+//! the measurements that decided it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, TimestampMicrosecondType, UInt64Type};
+use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, ListArray, RecordBatch};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rayon::prelude::*;
+
+use super::{EmbeddedStore, live_files, schema};
+use crate::AnalyticsError;
+use crate::query::{Answer, FilterOn, Granularity, Row, ScansQuery, Totals};
+
+/// Rows decoded at a time.
+const BATCH_ROWS: usize = 1 << 18;
+
+/// One partition's answer: cells by (bucket, group).
+#[derive(Debug, Default)]
+struct Partial {
+    cells: HashMap<(usize, Option<String>), (u64, u64)>,
+    totals: Totals,
+}
+
+impl EmbeddedStore {
+    /// Answers `query` from the files (blocking: call it off the async runtime).
+    pub fn query(&self, query: &ScansQuery) -> Result<Answer, AnalyticsError> {
+        let buckets = query.bucket_starts();
+        let first = query.from.date_naive();
+        let last = (query.to - Duration::microseconds(1)).date_naive();
+        let days: Vec<NaiveDate> = first.iter_days().take_while(|day| *day <= last).collect();
+        let partials = days
+            .par_iter()
+            .map(|day| self.query_partition(query, &buckets, *day))
+            .collect::<Result<Vec<Partial>, AnalyticsError>>()?;
+        let mut cells: HashMap<(usize, Option<String>), (u64, u64)> = HashMap::new();
+        let mut totals = Totals::default();
+        for partial in partials {
+            totals.scans += partial.totals.scans;
+            totals.visitors += partial.totals.visitors;
+            for (cell, (scans, visitors)) in partial.cells {
+                let sum = cells.entry(cell).or_default();
+                sum.0 += scans;
+                sum.1 += visitors;
+            }
+        }
+        let mut rows: Vec<Row> = cells
+            .into_iter()
+            .map(|((bucket, group), (scans, visitors))| Row {
+                bucket: buckets.get(bucket).copied(),
+                group,
+                scans,
+                visitors,
+            })
+            .collect();
+        query.sort(&mut rows);
+        Ok(Answer { rows, totals })
+    }
+
+    fn query_partition(
+        &self,
+        query: &ScansQuery,
+        buckets: &[DateTime<Utc>],
+        day: NaiveDate,
+    ) -> Result<Partial, AnalyticsError> {
+        let dir = self.partition_dir(day, query.tenant.as_str());
+        // A merge may replace the files between listing and opening them: list again.
+        let mut attempts = 0;
+        loop {
+            let (live, _) = live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
+            let paths: Vec<PathBuf> = live.into_iter().map(|(_, path)| path).collect();
+            match scan_partition(query, buckets, day, &paths) {
+                Err(AnalyticsError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 =>
+                {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// What a partition's scan reads and decides per row.
+struct Plan {
+    columns: Vec<&'static str>,
+    /// The time column is needed (the range or a bucket edge cuts through the day).
+    times: bool,
+    /// Bucket edges inside the day: (instant, index of the bucket starting there).
+    edges: Vec<(i64, usize)>,
+    /// The bucket at the day's first instant in range.
+    first_bucket: usize,
+    from: i64,
+    to: i64,
+}
+
+fn plan(query: &ScansQuery, buckets: &[DateTime<Utc>], day: NaiveDate) -> Plan {
+    let day_start = day.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_micros());
+    let day_end = day_start + 86_400_000_000;
+    let from = query.from.timestamp_micros();
+    let to = query.to.timestamp_micros();
+    let starts: Vec<i64> = buckets.iter().map(DateTime::timestamp_micros).collect();
+    let first_instant = from.max(day_start);
+    let first_bucket = if query.granularity == Granularity::None {
+        0
+    } else {
+        starts.partition_point(|start| *start <= first_instant).saturating_sub(1)
+    };
+    let edges: Vec<(i64, usize)> = starts
+        .iter()
+        .enumerate()
+        .filter(|(_, start)| **start > first_instant && **start < day_end.min(to))
+        .map(|(index, start)| (*start, index))
+        .collect();
+    let mut columns = vec!["visitor"];
+    if !query.bots {
+        columns.push("bot");
+    }
+    if let Some(group) = query.group_by {
+        columns.push(group.name());
+    }
+    for filter in &query.filters {
+        columns.push(match filter.on {
+            FilterOn::Dimension(dimension) => dimension.name(),
+            FilterOn::Tag => "tags",
+        });
+    }
+    let times = from > day_start || to < day_end || !edges.is_empty();
+    if times {
+        columns.push("at");
+    }
+    columns.sort_unstable();
+    columns.dedup();
+    Plan {
+        columns,
+        times,
+        edges,
+        first_bucket,
+        from,
+        to,
+    }
+}
+
+/// How a row's group is found.
+enum GroupColumn<'a> {
+    None,
+    Text {
+        keys: &'a [i32],
+        array: &'a DictionaryArray<Int32Type>,
+        /// Group id of each dictionary value.
+        ids: Vec<u32>,
+    },
+    /// The flags, and the group ids of `false` and `true`.
+    Flag(&'a BooleanArray, [u32; 2]),
+}
+
+/// How a row passes one filter.
+enum Test<'a> {
+    Text {
+        keys: &'a [i32],
+        array: &'a DictionaryArray<Int32Type>,
+        /// Whether each dictionary value is one of the filter's.
+        allowed: Vec<bool>,
+    },
+    Flag(&'a BooleanArray, bool),
+    /// A flag asked for both ways: any row with a value.
+    AnyFlag(&'a BooleanArray),
+    Tags(&'a ListArray, &'a [String]),
+}
+
+impl Test<'_> {
+    fn passes(&self, row: usize) -> bool {
+        match self {
+            Test::Text {
+                keys,
+                array,
+                allowed,
+            } => array.is_valid(row) && allowed[keys[row] as usize],
+            Test::Flag(flags, wanted) => flags.is_valid(row) && flags.value(row) == *wanted,
+            Test::AnyFlag(flags) => flags.is_valid(row),
+            Test::Tags(lists, wanted) => {
+                if !lists.is_valid(row) {
+                    return false;
+                }
+                let tags = lists.value(row);
+                let tags = tags.as_string::<i32>();
+                tags.iter()
+                    .flatten()
+                    .any(|tag| wanted.iter().any(|w| w == tag))
+            }
+        }
+    }
+}
+
+/// One (bucket, group) of a partition.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cell {
+    scans: u64,
+    visitors: u64,
+    last_visitor: u64,
+    seen: bool,
+}
+
+impl Cell {
+    /// Counts a scan of `visitor`, which is never below the last one counted here when the
+    /// rows come in visitor order.
+    fn count(&mut self, visitor: Option<u64>) {
+        self.scans += 1;
+        if let Some(visitor) = visitor
+            && (!self.seen || self.last_visitor != visitor)
+        {
+            self.visitors += 1;
+            self.last_visitor = visitor;
+            self.seen = true;
+        }
+    }
+}
+
+fn scan_partition(
+    query: &ScansQuery,
+    buckets: &[DateTime<Utc>],
+    day: NaiveDate,
+    paths: &[PathBuf],
+) -> Result<Partial, AnalyticsError> {
+    if paths.is_empty() {
+        return Ok(Partial::default());
+    }
+    let plan = plan(query, buckets, day);
+    // One file is in visitor order; several are not, taken together.
+    let ordered = paths.len() == 1;
+    let local_buckets = plan.edges.len() + 1;
+    let mut groups: Vec<Option<String>> = Vec::new();
+    let mut group_ids: HashMap<Option<String>, u32> = HashMap::new();
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut total = Cell::default();
+    // Unordered partitions: every (cell, visitor) and every visitor, counted at the end.
+    let mut pairs: Vec<(u32, u64)> = Vec::new();
+    let mut all_visitors: Vec<u64> = Vec::new();
+    let schema = schema::schema();
+    let wanted: Vec<usize> = plan
+        .columns
+        .iter()
+        .filter_map(|name| schema.index_of(name).ok())
+        .collect();
+    for path in paths {
+        let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), wanted.iter().copied());
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()?;
+        for batch in reader {
+            let batch = batch?;
+            scan_batch(
+                query,
+                &plan,
+                &batch,
+                ordered,
+                local_buckets,
+                &mut groups,
+                &mut group_ids,
+                &mut cells,
+                &mut total,
+                &mut pairs,
+                &mut all_visitors,
+            )?;
+        }
+    }
+    let mut partial = Partial {
+        totals: Totals {
+            scans: total.scans,
+            visitors: total.visitors,
+        },
+        cells: HashMap::new(),
+    };
+    if !ordered {
+        pairs.sort_unstable();
+        pairs.dedup();
+        for (cell, _) in &pairs {
+            cells[*cell as usize].visitors += 1;
+        }
+        all_visitors.sort_unstable();
+        all_visitors.dedup();
+        partial.totals.visitors = all_visitors.len() as u64;
+    }
+    for (index, cell) in cells.iter().enumerate() {
+        if cell.scans == 0 {
+            continue;
+        }
+        let group = groups[index / local_buckets].clone();
+        let local = index % local_buckets;
+        let bucket = if local == 0 {
+            plan.first_bucket
+        } else {
+            plan.edges[local - 1].1
+        };
+        partial
+            .cells
+            .insert((bucket, group), (cell.scans, cell.visitors));
+    }
+    Ok(partial)
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, AnalyticsError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| AnalyticsError::Corrupt(format!("a scans file without `{name}`")))
+}
+
+fn dictionary<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a DictionaryArray<Int32Type>, AnalyticsError> {
+    column(batch, name)?
+        .as_dictionary_opt::<Int32Type>()
+        .ok_or_else(|| AnalyticsError::Corrupt(format!("`{name}` is not a dictionary column")))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_batch(
+    query: &ScansQuery,
+    plan: &Plan,
+    batch: &RecordBatch,
+    ordered: bool,
+    local_buckets: usize,
+    groups: &mut Vec<Option<String>>,
+    group_ids: &mut HashMap<Option<String>, u32>,
+    cells: &mut Vec<Cell>,
+    total: &mut Cell,
+    pairs: &mut Vec<(u32, u64)>,
+    all_visitors: &mut Vec<u64>,
+) -> Result<(), AnalyticsError> {
+    let mut id_of = |group: Option<String>| -> u32 {
+        if let Some(id) = group_ids.get(&group) {
+            return *id;
+        }
+        let id = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+        groups.push(group.clone());
+        group_ids.insert(group, id);
+        id
+    };
+    // Rows without a value (and every row, ungrouped) share this group.
+    let null_group = id_of(None);
+    let group = match query.group_by {
+        None => GroupColumn::None,
+        Some(dimension) if dimension.is_flag() => GroupColumn::Flag(
+            column(batch, dimension.name())?.as_boolean(),
+            [id_of(Some("false".into())), id_of(Some("true".into()))],
+        ),
+        Some(dimension) => {
+            let array = dictionary(batch, dimension.name())?;
+            let values = array.values().as_string::<i32>();
+            let ids = (0..values.len())
+                .map(|index| id_of(Some(values.value(index).to_owned())))
+                .collect();
+            GroupColumn::Text {
+                keys: array.keys().values(),
+                array,
+                ids,
+            }
+        }
+    };
+    let mut tests = Vec::new();
+    for filter in &query.filters {
+        tests.push(match filter.on {
+            FilterOn::Tag => Test::Tags(column(batch, "tags")?.as_list::<i32>(), &filter.values),
+            FilterOn::Dimension(dimension) if dimension.is_flag() => {
+                let flags = column(batch, dimension.name())?.as_boolean();
+                let wants = |value: &str| filter.values.iter().any(|v| v == value);
+                match (wants("true"), wants("false")) {
+                    (true, true) => Test::AnyFlag(flags),
+                    (true, false) => Test::Flag(flags, true),
+                    _ => Test::Flag(flags, false),
+                }
+            }
+            FilterOn::Dimension(dimension) => {
+                let array = dictionary(batch, dimension.name())?;
+                let values = array.values().as_string::<i32>();
+                let allowed = (0..values.len())
+                    .map(|index| filter.values.iter().any(|v| v == values.value(index)))
+                    .collect();
+                Test::Text {
+                    keys: array.keys().values(),
+                    array,
+                    allowed,
+                }
+            }
+        });
+    }
+    let bots = if query.bots {
+        None
+    } else {
+        Some(column(batch, "bot")?.as_boolean())
+    };
+    let visitors = column(batch, "visitor")?.as_primitive::<UInt64Type>();
+    let times = if plan.times {
+        Some(
+            column(batch, "at")?
+                .as_primitive::<TimestampMicrosecondType>()
+                .values(),
+        )
+    } else {
+        None
+    };
+    let group_count = groups.len();
+    if cells.len() < group_count * local_buckets {
+        cells.resize(group_count * local_buckets, Cell::default());
+    }
+    for row in 0..batch.num_rows() {
+        if bots.is_some_and(|bots| bots.value(row)) {
+            continue;
+        }
+        let mut local = 0;
+        if let Some(times) = times {
+            let at = times[row];
+            if at < plan.from || at >= plan.to {
+                continue;
+            }
+            local = plan.edges.partition_point(|(edge, _)| *edge <= at);
+        }
+        if !tests.iter().all(|test| test.passes(row)) {
+            continue;
+        }
+        let group = match &group {
+            GroupColumn::None => null_group,
+            GroupColumn::Text { keys, array, ids } => {
+                if array.is_valid(row) {
+                    ids[keys[row] as usize]
+                } else {
+                    null_group
+                }
+            }
+            GroupColumn::Flag(flags, ids) => ids[usize::from(flags.value(row))],
+        };
+        let visitor = visitors.is_valid(row).then(|| visitors.value(row));
+        let cell = group as usize * local_buckets + local;
+        if ordered {
+            cells[cell].count(visitor);
+            total.count(visitor);
+        } else {
+            cells[cell].scans += 1;
+            total.scans += 1;
+            if let Some(visitor) = visitor {
+                pairs.push((u32::try_from(cell).unwrap_or(u32::MAX), visitor));
+                all_visitors.push(visitor);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Scan analytics: where the scan events end up, and how tenants read them.
+//!
+//! - [`query`]: the questions ([`ScansQuery`]) and answers ([`Answer`]) every engine shares.
+//! - [`embedded`]: the default store — Parquet files by day and tenant in the data folder,
+//!   fed from the daily event files by an in-process ingest, queried in process.
+//! - [`reference`]: the plainly right answer from events in memory, that tests hold the
+//!   engines to; [`synthetic`]: realistic made-up events for tests and benchmarks.
+//!
+//! The scan path never waits for any of it: events reach the store through the `scans`
+//! writer's files (or the Kafka events topic) and an ingest that runs apart.
+
+pub mod embedded;
+pub mod query;
+pub mod reference;
+pub mod synthetic;
+
+use std::path::{Path, PathBuf};
+
+pub use query::{Answer, Dimension, Granularity, Row, ScansQuery, Totals};
+
+/// Why the analytics store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    #[error("analytics file `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading or writing Parquet")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("building columns")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("the analytics store holds something unexpected: {0}")]
+    Corrupt(String),
+}
+
+impl AnalyticsError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        AnalyticsError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}

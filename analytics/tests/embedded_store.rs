@@ -1,0 +1,209 @@
+//! The embedded store against the plainly right answer: events written as the scan writer
+//! writes them, ingested in several rounds (so partitions have several files, some merged),
+//! then many random queries, each answered by the engine and by `reference`.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono_tz::Tz;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use analytics::embedded::EmbeddedStore;
+use analytics::embedded::ingest::Ingest;
+use analytics::query::{Dimension, Filter, FilterOn, Granularity, ScansQuery};
+use analytics::{reference, synthetic};
+use records::{ScanEvent, Tenant};
+
+fn first_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 10, 23).unwrap()
+}
+
+fn shape(events: usize, seed: u64) -> synthetic::Shape {
+    synthetic::Shape {
+        events,
+        tenants: 4,
+        keys: 60,
+        first_day: first_day(),
+        days: 5,
+        seed,
+    }
+}
+
+/// Appends `events` to the daily files as the scan writer does.
+fn append(events_dir: &Path, events: &[ScanEvent]) {
+    std::fs::create_dir_all(events_dir).unwrap();
+    for event in events {
+        let path = events_dir.join(format!("{}.jsonl", event.at.date_naive()));
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        let mut line = Vec::new();
+        event.write_json(&mut line);
+        line.push(b'\n');
+        file.write_all(&line).unwrap();
+    }
+}
+
+fn random_query(rng: &mut StdRng, events: &[ScanEvent]) -> ScansQuery {
+    let zones: [Tz; 5] = [
+        Tz::UTC,
+        chrono_tz::Europe::Berlin,
+        chrono_tz::Asia::Kolkata,
+        chrono_tz::America::New_York,
+        chrono_tz::Asia::Shanghai,
+    ];
+    let start: DateTime<Utc> = first_day().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let (from, to) = if rng.random_bool(0.3) {
+        (start - Duration::days(1), start + Duration::days(7))
+    } else {
+        let a = start + Duration::minutes(rng.random_range(-600..7_800));
+        let b = a + Duration::minutes(rng.random_range(1..4_000));
+        (a, b)
+    };
+    let granularity = [
+        Granularity::None,
+        Granularity::Hour,
+        Granularity::Day,
+        Granularity::Week,
+        Granularity::Month,
+    ][rng.random_range(0..5)];
+    let group_by = rng
+        .random_bool(0.7)
+        .then(|| Dimension::ALL[rng.random_range(0..Dimension::ALL.len())]);
+    let mut filters = Vec::new();
+    for _ in 0..rng.random_range(0..3) {
+        let sample = &events[rng.random_range(0..events.len())];
+        if rng.random_bool(0.2) {
+            filters.push(Filter { on: FilterOn::Tag, values: vec!["spring".into()] });
+            continue;
+        }
+        let dimension = Dimension::ALL[rng.random_range(0..Dimension::ALL.len())];
+        let Some(value) = reference::value(sample, dimension) else { continue };
+        let mut values = vec![value];
+        if rng.random_bool(0.3)
+            && let Some(other) = reference::value(&events[rng.random_range(0..events.len())], dimension)
+        {
+            values.push(other);
+        }
+        if filters.iter().all(|f: &Filter| f.on != FilterOn::Dimension(dimension)) {
+            filters.push(Filter { on: FilterOn::Dimension(dimension), values });
+        }
+    }
+    ScansQuery {
+        tenant: Tenant::parse(&synthetic::tenant(rng.random_range(0..4))).unwrap(),
+        from,
+        to,
+        tz: zones[rng.random_range(0..zones.len())],
+        granularity,
+        group_by,
+        filters,
+        bots: rng.random_bool(0.3),
+        limit: if rng.random_bool(0.5) { rng.random_range(1..6) } else { 100 },
+    }
+}
+
+#[test]
+fn the_engine_answers_as_the_reference_does_before_and_after_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("scans");
+    let store = EmbeddedStore::open(&dir.path().join("analytics")).unwrap();
+    let events = synthetic::events(&shape(30_000, 7));
+    // Ingested in rounds: several files per partition, and the last day's still unmerged.
+    let mut ingest = Ingest::open(store.clone(), &events_dir).unwrap();
+    for chunk in events.chunks(1_500) {
+        append(&events_dir, chunk);
+        let round = ingest.round().unwrap();
+        assert_eq!(round.skipped, 0);
+    }
+    let mut rng = StdRng::seed_from_u64(11);
+    let check = |rng: &mut StdRng, rounds: usize| {
+        let mut answered_something = 0;
+        for _ in 0..rounds {
+            let query = random_query(rng, &events);
+            let expected = reference::answer(&query, &events);
+            let answered = store.query(&query).unwrap();
+            assert_eq!(answered, expected, "{query:?}");
+            answered_something += usize::from(expected.totals.scans > 0);
+        }
+        // Most random questions have an answer: the comparison is not of empty sets.
+        assert!(answered_something * 2 > rounds, "{answered_something} of {rounds}");
+    };
+    check(&mut rng, 150);
+    // Merged: during the day (parts into L1), and the days that are over (whole).
+    let today = first_day() + Duration::days(4);
+    let done = store.compact(today).unwrap();
+    assert!(done.merges > 0, "{done:?}");
+    check(&mut rng, 150);
+}
+
+#[test]
+fn a_crash_between_files_and_checkpoint_counts_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("scans");
+    let root = dir.path().join("analytics");
+    let store = EmbeddedStore::open(&root).unwrap();
+    let events = synthetic::events(&shape(4_000, 3));
+    let (first, second) = events.split_at(2_000);
+    append(&events_dir, first);
+    Ingest::open(store.clone(), &events_dir).unwrap().round().unwrap();
+    // The second round's files are written, but its checkpoint is lost (a crash before
+    // the rename): the old checkpoint is put back.
+    let checkpoint = std::fs::read(root.join("ingest.json")).unwrap();
+    append(&events_dir, second);
+    Ingest::open(store.clone(), &events_dir).unwrap().round().unwrap();
+    std::fs::write(root.join("ingest.json"), checkpoint).unwrap();
+    // Opening again deletes the orphans, and the round writes them once.
+    let mut ingest = Ingest::open(store.clone(), &events_dir).unwrap();
+    let round = ingest.round().unwrap();
+    assert_eq!(round.events as usize, second.iter().filter(|e| e.tenant.is_some()).count());
+    let query = ScansQuery {
+        tenant: Tenant::parse(&synthetic::tenant(0)).unwrap(),
+        from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
+        to: (first_day() + Duration::days(6)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+        tz: Tz::UTC,
+        granularity: Granularity::Day,
+        group_by: Some(Dimension::Country),
+        filters: Vec::new(),
+        bots: true,
+        limit: 100,
+    };
+    assert_eq!(store.query(&query).unwrap(), reference::answer(&query, &events));
+    // A merge interrupted after writing its file: the parts it covers are not counted.
+    let day = first_day() + Duration::days(1);
+    store.compact_partition(day, &synthetic::tenant(0), day + Duration::days(1)).unwrap();
+    assert_eq!(store.query(&query).unwrap(), reference::answer(&query, &events));
+}
+
+#[test]
+fn retention_drops_days_and_erasure_drops_a_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("scans");
+    let store = EmbeddedStore::open(&dir.path().join("analytics")).unwrap();
+    let events = synthetic::events(&shape(3_000, 5));
+    append(&events_dir, &events);
+    Ingest::open(store.clone(), &events_dir).unwrap().round().unwrap();
+    let dropped = store.drop_days_before(first_day() + Duration::days(2)).unwrap();
+    assert_eq!(dropped.len(), 2);
+    let tenant = synthetic::tenant(1);
+    assert!(store.erase_tenant(&tenant).unwrap() > 0);
+    let kept: Vec<ScanEvent> = events
+        .iter()
+        .filter(|e| e.at.date_naive() >= first_day() + Duration::days(2))
+        .filter(|e| e.tenant.as_deref() != Some(tenant.as_str()))
+        .cloned()
+        .collect();
+    for index in 0..4 {
+        let query = ScansQuery {
+            tenant: Tenant::parse(&synthetic::tenant(index)).unwrap(),
+            from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
+            to: (first_day() + Duration::days(6)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+            tz: Tz::UTC,
+            granularity: Granularity::None,
+            group_by: None,
+            filters: Vec::new(),
+            bots: true,
+            limit: 100,
+        };
+        assert_eq!(store.query(&query).unwrap(), reference::answer(&query, &kept));
+    }
+}
