@@ -9,7 +9,10 @@
 //! The scan path never waits for any of it: events reach the store through the `scans`
 //! writer's files (or the Kafka events topic) and an ingest that runs apart.
 
+pub mod clickhouse;
+pub mod conversions;
 pub mod embedded;
+pub mod experiment;
 pub mod query;
 pub mod reference;
 pub mod synthetic;
@@ -33,6 +36,10 @@ pub enum AnalyticsError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error("the analytics store holds something unexpected: {0}")]
     Corrupt(String),
+    #[error("ClickHouse")]
+    ClickHouse(#[from] ::clickhouse::error::Error),
+    #[error("applying the ClickHouse schema file `{0}`")]
+    Schema(&'static str, #[source] ::clickhouse::error::Error),
 }
 
 impl AnalyticsError {

@@ -31,6 +31,7 @@ pub struct Settings {
     pub binder: BinderSettings,
     pub middle_page: MiddlePageSettings,
     pub scans: ScanSettings,
+    pub analytics: AnalyticsSettings,
     pub redirect: RedirectSettings,
     /// Redirect targets per tenant: `[targets.<tenant>] <name> = "https://…/{param}"`. A
     /// binding whose params say `"target": "<name>"` sends scanners there with a 302.
@@ -53,6 +54,9 @@ pub struct ServerSettings {
     /// Threads that answer requests, each with its own event loop; 0: the shared runtime
     /// answers them. Unset: see [`ServerSettings::http_threads`].
     pub threads: Option<usize>,
+    /// Proxies (addresses or CIDR blocks) whose `Forwarded` / `X-Forwarded-For` headers name
+    /// the client. Anyone else's are ignored: a client could write anything there.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +68,7 @@ impl Default for ServerSettings {
             request_timeout_ms: 5_000,
             shutdown_grace_secs: 10,
             threads: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -335,6 +340,90 @@ impl Default for ScanSettings {
             country_header: None,
         }
     }
+}
+
+/// Where the analytics of scans are kept and queried.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalyticsBackend {
+    /// Parquet files by day and tenant in the data folder, queried in process.
+    #[default]
+    Embedded,
+    /// A ClickHouse server (MergeTree by day, the tenant first in the sort key).
+    Clickhouse,
+}
+
+/// Scan analytics: enrichment, the store, the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyticsSettings {
+    /// Store scan events for the analytics API (the ingest and the API run; events are
+    /// recorded either way while `scans.enabled`).
+    pub enabled: bool,
+    pub backend: AnalyticsBackend,
+    /// An MMDB file (GeoLite2 / GeoIP2 City or Country, DB-IP Lite) that places scanners
+    /// by their address; unset: only a CDN's country header (`scans.country_header`).
+    pub geoip_db: Option<PathBuf>,
+    /// How often new events are ingested: a scan shows in the API within about this long.
+    pub flush_secs: u64,
+    /// Days of scans kept; older days are dropped whole.
+    pub retention_days: u32,
+    pub clickhouse: ClickHouseSettings,
+}
+
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        AnalyticsSettings {
+            enabled: true,
+            backend: AnalyticsBackend::Embedded,
+            geoip_db: None,
+            flush_secs: 5,
+            retention_days: 400,
+            clickhouse: ClickHouseSettings::default(),
+        }
+    }
+}
+
+/// The ClickHouse server of `analytics.backend = "clickhouse"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseSettings {
+    /// Its HTTP interface.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    /// Secret; environment only (`QRPOOL_ANALYTICS__CLICKHOUSE__PASSWORD`).
+    pub password: Option<SecretString>,
+    /// The consumer group `qrpool analytics ingest` reads the events topic in.
+    pub ingest_group: String,
+    /// Most events inserted at once.
+    pub batch: usize,
+}
+
+impl Default for ClickHouseSettings {
+    fn default() -> Self {
+        ClickHouseSettings {
+            url: "http://127.0.0.1:8123".into(),
+            database: "qrpool".into(),
+            user: "default".into(),
+            password: None,
+            ingest_group: "qrpool-analytics".into(),
+            batch: 50_000,
+        }
+    }
+}
+
+/// Whether `text` is an IP address or a CIDR block (`10.0.0.0/8`, `2001:db8::/32`).
+fn is_cidr(text: &str) -> bool {
+    let (address, prefix) = match text.trim().split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text.trim(), None),
+    };
+    let Ok(address) = address.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let most = if address.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|prefix| prefix.parse::<u8>().is_ok_and(|bits| bits <= most))
 }
 
 /// How one tenant's landing page looks. Every value is shown escaped; params never reach
@@ -613,7 +702,12 @@ impl Settings {
 }
 
 /// Keys that hold secrets: a file must not set them.
-const SECRET_KEYS: [&str; 3] = ["redis.url", "postgres.url", "redirect.signing_secret"];
+const SECRET_KEYS: [&str; 4] = [
+    "redis.url",
+    "postgres.url",
+    "redirect.signing_secret",
+    "analytics.clickhouse.password",
+];
 
 impl Settings {
     /// Defaults ◄ `file` (when given) ◄ `QRPOOL_…` environment, then validated.
@@ -680,6 +774,55 @@ impl Settings {
                 "server.max_body_bytes",
                 "must be at least 1024",
             ));
+        }
+        if let Some(bad) = self
+            .server
+            .trusted_proxies
+            .iter()
+            .find(|cidr| !is_cidr(cidr))
+        {
+            return Err(ConfigError::invalid(
+                "server.trusted_proxies",
+                format!("`{bad}` is not an address or a CIDR block like 10.0.0.0/8"),
+            ));
+        }
+        if !(1..=300).contains(&self.analytics.flush_secs) {
+            return Err(ConfigError::invalid(
+                "analytics.flush_secs",
+                "must be between 1 and 300",
+            ));
+        }
+        if self.analytics.retention_days == 0 {
+            return Err(ConfigError::invalid(
+                "analytics.retention_days",
+                "must be at least 1",
+            ));
+        }
+        if self.analytics.backend == AnalyticsBackend::Clickhouse {
+            let clickhouse = &self.analytics.clickhouse;
+            if !(clickhouse.url.starts_with("http://") || clickhouse.url.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    "analytics.clickhouse.url",
+                    "must be the HTTP interface, http(s)://host:8123",
+                ));
+            }
+            let plain = |name: &str| {
+                !name.is_empty()
+                    && name.len() <= 64
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            };
+            if !plain(&clickhouse.database) {
+                return Err(ConfigError::invalid(
+                    "analytics.clickhouse.database",
+                    "must be a plain name: letters, digits and _",
+                ));
+            }
+            if clickhouse.batch == 0 {
+                return Err(ConfigError::invalid(
+                    "analytics.clickhouse.batch",
+                    "must be at least 1",
+                ));
+            }
         }
         if self.server.request_timeout_ms == 0 {
             return Err(ConfigError::invalid(
@@ -1045,6 +1188,29 @@ mod tests {
             assert!(error.contains("off_peak"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn trusted_proxies_and_analytics_settings_are_checked() {
+        let refused = |change: &dyn Fn(&mut Settings)| {
+            let mut settings = Settings::default();
+            change(&mut settings);
+            settings.validate().unwrap_err().to_string()
+        };
+        let error = refused(&|s| s.server.trusted_proxies = vec!["10.0.0.0/33".into()]);
+        assert!(error.contains("server.trusted_proxies"), "{error}");
+        let error = refused(&|s| s.server.trusted_proxies = vec!["proxy.local".into()]);
+        assert!(error.contains("proxy.local"), "{error}");
+        let error = refused(&|s| s.analytics.flush_secs = 0);
+        assert!(error.contains("analytics.flush_secs"), "{error}");
+        let error = refused(&|s| {
+            s.analytics.backend = AnalyticsBackend::Clickhouse;
+            s.analytics.clickhouse.database = "qr; DROP".into();
+        });
+        assert!(error.contains("analytics.clickhouse.database"), "{error}");
+        let mut settings = Settings::default();
+        settings.server.trusted_proxies = vec!["10.0.0.0/8".into(), "::1".into(), "2001:db8::/32".into()];
+        settings.validate().unwrap();
     }
 
     #[test]

@@ -469,3 +469,73 @@ fn scan_batch(
     }
     Ok(())
 }
+
+impl EmbeddedStore {
+    /// The variant each of `clicks` was served, for the clicks among scans of `tenant`'s link
+    /// `key` in `[from, to)` (blocking).
+    pub fn click_variants(
+        &self,
+        tenant: &str,
+        key: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        clicks: &std::collections::HashSet<String>,
+    ) -> Result<HashMap<String, String>, AnalyticsError> {
+        let first = from.date_naive();
+        let last = (to - Duration::microseconds(1)).date_naive();
+        let days: Vec<NaiveDate> = first.iter_days().take_while(|day| *day <= last).collect();
+        let found = days
+            .par_iter()
+            .map(|day| {
+                let dir = self.partition_dir(*day, tenant);
+                let (live, _) =
+                    live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
+                let mut found = Vec::new();
+                for (_, path) in live {
+                    clicks_in_file(&path, key, clicks, &mut found)?;
+                }
+                Ok(found)
+            })
+            .collect::<Result<Vec<Vec<(String, String)>>, AnalyticsError>>()?;
+        Ok(found.into_iter().flatten().collect())
+    }
+}
+
+fn clicks_in_file(
+    path: &std::path::Path,
+    key: &str,
+    clicks: &std::collections::HashSet<String>,
+    found: &mut Vec<(String, String)>,
+) -> Result<(), AnalyticsError> {
+    let schema = schema::schema();
+    let wanted: Vec<usize> = ["key", "click_id", "variant"]
+        .iter()
+        .filter_map(|name| schema.index_of(name).ok())
+        .collect();
+    let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+    for batch in builder.with_projection(mask).with_batch_size(BATCH_ROWS).build()? {
+        let batch = batch?;
+        let keys = dictionary(&batch, "key")?;
+        let key_values = keys.values().as_string::<i32>();
+        let Some(wanted_key) = (0..key_values.len()).find(|i| key_values.value(*i) == key) else {
+            continue;
+        };
+        let ids = column(&batch, "click_id")?.as_string::<i32>();
+        let variants = dictionary(&batch, "variant")?;
+        let variant_values = variants.values().as_string::<i32>();
+        let key_codes = keys.keys().values();
+        for row in 0..batch.num_rows() {
+            if !keys.is_valid(row) || key_codes[row] as usize != wanted_key || !ids.is_valid(row) {
+                continue;
+            }
+            let click = ids.value(row);
+            if clicks.contains(click) && variants.is_valid(row) {
+                let variant = variant_values.value(variants.keys().value(row) as usize);
+                found.push((click.to_owned(), variant.to_owned()));
+            }
+        }
+    }
+    Ok(())
+}
