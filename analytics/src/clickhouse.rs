@@ -23,7 +23,9 @@ use records::ScanEvent;
 
 use crate::AnalyticsError;
 use crate::embedded::schema::visitor_number;
-use crate::query::{Answer, Dimension, FilterOn, Granularity, Row as AnswerRow, ScansQuery, Totals};
+use crate::query::{
+    Answer, Dimension, FilterOn, Granularity, Row as AnswerRow, ScansQuery, Totals,
+};
 
 /// The schema, in the order it is applied. `{db}` is the configured database.
 const SCHEMA: [(&str, &str); 2] = [
@@ -201,8 +203,12 @@ const ROLLUP_DIMENSIONS: [Dimension; 6] = [
 
 /// Whether `query` can be answered from the hourly rollup.
 fn fits_rollup(query: &ScansQuery) -> bool {
-    let whole_hour = |at: DateTime<Utc>| at.timestamp().rem_euclid(3_600) == 0 && at.timestamp_subsec_micros() == 0;
-    query.group_by.is_none_or(|g| ROLLUP_DIMENSIONS.contains(&g))
+    let whole_hour = |at: DateTime<Utc>| {
+        at.timestamp().rem_euclid(3_600) == 0 && at.timestamp_subsec_micros() == 0
+    };
+    query
+        .group_by
+        .is_none_or(|g| ROLLUP_DIMENSIONS.contains(&g))
         && query.filters.iter().all(|filter| match filter.on {
             FilterOn::Dimension(d) => ROLLUP_DIMENSIONS.contains(&d),
             FilterOn::Tag => false,
@@ -355,9 +361,7 @@ impl ClickHouseStore {
             // Only the top groups by scans over the whole range (ties: named before unknown,
             // then by name), as `ScansQuery::sort` keeps them.
             cells
-                .push(&format!(
-                    " HAVING g IN (SELECT {group} AS g FROM {table}"
-                ))
+                .push(&format!(" HAVING g IN (SELECT {group} AS g FROM {table}"))
                 .extend(&conditions)
                 .push(&format!(
                     " GROUP BY g ORDER BY {scans} DESC, g = '' ASC, g ASC LIMIT {})",
@@ -431,7 +435,10 @@ impl ClickHouseStore {
     }
 
     /// Drops the partitions (days) before `cutoff`, of the table and its rollup.
-    pub async fn drop_days_before(&self, cutoff: NaiveDate) -> Result<Vec<NaiveDate>, AnalyticsError> {
+    pub async fn drop_days_before(
+        &self,
+        cutoff: NaiveDate,
+    ) -> Result<Vec<NaiveDate>, AnalyticsError> {
         let mut dropped = Vec::new();
         for table in ["scans", "scans_hourly"] {
             let mut statement = Statement::default();
@@ -466,7 +473,10 @@ impl ClickHouseStore {
     pub async fn erase_tenant(&self, tenant: &str) -> Result<(), AnalyticsError> {
         for table in ["scans", "scans_hourly"] {
             self.client
-                .query(&format!("ALTER TABLE {}.{table} DELETE WHERE tenant = ?", self.db))
+                .query(&format!(
+                    "ALTER TABLE {}.{table} DELETE WHERE tenant = ?",
+                    self.db
+                ))
                 .bind(tenant)
                 .execute()
                 .await?;
@@ -509,7 +519,9 @@ fn bucket_expression(statement: &mut Statement, query: &ScansQuery, time: &str) 
                 "toStartOfMonth"
             };
             statement
-                .push(&format!("toInt64(toUnixTimestamp(toDateTime({function}({time}, "))
+                .push(&format!(
+                    "toInt64(toUnixTimestamp(toDateTime({function}({time}, "
+                ))
                 .bind(zone.clone())
                 .push("), ")
                 .bind(zone)
@@ -547,7 +559,11 @@ mod tests {
             .flat_map(|(_, text)| statements(text, "qrpool_test"))
             .collect();
         assert_eq!(statements.len(), 3);
-        assert!(statements.iter().all(|s| !s.contains("{db}") && !s.contains("--")));
+        assert!(
+            statements
+                .iter()
+                .all(|s| !s.contains("{db}") && !s.contains("--"))
+        );
         assert!(statements[0].starts_with("CREATE TABLE IF NOT EXISTS qrpool_test.scans"));
     }
 }

@@ -206,7 +206,13 @@ mod tests {
         let click = new_click_id(&key);
         assert_eq!(click.len(), 32);
         assert_eq!(link_of_click(&click), Some(key));
-        for bad in ["", "short", "sV3kQ9xYb2", "sV3kQ9xYb2-not-base62-at-all!!!", "ééééééééééé"] {
+        for bad in [
+            "",
+            "short",
+            "sV3kQ9xYb2",
+            "sV3kQ9xYb2-not-base62-at-all!!!",
+            "ééééééééééé",
+        ] {
             assert_eq!(link_of_click(bad), None, "{bad}");
         }
     }

@@ -64,14 +64,19 @@ pub struct VariantReadout {
 pub fn readout(variants: &[(String, Observed)], goal: Option<&str>) -> Vec<VariantReadout> {
     let converted_of = |observed: &Observed| -> u64 {
         match goal {
-            Some(goal) => observed.converted.get(goal).map_or(0, |set| set.len() as u64),
+            Some(goal) => observed
+                .converted
+                .get(goal)
+                .map_or(0, |set| set.len() as u64),
             None => {
                 let any: HashSet<&String> = observed.converted.values().flatten().collect();
                 any.len() as u64
             }
         }
     };
-    let control = variants.first().map(|(_, observed)| (observed.scans, converted_of(observed)));
+    let control = variants
+        .first()
+        .map(|(_, observed)| (observed.scans, converted_of(observed)));
     variants
         .iter()
         .enumerate()
@@ -125,7 +130,9 @@ pub fn lift(n0: u64, x0: u64, n1: u64, x1: u64) -> Option<Lift> {
     let (p0, p1) = (x0f / n0f, x1f / n1f);
     let relative = p1 / p0 - 1.0;
     let (low, high) = if x1 > 0 {
-        let se = (1.0 / x1f - 1.0 / n1f + 1.0 / x0f - 1.0 / n0f).max(0.0).sqrt();
+        let se = (1.0 / x1f - 1.0 / n1f + 1.0 / x0f - 1.0 / n0f)
+            .max(0.0)
+            .sqrt();
         let log_ratio = (p1 / p0).ln();
         (
             Some((log_ratio - Z_95 * se).exp() - 1.0),

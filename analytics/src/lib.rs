@@ -13,13 +13,19 @@ pub mod clickhouse;
 pub mod conversions;
 pub mod embedded;
 pub mod experiment;
+pub mod feed;
 pub mod query;
 pub mod reference;
+pub mod routes;
+pub mod store;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};
 
+pub use feed::{FileFeed, KafkaFeed};
 pub use query::{Answer, Dimension, Granularity, Row, ScansQuery, Totals};
+pub use routes::{AnalyticsService, router};
+pub use store::Store;
 
 /// Why the analytics store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +44,8 @@ pub enum AnalyticsError {
     Corrupt(String),
     #[error("ClickHouse")]
     ClickHouse(#[from] ::clickhouse::error::Error),
+    #[error("the events topic")]
+    Kafka(#[source] rdkafka::error::KafkaError),
     #[error("applying the ClickHouse schema file `{0}`")]
     Schema(&'static str, #[source] ::clickhouse::error::Error),
 }

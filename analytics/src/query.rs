@@ -76,7 +76,9 @@ impl Dimension {
     }
 
     pub fn parse(name: &str) -> Option<Dimension> {
-        Self::ALL.into_iter().find(|dimension| dimension.name() == name)
+        Self::ALL
+            .into_iter()
+            .find(|dimension| dimension.name() == name)
     }
 
     /// `via_qr` is a flag: its values are `true` and `false`.
@@ -232,7 +234,10 @@ impl ScansQuery {
                     let on = match other {
                         "tag" => FilterOn::Tag,
                         _ => FilterOn::Dimension(Dimension::parse(other).ok_or_else(|| {
-                            bad(other, "is not a parameter of this query (see the API document)")
+                            bad(
+                                other,
+                                "is not a parameter of this query (see the API document)",
+                            )
                         })?),
                     };
                     let value = value.trim();
@@ -266,21 +271,26 @@ impl ScansQuery {
         };
         let to = match single.get("to") {
             Some(text) => parse_time(text, tz, true).ok_or_else(|| {
-                bad("to", "is a date (YYYY-MM-DD, inclusive) or an RFC 3339 time (exclusive)")
+                bad(
+                    "to",
+                    "is a date (YYYY-MM-DD, inclusive) or an RFC 3339 time (exclusive)",
+                )
             })?,
             None => now,
         };
         let from = match single.get("from") {
-            Some(text) => parse_time(text, tz, false).ok_or_else(|| {
-                bad("from", "is a date (YYYY-MM-DD) or an RFC 3339 time")
-            })?,
+            Some(text) => parse_time(text, tz, false)
+                .ok_or_else(|| bad("from", "is a date (YYYY-MM-DD) or an RFC 3339 time"))?,
             None => to - Duration::days(30),
         };
         if from >= to {
             return Err(bad("from", "must be before `to`"));
         }
         if to - from > Duration::days(MAX_RANGE_DAYS) {
-            return Err(bad("from", format!("the range is at most {MAX_RANGE_DAYS} days")));
+            return Err(bad(
+                "from",
+                format!("the range is at most {MAX_RANGE_DAYS} days"),
+            ));
         }
         let granularity = match single.get("granularity") {
             Some(text) => Granularity::parse(text)
@@ -507,15 +517,28 @@ mod tests {
 
     #[test]
     fn dates_are_local_days_and_the_end_date_is_inclusive() {
-        let query = parse("from=2026-11-01&to=2026-11-30&tz=Europe/Berlin&granularity=day").unwrap();
-        assert_eq!(query.from, "2026-10-31T23:00:00Z".parse::<DateTime<Utc>>().unwrap());
-        assert_eq!(query.to, "2026-11-30T23:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        let query =
+            parse("from=2026-11-01&to=2026-11-30&tz=Europe/Berlin&granularity=day").unwrap();
+        assert_eq!(
+            query.from,
+            "2026-10-31T23:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            query.to,
+            "2026-11-30T23:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
         let starts = query.bucket_starts();
         assert_eq!(starts.len(), 30);
-        assert_eq!(starts[1], "2026-11-01T23:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            starts[1],
+            "2026-11-01T23:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
         // Times are taken as they are.
         let query = parse("from=2026-11-01T06:00:00%2B05:30&to=2026-11-02T00:00:00Z").unwrap();
-        assert_eq!(query.from, "2026-11-01T00:30:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            query.from,
+            "2026-11-01T00:30:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
         // By default, the last 30 days up to now.
         let query = parse("").unwrap();
         assert_eq!((query.to - query.from).num_days(), 30);
@@ -532,18 +555,30 @@ mod tests {
         assert_eq!((starts[2] - starts[1]).num_hours(), 25);
         let hours =
             parse("from=2026-10-25&to=2026-10-25&tz=Europe/Berlin&granularity=hour").unwrap();
-        assert_eq!(hours.bucket_starts().len(), 25, "the repeated hour is a bucket of its own");
+        assert_eq!(
+            hours.bucket_starts().len(),
+            25,
+            "the repeated hour is a bucket of its own"
+        );
         // Kolkata is 5:30 ahead: its hours start at half past, UTC.
-        let kolkata = parse("from=2026-11-01&to=2026-11-01&tz=Asia/Kolkata&granularity=hour").unwrap();
-        assert_eq!(kolkata.bucket_starts()[0].to_rfc3339(), "2026-10-31T18:30:00+00:00");
+        let kolkata =
+            parse("from=2026-11-01&to=2026-11-01&tz=Asia/Kolkata&granularity=hour").unwrap();
+        assert_eq!(
+            kolkata.bucket_starts()[0].to_rfc3339(),
+            "2026-10-31T18:30:00+00:00"
+        );
         let weeks = parse("from=2026-11-04&to=2026-11-30&granularity=week").unwrap();
         let starts = weeks.bucket_starts();
         assert_eq!(starts[0].date_naive().to_string(), "2026-11-02", "a Monday");
         assert_eq!(starts.len(), 5);
-        let months = parse("from=2026-01-15&to=2026-12-01&granularity=month&tz=America/New_York").unwrap();
+        let months =
+            parse("from=2026-01-15&to=2026-12-01&granularity=month&tz=America/New_York").unwrap();
         assert_eq!(months.bucket_starts().len(), 12);
         let at: DateTime<Utc> = "2026-03-31T23:30:00-04:00".parse().unwrap();
-        assert_eq!(months.bucket_of(at).to_rfc3339(), "2026-03-01T05:00:00+00:00");
+        assert_eq!(
+            months.bucket_of(at).to_rfc3339(),
+            "2026-03-01T05:00:00+00:00"
+        );
     }
 
     #[test]
@@ -584,9 +619,18 @@ mod tests {
         assert_eq!(
             query.filters,
             vec![
-                Filter { on: FilterOn::Dimension(Dimension::Country), values: vec!["DE".into(), "FR".into()] },
-                Filter { on: FilterOn::Tag, values: vec!["spring".into()] },
-                Filter { on: FilterOn::Dimension(Dimension::ViaQr), values: vec!["true".into()] },
+                Filter {
+                    on: FilterOn::Dimension(Dimension::Country),
+                    values: vec!["DE".into(), "FR".into()]
+                },
+                Filter {
+                    on: FilterOn::Tag,
+                    values: vec!["spring".into()]
+                },
+                Filter {
+                    on: FilterOn::Dimension(Dimension::ViaQr),
+                    values: vec!["true".into()]
+                },
             ]
         );
         assert!(query.bots);
@@ -599,7 +643,8 @@ mod tests {
 
     #[test]
     fn rows_are_ranked_by_scans_and_cut_to_the_top_groups() {
-        let query = parse("group_by=country&limit=2&granularity=day&from=2026-11-01&to=2026-11-02").unwrap();
+        let query = parse("group_by=country&limit=2&granularity=day&from=2026-11-01&to=2026-11-02")
+            .unwrap();
         let day = |d: u32| Some(Utc.with_ymd_and_hms(2026, 11, d, 0, 0, 0).unwrap());
         let row = |bucket, group: Option<&str>, scans| Row {
             bucket,
@@ -620,7 +665,12 @@ mod tests {
         let order: Vec<_> = rows.iter().map(|r| (r.bucket, r.group.clone())).collect();
         assert_eq!(
             order,
-            vec![(day(1), Some("DE".into())), (day(1), Some("FR".into())), (day(2), Some("DE".into())), (day(2), Some("FR".into()))]
+            vec![
+                (day(1), Some("DE".into())),
+                (day(1), Some("FR".into())),
+                (day(2), Some("DE".into())),
+                (day(2), Some("FR".into()))
+            ]
         );
     }
 }

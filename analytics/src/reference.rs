@@ -55,8 +55,7 @@ pub fn answer(query: &ScansQuery, events: &[ScanEvent]) -> Answer {
     let mut all_visitors: HashSet<(NaiveDate, u64)> = HashSet::new();
     let mut totals = Totals::default();
     for event in events.iter().filter(|event| counts(query, event)) {
-        let bucket =
-            (query.granularity != Granularity::None).then(|| query.bucket_of(event.at));
+        let bucket = (query.granularity != Granularity::None).then(|| query.bucket_of(event.at));
         let group = query.group_by.and_then(|dimension| value(event, dimension));
         let cell = (bucket, group);
         *scans.entry(cell.clone()).or_default() += 1;

@@ -35,11 +35,30 @@ const AGENTS: [(&str, &str, &str, &str, DeviceClass, u32); 6] = [
     ("WeChat", "8", "iOS", "17.1", DeviceClass::Ios, 35),
     ("Mobile Safari", "17", "iOS", "17.1", DeviceClass::Ios, 20),
     ("WeChat", "8", "Android", "14", DeviceClass::Android, 20),
-    ("Chrome Mobile", "120", "Android", "14", DeviceClass::Android, 15),
+    (
+        "Chrome Mobile",
+        "120",
+        "Android",
+        "14",
+        DeviceClass::Android,
+        15,
+    ),
     ("Chrome", "120", "Windows", "10", DeviceClass::Desktop, 7),
-    ("Firefox", "121", "Mac OS X", "14.2", DeviceClass::Desktop, 3),
+    (
+        "Firefox",
+        "121",
+        "Mac OS X",
+        "14.2",
+        DeviceClass::Desktop,
+        3,
+    ),
 ];
-const REFERRERS: [&str; 4] = ["news.example", "weibo.com", "google.com", "mp.weixin.qq.com"];
+const REFERRERS: [&str; 4] = [
+    "news.example",
+    "weibo.com",
+    "google.com",
+    "mp.weixin.qq.com",
+];
 const SOURCES: [&str; 3] = ["poster", "newsletter", "billboard"];
 
 fn pick<T: Copy>(rng: &mut StdRng, table: &[(T, u32)]) -> T {
@@ -75,8 +94,11 @@ pub fn events(shape: &Shape) -> Vec<ScanEvent> {
         .and_hms_opt(0, 0, 0)
         .map_or_else(Utc::now, |t| t.and_utc());
     let span = Duration::days(i64::from(shape.days)).num_seconds();
-    let country_table: Vec<(usize, u32)> =
-        COUNTRIES.iter().enumerate().map(|(i, c)| (i, c.3)).collect();
+    let country_table: Vec<(usize, u32)> = COUNTRIES
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, c.3))
+        .collect();
     let agent_table: Vec<(usize, u32)> = AGENTS.iter().enumerate().map(|(i, a)| (i, a.5)).collect();
     let mut events = Vec::with_capacity(shape.events);
     for _ in 0..shape.events {
@@ -100,15 +122,33 @@ pub fn events(shape: &Shape) -> Vec<ScanEvent> {
                 break second;
             }
         };
-        let at = start + Duration::seconds(second) + Duration::microseconds(rng.random_range(0..1_000_000));
+        let at = start
+            + Duration::seconds(second)
+            + Duration::microseconds(rng.random_range(0..1_000_000));
         let (country, region, city, _) = COUNTRIES[pick(&mut rng, &country_table)];
         let bot = rng.random_range(0..100) < 4;
         let (browser, version, os, os_version, device, _) = AGENTS[pick(&mut rng, &agent_table)];
-        let mut event = ScanEvent::new(kind, key, if rng.random_range(0..50) == 0 { "expired" } else { "bound" }, at);
+        let mut event = ScanEvent::new(
+            kind,
+            key,
+            if rng.random_range(0..50) == 0 {
+                "expired"
+            } else {
+                "bound"
+            },
+            at,
+        );
         if kind == ScanKind::Link {
             event.outcome = "redirected".into();
             if key_index % 2 == 1 {
-                event.variant = Some(if rng.random_bool(0.5) { "variant:a" } else { "variant:b" }.into());
+                event.variant = Some(
+                    if rng.random_bool(0.5) {
+                        "variant:a"
+                    } else {
+                        "variant:b"
+                    }
+                    .into(),
+                );
             }
         }
         event.id = EventId::random();
@@ -142,8 +182,9 @@ pub fn events(shape: &Shape) -> Vec<ScanEvent> {
         let day = at.date_naive().num_days_from_ce();
         let visitor_pool = (keys as u64 * 20).max(50);
         let visitor: u64 = rng.random_range(0..visitor_pool);
-        let digest = (visitor ^ (u64::try_from(day).unwrap_or(0) << 40) ^ ((tenant_index as u64) << 56))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let digest =
+            (visitor ^ (u64::try_from(day).unwrap_or(0) << 40) ^ ((tenant_index as u64) << 56))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         event.visitor = Some(format!("{digest:016x}"));
         events.push(event);
     }

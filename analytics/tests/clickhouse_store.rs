@@ -48,7 +48,9 @@ impl Chdb {
         let mut settings = config::ClickHouseSettings::default();
         settings.url = self.url.clone();
         settings.database = database.to_owned();
-        ClickHouseStore::connect(&settings).await.expect("the schema applies")
+        ClickHouseStore::connect(&settings)
+            .await
+            .expect("the schema applies")
     }
 }
 
@@ -103,15 +105,23 @@ fn random_query(rng: &mut StdRng, events: &[ScanEvent]) -> ScansQuery {
     let mut filters: Vec<Filter> = Vec::new();
     for _ in 0..rng.random_range(0..3) {
         if rng.random_bool(0.15) {
-            filters.push(Filter { on: FilterOn::Tag, values: vec!["spring".into()] });
+            filters.push(Filter {
+                on: FilterOn::Tag,
+                values: vec!["spring".into()],
+            });
             continue;
         }
         let dimension = Dimension::ALL[rng.random_range(0..Dimension::ALL.len())];
         let sample = &events[rng.random_range(0..events.len())];
         if let Some(value) = reference::value(sample, dimension)
-            && filters.iter().all(|f| f.on != FilterOn::Dimension(dimension))
+            && filters
+                .iter()
+                .all(|f| f.on != FilterOn::Dimension(dimension))
         {
-            filters.push(Filter { on: FilterOn::Dimension(dimension), values: vec![value] });
+            filters.push(Filter {
+                on: FilterOn::Dimension(dimension),
+                values: vec![value],
+            });
         }
     }
     ScansQuery {
@@ -123,7 +133,11 @@ fn random_query(rng: &mut StdRng, events: &[ScanEvent]) -> ScansQuery {
         group_by,
         filters,
         bots: rng.random_bool(0.3),
-        limit: if rng.random_bool(0.5) { rng.random_range(1..6) } else { 100 },
+        limit: if rng.random_bool(0.5) {
+            rng.random_range(1..6)
+        } else {
+            100
+        },
     }
 }
 
@@ -136,13 +150,19 @@ async fn clickhouse_answers_as_the_reference_does_and_duplicates_count_once() {
         store.insert(chunk).await.expect("inserted");
     }
     // An at-least-once stream delivers some events again, in another insert.
-    store.insert(&events[1_000..1_600]).await.expect("inserted again");
+    store
+        .insert(&events[1_000..1_600])
+        .await
+        .expect("inserted again");
     let mut rng = StdRng::seed_from_u64(5);
     let mut answered = 0;
     for _ in 0..120 {
         let query = random_query(&mut rng, &events);
         let expected = reference::answer(&query, &events);
-        let got = store.scans(&query).await.unwrap_or_else(|e| panic!("{query:?}: {e:?}"));
+        let got = store
+            .scans(&query)
+            .await
+            .unwrap_or_else(|e| panic!("{query:?}: {e:?}"));
         assert_eq!(got, expected, "{query:?}");
         answered += usize::from(expected.totals.scans > 0);
     }
@@ -151,15 +171,24 @@ async fn clickhouse_answers_as_the_reference_does_and_duplicates_count_once() {
     let query = ScansQuery {
         tenant: Tenant::parse(&synthetic::tenant(0)).unwrap(),
         from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
-        to: (first_day() + Duration::days(4)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+        to: (first_day() + Duration::days(4))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc(),
         tz: chrono_tz::Europe::Berlin,
         granularity: Granularity::Day,
         group_by: Some(Dimension::Country),
-        filters: vec![Filter { on: FilterOn::Dimension(Dimension::ViaQr), values: vec!["true".into()] }],
+        filters: vec![Filter {
+            on: FilterOn::Dimension(Dimension::ViaQr),
+            values: vec!["true".into()],
+        }],
         bots: false,
         limit: 100,
     };
-    assert_eq!(store.scans(&query).await.unwrap(), reference::answer(&query, &events));
+    assert_eq!(
+        store.scans(&query).await.unwrap(),
+        reference::answer(&query, &events)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,7 +197,12 @@ async fn clicks_retention_and_erasure_on_clickhouse() {
     let store = chdb.store("qrpool_upkeep").await;
     let mut events = events(2_000, 8);
     // A few tracked link scans with click ids.
-    for (index, event) in events.iter_mut().enumerate().filter(|(_, e)| e.variant.is_some()).take(20) {
+    for (index, event) in events
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, e)| e.variant.is_some())
+        .take(20)
+    {
         event.click_id = Some(format!("click{index:04}"));
     }
     store.insert(&events).await.unwrap();
@@ -185,15 +219,24 @@ async fn clicks_retention_and_erasure_on_clickhouse() {
             sample.tenant.as_deref().unwrap(),
             &sample.key,
             first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
-            (first_day() + Duration::days(5)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+            (first_day() + Duration::days(5))
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc(),
             &wanted,
         )
         .await
         .unwrap();
     assert_eq!(found.len(), wanted.len() - 1);
-    assert_eq!(found[sample.click_id.as_ref().unwrap()], *sample.variant.as_ref().unwrap());
+    assert_eq!(
+        found[sample.click_id.as_ref().unwrap()],
+        *sample.variant.as_ref().unwrap()
+    );
 
-    let dropped = store.drop_days_before(first_day() + Duration::days(2)).await.unwrap();
+    let dropped = store
+        .drop_days_before(first_day() + Duration::days(2))
+        .await
+        .unwrap();
     assert_eq!(dropped.len(), 2);
     let tenant = synthetic::tenant(1);
     store.erase_tenant(&tenant).await.unwrap();
@@ -207,7 +250,10 @@ async fn clicks_retention_and_erasure_on_clickhouse() {
             let query = ScansQuery {
                 tenant: Tenant::parse(&synthetic::tenant(index)).unwrap(),
                 from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
-                to: (first_day() + Duration::days(5)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+                to: (first_day() + Duration::days(5))
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap()
+                    .and_utc(),
                 tz: Tz::UTC,
                 granularity,
                 group_by: Some(Dimension::Device),
@@ -215,7 +261,11 @@ async fn clicks_retention_and_erasure_on_clickhouse() {
                 bots: true,
                 limit: 100,
             };
-            assert_eq!(store.scans(&query).await.unwrap(), reference::answer(&query, &kept), "{query:?}");
+            assert_eq!(
+                store.scans(&query).await.unwrap(),
+                reference::answer(&query, &kept),
+                "{query:?}"
+            );
         }
     }
 }

@@ -36,7 +36,11 @@ fn append(events_dir: &Path, events: &[ScanEvent]) {
     std::fs::create_dir_all(events_dir).unwrap();
     for event in events {
         let path = events_dir.join(format!("{}.jsonl", event.at.date_naive()));
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
         let mut line = Vec::new();
         event.write_json(&mut line);
         line.push(b'\n');
@@ -74,19 +78,31 @@ fn random_query(rng: &mut StdRng, events: &[ScanEvent]) -> ScansQuery {
     for _ in 0..rng.random_range(0..3) {
         let sample = &events[rng.random_range(0..events.len())];
         if rng.random_bool(0.2) {
-            filters.push(Filter { on: FilterOn::Tag, values: vec!["spring".into()] });
+            filters.push(Filter {
+                on: FilterOn::Tag,
+                values: vec!["spring".into()],
+            });
             continue;
         }
         let dimension = Dimension::ALL[rng.random_range(0..Dimension::ALL.len())];
-        let Some(value) = reference::value(sample, dimension) else { continue };
+        let Some(value) = reference::value(sample, dimension) else {
+            continue;
+        };
         let mut values = vec![value];
         if rng.random_bool(0.3)
-            && let Some(other) = reference::value(&events[rng.random_range(0..events.len())], dimension)
+            && let Some(other) =
+                reference::value(&events[rng.random_range(0..events.len())], dimension)
         {
             values.push(other);
         }
-        if filters.iter().all(|f: &Filter| f.on != FilterOn::Dimension(dimension)) {
-            filters.push(Filter { on: FilterOn::Dimension(dimension), values });
+        if filters
+            .iter()
+            .all(|f: &Filter| f.on != FilterOn::Dimension(dimension))
+        {
+            filters.push(Filter {
+                on: FilterOn::Dimension(dimension),
+                values,
+            });
         }
     }
     ScansQuery {
@@ -98,7 +114,11 @@ fn random_query(rng: &mut StdRng, events: &[ScanEvent]) -> ScansQuery {
         group_by,
         filters,
         bots: rng.random_bool(0.3),
-        limit: if rng.random_bool(0.5) { rng.random_range(1..6) } else { 100 },
+        limit: if rng.random_bool(0.5) {
+            rng.random_range(1..6)
+        } else {
+            100
+        },
     }
 }
 
@@ -126,7 +146,10 @@ fn the_engine_answers_as_the_reference_does_before_and_after_merges() {
             answered_something += usize::from(expected.totals.scans > 0);
         }
         // Most random questions have an answer: the comparison is not of empty sets.
-        assert!(answered_something * 2 > rounds, "{answered_something} of {rounds}");
+        assert!(
+            answered_something * 2 > rounds,
+            "{answered_something} of {rounds}"
+        );
     };
     check(&mut rng, 150);
     // Merged: during the day (parts into L1), and the days that are over (whole).
@@ -145,21 +168,33 @@ fn a_crash_between_files_and_checkpoint_counts_nothing_twice() {
     let events = synthetic::events(&shape(4_000, 3));
     let (first, second) = events.split_at(2_000);
     append(&events_dir, first);
-    Ingest::open(store.clone(), &events_dir).unwrap().round().unwrap();
+    Ingest::open(store.clone(), &events_dir)
+        .unwrap()
+        .round()
+        .unwrap();
     // The second round's files are written, but its checkpoint is lost (a crash before
     // the rename): the old checkpoint is put back.
     let checkpoint = std::fs::read(root.join("ingest.json")).unwrap();
     append(&events_dir, second);
-    Ingest::open(store.clone(), &events_dir).unwrap().round().unwrap();
+    Ingest::open(store.clone(), &events_dir)
+        .unwrap()
+        .round()
+        .unwrap();
     std::fs::write(root.join("ingest.json"), checkpoint).unwrap();
     // Opening again deletes the orphans, and the round writes them once.
     let mut ingest = Ingest::open(store.clone(), &events_dir).unwrap();
     let round = ingest.round().unwrap();
-    assert_eq!(round.events as usize, second.iter().filter(|e| e.tenant.is_some()).count());
+    assert_eq!(
+        round.events as usize,
+        second.iter().filter(|e| e.tenant.is_some()).count()
+    );
     let query = ScansQuery {
         tenant: Tenant::parse(&synthetic::tenant(0)).unwrap(),
         from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
-        to: (first_day() + Duration::days(6)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+        to: (first_day() + Duration::days(6))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc(),
         tz: Tz::UTC,
         granularity: Granularity::Day,
         group_by: Some(Dimension::Country),
@@ -167,11 +202,19 @@ fn a_crash_between_files_and_checkpoint_counts_nothing_twice() {
         bots: true,
         limit: 100,
     };
-    assert_eq!(store.query(&query).unwrap(), reference::answer(&query, &events));
+    assert_eq!(
+        store.query(&query).unwrap(),
+        reference::answer(&query, &events)
+    );
     // A merge interrupted after writing its file: the parts it covers are not counted.
     let day = first_day() + Duration::days(1);
-    store.compact_partition(day, &synthetic::tenant(0), day + Duration::days(1)).unwrap();
-    assert_eq!(store.query(&query).unwrap(), reference::answer(&query, &events));
+    store
+        .compact_partition(day, &synthetic::tenant(0), day + Duration::days(1))
+        .unwrap();
+    assert_eq!(
+        store.query(&query).unwrap(),
+        reference::answer(&query, &events)
+    );
 }
 
 #[test]
@@ -181,8 +224,13 @@ fn retention_drops_days_and_erasure_drops_a_tenant() {
     let store = EmbeddedStore::open(&dir.path().join("analytics")).unwrap();
     let events = synthetic::events(&shape(3_000, 5));
     append(&events_dir, &events);
-    Ingest::open(store.clone(), &events_dir).unwrap().round().unwrap();
-    let dropped = store.drop_days_before(first_day() + Duration::days(2)).unwrap();
+    Ingest::open(store.clone(), &events_dir)
+        .unwrap()
+        .round()
+        .unwrap();
+    let dropped = store
+        .drop_days_before(first_day() + Duration::days(2))
+        .unwrap();
     assert_eq!(dropped.len(), 2);
     let tenant = synthetic::tenant(1);
     assert!(store.erase_tenant(&tenant).unwrap() > 0);
@@ -196,7 +244,10 @@ fn retention_drops_days_and_erasure_drops_a_tenant() {
         let query = ScansQuery {
             tenant: Tenant::parse(&synthetic::tenant(index)).unwrap(),
             from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
-            to: (first_day() + Duration::days(6)).and_hms_opt(0, 0, 0).unwrap().and_utc(),
+            to: (first_day() + Duration::days(6))
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc(),
             tz: Tz::UTC,
             granularity: Granularity::None,
             group_by: None,
@@ -204,6 +255,9 @@ fn retention_drops_days_and_erasure_drops_a_tenant() {
             bots: true,
             limit: 100,
         };
-        assert_eq!(store.query(&query).unwrap(), reference::answer(&query, &kept));
+        assert_eq!(
+            store.query(&query).unwrap(),
+            reference::answer(&query, &kept)
+        );
     }
 }

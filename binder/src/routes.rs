@@ -287,7 +287,10 @@ async fn create_batch(
                 }
                 let tenant = caller.tenant;
                 let tags = parse_tags(item.tags);
-                let bound = match (item.idempotency_key.as_deref().map(valid_idempotency_key), tags) {
+                let bound = match (
+                    item.idempotency_key.as_deref().map(valid_idempotency_key),
+                    tags,
+                ) {
                     (Some(None), _) => Err(bad_idempotency_key()),
                     (_, Err(problem)) => Err(problem),
                     (key, Ok(tags)) => binder

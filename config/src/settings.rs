@@ -799,6 +799,13 @@ impl Settings {
             ));
         }
         if self.analytics.backend == AnalyticsBackend::Clickhouse {
+            if self.pool.backend != PoolBackend::Kafka {
+                return Err(ConfigError::invalid(
+                    "analytics.backend",
+                    "= clickhouse is fed from the Kafka events topic (`qrpool analytics ingest`): \
+                     set pool.backend = kafka, which sends scan events there",
+                ));
+            }
             let clickhouse = &self.analytics.clickhouse;
             if !(clickhouse.url.starts_with("http://") || clickhouse.url.starts_with("https://")) {
                 return Err(ConfigError::invalid(
@@ -1203,13 +1210,17 @@ mod tests {
         assert!(error.contains("proxy.local"), "{error}");
         let error = refused(&|s| s.analytics.flush_secs = 0);
         assert!(error.contains("analytics.flush_secs"), "{error}");
+        let error = refused(&|s| s.analytics.backend = AnalyticsBackend::Clickhouse);
+        assert!(error.contains("pool.backend = kafka"), "{error}");
         let error = refused(&|s| {
+            s.pool.backend = PoolBackend::Kafka;
             s.analytics.backend = AnalyticsBackend::Clickhouse;
             s.analytics.clickhouse.database = "qr; DROP".into();
         });
         assert!(error.contains("analytics.clickhouse.database"), "{error}");
         let mut settings = Settings::default();
-        settings.server.trusted_proxies = vec!["10.0.0.0/8".into(), "::1".into(), "2001:db8::/32".into()];
+        settings.server.trusted_proxies =
+            vec!["10.0.0.0/8".into(), "::1".into(), "2001:db8::/32".into()];
         settings.validate().unwrap();
     }
 

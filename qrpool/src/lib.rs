@@ -94,6 +94,8 @@ pub struct App {
     scan_writer: Option<scans::ScanWriter>,
     /// Purges deleted links past their retention, when the scan side runs here.
     link_purge: Option<LinkPurge>,
+    /// Ingests the event files into the embedded analytics store, when they are written here.
+    analytics_feed: Option<analytics::FileFeed>,
     grace: Duration,
     /// Threads answering requests, 0 for the shared runtime (see [`service::serve`]).
     http_threads: usize,
@@ -209,9 +211,47 @@ impl App {
         }
         let mut scan_writer = None;
         let mut link_purge = None;
+        let mut analytics_feed = None;
+        if let (true, Some(bindings), Some(keys)) = (parts.binder, &bindings, &keys)
+            && settings.analytics.enabled
+        {
+            let store = analytics::Store::open(settings)
+                .await
+                .context("opening the analytics store")?;
+            let checked = store.clone();
+            readiness = readiness.with("analytics", move || {
+                let store = checked.clone();
+                Box::pin(async move { store.check().await.map_err(|error| error.to_string()) })
+            });
+            let database = bindings.durable().database();
+            let service = analytics::AnalyticsService {
+                store,
+                keys: keys.clone(),
+                conversions: analytics::conversions::Conversions::open(database.clone())
+                    .await
+                    .context("opening the conversions table")?,
+                links: redirect::LinkStore::open(database)
+                    .await
+                    .context("opening the link store")?,
+            };
+            router = router.merge(analytics::router(std::sync::Arc::new(service)));
+        }
         if let (true, Some(bindings), Some(keys)) = (parts.middle_page, &bindings, &keys) {
             let country_header = scans::country_header(settings.scans.country_header.as_deref())
                 .context("scans.country_header is not a header name")?;
+            let proxies = scans::TrustedProxies::parse(&settings.server.trusted_proxies)
+                .context("server.trusted_proxies")?;
+            let geo = settings
+                .analytics
+                .geoip_db
+                .as_deref()
+                .map(scans::GeoIp::open)
+                .transpose()
+                .context("opening the GeoIP database (setting `analytics.geoip_db`)")?;
+            if let Some(geo) = &geo {
+                tracing::info!(database_type = geo.database_type(), "GeoIP database open");
+            }
+            let clients = scans::Clients::new(proxies, country_header, geo);
             let scans = if settings.scans.enabled {
                 let sink = match settings.pool.backend {
                     PoolBackend::Kafka => {
@@ -227,8 +267,21 @@ impl App {
                         scans::ScanSink::Files(settings.embedded.data_dir.join("scans"))
                     }
                 };
+                if let scans::ScanSink::Files(events_dir) = &sink
+                    && settings.analytics.enabled
+                    && settings.analytics.backend == config::AnalyticsBackend::Embedded
+                {
+                    let store = analytics::embedded::EmbeddedStore::open(
+                        &settings.embedded.data_dir.join("analytics"),
+                    )
+                    .context("opening the analytics store")?;
+                    analytics_feed = Some(
+                        analytics::FileFeed::open(store, events_dir, settings)
+                            .context("opening the analytics ingest")?,
+                    );
+                }
                 let (events, writer) =
-                    scans::ScanEvents::start(sink, settings.scans.queue, country_header.clone())
+                    scans::ScanEvents::start(sink, settings.scans.queue, clients.clone())
                         .context("starting the scan event writer")?;
                 scan_writer = Some(writer);
                 Some(events)
@@ -256,7 +309,7 @@ impl App {
                     settings.redirect.signing_secret.clone(),
                 ),
                 scans,
-                country_header,
+                clients,
                 secure_cookie: public_base.starts_with("https://"),
                 public_url: public_base,
             });
@@ -283,6 +336,7 @@ impl App {
             readers,
             scan_writer,
             link_purge,
+            analytics_feed,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             http_threads: settings.server.http_threads(parts.binder),
         })
@@ -323,6 +377,7 @@ impl App {
             readers,
             scan_writer,
             link_purge,
+            analytics_feed,
             grace,
             http_threads,
         } = self;
@@ -337,6 +392,8 @@ impl App {
                 shutdown.child_token(),
             ))
         });
+        let analytics_feed =
+            analytics_feed.map(|feed| tokio::spawn(feed.run(shutdown.child_token())));
         let served = service::serve(
             listener,
             front,
@@ -361,9 +418,18 @@ impl App {
             anyhow::Ok(())
         };
         let scans = async {
-            if let Some(writer) = scan_writer {
-                writer.finish().await?;
+            let written = match scan_writer {
+                Some(writer) => writer.finish().await,
+                None => Ok(()),
+            };
+            // The events written at shutdown are ingested too, once the writer is done.
+            if let Some(feed) = analytics_feed {
+                feed.await
+                    .context("the analytics ingest task panicked")?
+                    .finish()
+                    .await;
             }
+            written?;
             anyhow::Ok(())
         };
         let readers = futures::future::join_all(readers.into_iter().map(|reader| async move {

@@ -56,6 +56,23 @@ enum Command {
         #[command(subcommand)]
         action: KeysCommand,
     },
+    /// Scan analytics: the ClickHouse ingest, erasing a tenant.
+    Analytics {
+        #[command(subcommand)]
+        action: AnalyticsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AnalyticsCommand {
+    /// Feeds ClickHouse from the Kafka events topic (`analytics.backend = "clickhouse"`): a
+    /// consumer group; run one or more.
+    Ingest,
+    /// Deletes every scan and conversion of a tenant from the analytics store, for good.
+    Erase {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +145,12 @@ async fn main() -> anyhow::Result<()> {
                 KeysCommand::Revoke { key_id } => qrpool::keys::revoke(&settings, &key_id).await,
             };
         }
+        Command::Analytics { action } => {
+            return match action {
+                AnalyticsCommand::Ingest => analytics_ingest(&settings).await,
+                AnalyticsCommand::Erase { tenant } => analytics_erase(&settings, &tenant).await,
+            };
+        }
         Command::Migrate => {
             let store = bindings::DurableStore::connect(&settings)
                 .await
@@ -135,7 +158,10 @@ async fn main() -> anyhow::Result<()> {
             redirect::LinkStore::open(store.database())
                 .await
                 .context("migrating the link store")?;
-            println!("The binding and link stores are up to date.");
+            analytics::conversions::Conversions::open(store.database())
+                .await
+                .context("migrating the conversions table")?;
+            println!("The binding, link and conversion stores are up to date.");
             return Ok(());
         }
     };
@@ -175,6 +201,86 @@ async fn main() -> anyhow::Result<()> {
     }
     app.run(listener, shutdown).await?;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// `qrpool analytics ingest`: the events topic into ClickHouse until Ctrl-C or SIGTERM, with
+/// `/healthz`, `/readyz` and `/metrics` on `server.listen`.
+async fn analytics_ingest(settings: &Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.analytics.backend == config::AnalyticsBackend::Clickhouse,
+        "`qrpool analytics ingest` feeds ClickHouse: set analytics.backend = \"clickhouse\" \
+         (the embedded store is fed in process by `qrpool up` / `qrpool middle-page`)"
+    );
+    service::ops::prometheus();
+    let store = analytics::clickhouse::ClickHouseStore::connect(&settings.analytics.clickhouse)
+        .await
+        .context("connecting to ClickHouse (analytics.clickhouse.url)")?;
+    pool::kafka::ensure_topic(&settings.kafka, &settings.kafka.events_topic)
+        .await
+        .context("creating the scan events topic")?;
+    let feed = analytics::KafkaFeed::connect(settings, store.clone())
+        .context("joining the analytics ingest group")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let listener = tokio::net::TcpListener::bind(settings.server.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding {} (setting `server.listen`)",
+                settings.server.listen
+            )
+        })?;
+    let readiness = service::Readiness::default().with("analytics", move || {
+        let store = store.clone();
+        Box::pin(async move { store.check().await.map_err(|error| error.to_string()) })
+    });
+    let ops = service::ops::router(readiness);
+    let serving = tokio::spawn(service::serve(
+        listener,
+        ops,
+        shutdown.clone().cancelled_owned(),
+        std::time::Duration::from_secs(settings.server.shutdown_grace_secs),
+        0,
+    ));
+    println!(
+        "qrpool analytics ingest: {} → ClickHouse {} (group {}); health on http://{}",
+        settings.kafka.events_topic,
+        settings.analytics.clickhouse.database,
+        settings.analytics.clickhouse.ingest_group,
+        settings.server.listen
+    );
+    let fed = feed.run(shutdown.clone()).await;
+    shutdown.cancel();
+    drop(serving.await.context("the health endpoints failed")?);
+    fed.context("ingesting scan events")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// `qrpool analytics erase --tenant T`: the tenant's scans and conversions, gone.
+async fn analytics_erase(settings: &Settings, tenant: &str) -> anyhow::Result<()> {
+    let tenant = records::Tenant::parse(tenant).context("--tenant")?;
+    let store = analytics::Store::open(settings)
+        .await
+        .context("opening the analytics store")?;
+    store
+        .erase_tenant(tenant.as_str())
+        .await
+        .context("erasing the tenant's scans")?;
+    let durable = bindings::DurableStore::connect(settings)
+        .await
+        .context("opening the database")?;
+    let conversions = analytics::conversions::Conversions::open(durable.database())
+        .await
+        .context("opening the conversions table")?
+        .erase_tenant(&tenant)
+        .await
+        .context("erasing the tenant's conversions")?;
+    println!(
+        "Erased the analytics of tenant `{tenant}`: its scans, and {conversions} conversions. \
+         Scans made from now on are recorded again."
+    );
     Ok(())
 }
 

@@ -28,8 +28,8 @@ pub mod target;
 pub use api_key::{KeyToken, Scope, Scopes, ScopesError};
 pub use binding::{Binding, Params, ParamsError, ParamsLimits, Tenant, TenantError};
 pub use link::{
-    Link, LinkKey, LinkKeyError, LinkTarget, LinkTargetError, LinkVersion, RedirectStatus, Rule,
-    Served, ServedBy, Variant, Visit, CLICK_ID_PARAM, check_destination, with_click_id,
+    CLICK_ID_PARAM, Link, LinkKey, LinkKeyError, LinkTarget, LinkTargetError, LinkVersion,
+    RedirectStatus, Rule, Served, ServedBy, Variant, Visit, check_destination, with_click_id,
 };
 pub use pool_record::{CodeImage, DecodeError, PoolRecord};
 pub use request_id::{ParseRequestIdError, RequestId};

@@ -694,10 +694,22 @@ mod tests {
     fn a_click_id_joins_the_query_before_the_fragment() {
         let cases = [
             ("https://shop.example/a", "https://shop.example/a?qrclid=C1"),
-            ("https://shop.example/a?x=1", "https://shop.example/a?x=1&qrclid=C1"),
-            ("https://shop.example/a?", "https://shop.example/a?qrclid=C1"),
-            ("https://shop.example/a?x=1#top", "https://shop.example/a?x=1&qrclid=C1#top"),
-            ("https://shop.example/#/route?y", "https://shop.example/?qrclid=C1#/route?y"),
+            (
+                "https://shop.example/a?x=1",
+                "https://shop.example/a?x=1&qrclid=C1",
+            ),
+            (
+                "https://shop.example/a?",
+                "https://shop.example/a?qrclid=C1",
+            ),
+            (
+                "https://shop.example/a?x=1#top",
+                "https://shop.example/a?x=1&qrclid=C1#top",
+            ),
+            (
+                "https://shop.example/#/route?y",
+                "https://shop.example/?qrclid=C1#/route?y",
+            ),
         ];
         for (destination, expected) in cases {
             assert_eq!(with_click_id(destination, "C1"), expected);

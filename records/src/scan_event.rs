@@ -86,12 +86,7 @@ impl ScanEvent {
     pub const LAYOUT: u16 = 2;
 
     /// An event of `kind` for `key` with nothing known about the scanner yet.
-    pub fn new(
-        kind: ScanKind,
-        key: String,
-        outcome: &'static str,
-        at: DateTime<Utc>,
-    ) -> ScanEvent {
+    pub fn new(kind: ScanKind, key: String, outcome: &'static str, at: DateTime<Utc>) -> ScanEvent {
         ScanEvent {
             v: Self::LAYOUT,
             id: EventId::random(),
@@ -173,7 +168,11 @@ impl ScanEvent {
             b"\",\"bot\":false"
         });
         write_optional(out, b",\"browser\":", self.browser.as_deref());
-        write_optional(out, b",\"browser_version\":", self.browser_version.as_deref());
+        write_optional(
+            out,
+            b",\"browser_version\":",
+            self.browser_version.as_deref(),
+        );
         write_optional(out, b",\"os\":", self.os.as_deref());
         write_optional(out, b",\"os_version\":", self.os_version.as_deref());
         write_optional(out, b",\"country\":", self.country.as_deref());

@@ -71,9 +71,13 @@ mod tests {
 
     #[test]
     fn tags_are_trimmed_deduplicated_and_bounded() {
-        let tags = Tags::parse(vec![" spring ".into(), "store-12".into(), "spring".into()]).unwrap();
+        let tags =
+            Tags::parse(vec![" spring ".into(), "store-12".into(), "spring".into()]).unwrap();
         assert_eq!(tags.as_slice(), ["spring", "store-12"]);
-        assert_eq!(Tags::parse(vec![String::new()]), Err(TagsError::Invalid(String::new())));
+        assert_eq!(
+            Tags::parse(vec![String::new()]),
+            Err(TagsError::Invalid(String::new()))
+        );
         assert!(Tags::parse(vec!["a\nb".into()]).is_err());
         assert!(Tags::parse(vec!["x".repeat(65)]).is_err());
         assert!(Tags::parse(vec!["é".repeat(64)]).is_ok());

@@ -164,6 +164,7 @@ mod tests {
             effective_end: None,
             rules: Vec::new(),
             split: Vec::new(),
+            track_conversions: false,
         }
     }
 

@@ -316,10 +316,9 @@ async fn answer_scan(
         format!("{}{}", link.key, records::RequestId::generate())
     });
     let destination = match &click_id {
-        Some(click_id) => std::borrow::Cow::Owned(records::with_click_id(
-            served.destination,
-            click_id,
-        )),
+        Some(click_id) => {
+            std::borrow::Cow::Owned(records::with_click_id(served.destination, click_id))
+        }
         None => std::borrow::Cow::Borrowed(served.destination),
     };
     let Ok(location) = HeaderValue::from_str(&destination) else {

@@ -16,7 +16,7 @@ use sqlx::FromRow;
 use sqlx::types::Json;
 
 use bindings::Database;
-use records::{Tags, Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, Tenant};
+use records::{Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, Tags, Tenant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkStoreError {

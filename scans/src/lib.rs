@@ -376,7 +376,13 @@ mod tests {
         );
         assert_eq!(direct.forwarded, None);
         // A plain printed code's query is not copied.
-        let plain = clients.scan(ScanKind::Code, "x".into(), "bound", &parts("/m/x?qr=1", &[]), None);
+        let plain = clients.scan(
+            ScanKind::Code,
+            "x".into(),
+            "bound",
+            &parts("/m/x?qr=1", &[]),
+            None,
+        );
         assert!(plain.via_qr && plain.query.is_none());
     }
 
@@ -395,8 +401,14 @@ mod tests {
         let loopback = Some("127.0.0.1".parse().expect("ip"));
         let proxied = parts("/r/x", &[("x-forwarded-for", "81.2.69.142")]);
         assert_eq!(clients.country(&proxied, loopback).as_deref(), Some("GB"));
-        let with_header = parts("/r/x", &[("x-forwarded-for", "81.2.69.142"), ("cf-ipcountry", "DE")]);
-        assert_eq!(clients.country(&with_header, loopback).as_deref(), Some("DE"));
+        let with_header = parts(
+            "/r/x",
+            &[("x-forwarded-for", "81.2.69.142"), ("cf-ipcountry", "DE")],
+        );
+        assert_eq!(
+            clients.country(&with_header, loopback).as_deref(),
+            Some("DE")
+        );
         assert_eq!(clients.country(&parts("/r/x", &[]), loopback), None);
     }
 }

@@ -22,7 +22,10 @@ const BATCH: usize = 4_096;
 pub enum ScanSink {
     /// `<dir>/<UTC date>.jsonl`.
     Files(PathBuf),
-    Kafka { brokers: String, topic: String },
+    Kafka {
+        brokers: String,
+        topic: String,
+    },
 }
 
 /// Starts the writer task on the caller's runtime.
@@ -106,7 +109,8 @@ async fn write(output: Output, mut enricher: Enricher, mut receiver: mpsc::Recei
         let output_for_batch = Arc::clone(&output);
         let written = tokio::task::spawn_blocking(move || {
             let mut batch = batch;
-            let events: Vec<ScanEvent> = batch.drain(..).map(|scan| enricher.enrich(scan)).collect();
+            let events: Vec<ScanEvent> =
+                batch.drain(..).map(|scan| enricher.enrich(scan)).collect();
             let result = match &*output_for_batch {
                 Output::Files(dir) => append(dir, &events),
                 Output::Kafka { producer, topic } => {
@@ -155,8 +159,7 @@ async fn write(output: Output, mut enricher: Enricher, mut receiver: mpsc::Recei
         // Shutdown: deliver what librdkafka still holds, well within `finish`'s limit (a
         // broker that is gone must not turn a clean stop into an abandoned writer).
         let producer = Arc::clone(producer);
-        let flushed =
-            tokio::task::spawn_blocking(move || producer.flush(FINISH_WITHIN / 2)).await;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(FINISH_WITHIN / 2)).await;
         if !matches!(flushed, Ok(Ok(()))) {
             tracing::warn!("some scan events were not delivered before shutdown");
         }

@@ -158,7 +158,11 @@ struct HttpThread {
 impl HttpThreads {
     fn start<S>(count: NonZeroUsize, service: &S, stop: &CancellationToken) -> std::io::Result<Self>
     where
-        S: Service<Request, Response = Response, Error = Infallible> + ForPeer + Clone + Send + 'static,
+        S: Service<Request, Response = Response, Error = Infallible>
+            + ForPeer
+            + Clone
+            + Send
+            + 'static,
         S::Future: Send,
     {
         let mut threads = Vec::with_capacity(count.get());

@@ -60,7 +60,8 @@ impl EmbeddedStore {
         today: NaiveDate,
     ) -> Result<Option<u64>, AnalyticsError> {
         let dir = self.partition_dir(day, tenant);
-        let (live, redundant) = live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
+        let (live, redundant) =
+            live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
         for path in redundant {
             remove(&path)?;
         }
@@ -137,8 +138,8 @@ fn merge_files(paths: &[PathBuf], target: &std::path::Path) -> Result<(), Analyt
             .and_then(|name| name.to_str())
             .unwrap_or("merge")
     ));
-    let file =
-        std::fs::File::create(&temporary).map_err(|source| AnalyticsError::io(&temporary, source))?;
+    let file = std::fs::File::create(&temporary)
+        .map_err(|source| AnalyticsError::io(&temporary, source))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(1 << 20))
@@ -173,5 +174,8 @@ fn in_file_order(batch: &RecordBatch) -> Result<RecordBatch, AnalyticsError> {
     });
     let indices = UInt32Array::from(order);
     let columns = arrow_select::take::take_arrays(batch.columns(), &indices, None)?;
-    Ok(RecordBatch::try_new(Arc::clone(batch.schema_ref()), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::clone(batch.schema_ref()),
+        columns,
+    )?)
 }

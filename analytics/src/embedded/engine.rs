@@ -115,7 +115,9 @@ struct Plan {
 }
 
 fn plan(query: &ScansQuery, buckets: &[DateTime<Utc>], day: NaiveDate) -> Plan {
-    let day_start = day.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_micros());
+    let day_start = day
+        .and_hms_opt(0, 0, 0)
+        .map_or(0, |t| t.and_utc().timestamp_micros());
     let day_end = day_start + 86_400_000_000;
     let from = query.from.timestamp_micros();
     let to = query.to.timestamp_micros();
@@ -124,7 +126,9 @@ fn plan(query: &ScansQuery, buckets: &[DateTime<Utc>], day: NaiveDate) -> Plan {
     let first_bucket = if query.granularity == Granularity::None {
         0
     } else {
-        starts.partition_point(|start| *start <= first_instant).saturating_sub(1)
+        starts
+            .partition_point(|start| *start <= first_instant)
+            .saturating_sub(1)
     };
     let edges: Vec<(i64, usize)> = starts
         .iter()
@@ -515,7 +519,11 @@ fn clicks_in_file(
     let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
-    for batch in builder.with_projection(mask).with_batch_size(BATCH_ROWS).build()? {
+    for batch in builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()?
+    {
         let batch = batch?;
         let keys = dictionary(&batch, "key")?;
         let key_values = keys.values().as_string::<i32>();

@@ -58,9 +58,8 @@ impl Ingest {
     pub fn open(store: EmbeddedStore, events_dir: &Path) -> Result<Ingest, AnalyticsError> {
         let path = store.root().join(CHECKPOINT);
         let checkpoint = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
-                AnalyticsError::Corrupt(format!("{}: {error}", path.display()))
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|error| AnalyticsError::Corrupt(format!("{}: {error}", path.display())))?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Checkpoint::default(),
             Err(source) => return Err(AnalyticsError::io(&path, source)),
         };
@@ -135,7 +134,8 @@ impl Ingest {
     ) -> Result<(), AnalyticsError> {
         let name = source_name(day);
         let start = self.checkpoint.offsets.get(&name).copied().unwrap_or(0);
-        let mut file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
+        let mut file =
+            std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
         let length = file
             .metadata()
             .map_err(|source| AnalyticsError::io(path, source))?
@@ -177,7 +177,10 @@ impl Ingest {
             };
             // The writer files each event under its own UTC day; anything else was put there
             // by hand, and would be counted under the wrong day.
-            let Some(tenant) = event.tenant.clone().filter(|_| event.at.date_naive() == day)
+            let Some(tenant) = event
+                .tenant
+                .clone()
+                .filter(|_| event.at.date_naive() == day)
             else {
                 round.skipped += 1;
                 continue;
@@ -206,7 +209,8 @@ impl Ingest {
         let temporary = self.store.root().join(format!(".{CHECKPOINT}.tmp"));
         let bytes = serde_json::to_vec_pretty(&self.checkpoint)
             .map_err(|error| AnalyticsError::Corrupt(error.to_string()))?;
-        std::fs::write(&temporary, bytes).map_err(|source| AnalyticsError::io(&temporary, source))?;
+        std::fs::write(&temporary, bytes)
+            .map_err(|source| AnalyticsError::io(&temporary, source))?;
         std::fs::File::open(&temporary)
             .and_then(|file| file.sync_all())
             .map_err(|source| AnalyticsError::io(&temporary, source))?;
@@ -297,4 +301,3 @@ pub(crate) fn remove_temporary(dir: &Path) -> Result<(), AnalyticsError> {
     }
     Ok(())
 }
-

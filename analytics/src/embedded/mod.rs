@@ -252,7 +252,13 @@ mod tests {
         let touch = |file: FileName| std::fs::write(dir.path().join(file.text()), b"").unwrap();
         // Parts 0-10 and 10-20 merged into L1-20 (the parts not yet deleted: a crash), a
         // later part 20-30, and an older full merge L2-5 that L1-20 does not cover.
-        for file in [name(0, 0, 10), name(0, 10, 20), name(1, 0, 20), name(0, 20, 30), name(2, 0, 5)] {
+        for file in [
+            name(0, 0, 10),
+            name(0, 10, 20),
+            name(1, 0, 20),
+            name(0, 20, 30),
+            name(2, 0, 5),
+        ] {
             touch(file);
         }
         let (live, redundant) = live_files(dir.path()).unwrap();
@@ -262,7 +268,10 @@ mod tests {
         // A full merge covers everything up to its end, other full merges included.
         touch(name(2, 0, 30));
         let (live, redundant) = live_files(dir.path()).unwrap();
-        assert_eq!(live.into_iter().map(|(n, _)| n).collect::<Vec<_>>(), vec![name(2, 0, 30)]);
+        assert_eq!(
+            live.into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            vec![name(2, 0, 30)]
+        );
         assert_eq!(redundant.len(), 5);
     }
 }

@@ -129,7 +129,9 @@ impl Agents {
         });
         let browsers = in_app
             .chain(regexes.user_agent_parsers)
-            .try_fold(user_agent::Builder::new(), |builder, parser| builder.push(parser))
+            .try_fold(user_agent::Builder::new(), |builder, parser| {
+                builder.push(parser)
+            })
             .map_err(|error| AgentsError(format!("{error:?}")))?
             .build()
             .map_err(|error| AgentsError(format!("{error:?}")))?;

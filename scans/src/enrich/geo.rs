@@ -125,7 +125,10 @@ mod tests {
         let milton = geo.locate(ip("216.160.83.56"));
         assert_eq!(milton.country.as_deref(), Some("US"));
         assert_eq!(milton.city.as_deref(), Some("Milton"));
-        assert_eq!(geo.locate(ip("89.160.20.112")).country.as_deref(), Some("SE"));
+        assert_eq!(
+            geo.locate(ip("89.160.20.112")).country.as_deref(),
+            Some("SE")
+        );
         assert_eq!(geo.locate(ip("127.0.0.1")), Place::default());
         assert_eq!(geo.locate(ip("::1")), Place::default());
     }
@@ -142,7 +145,10 @@ mod tests {
     fn the_flat_country_code_layout_is_read() {
         let geo = open("DBIP-Country-Lite-Test.mmdb");
         assert_eq!(geo.database_type(), "DBIP-Country-Lite");
-        assert_eq!(geo.locate(ip("89.160.20.112")).country.as_deref(), Some("SE"));
+        assert_eq!(
+            geo.locate(ip("89.160.20.112")).country.as_deref(),
+            Some("SE")
+        );
         assert_eq!(geo.locate(ip("2001:db8::5")).country.as_deref(), Some("DE"));
         assert_eq!(geo.locate(ip("8.8.8.8")), Place::default());
     }
@@ -150,6 +156,10 @@ mod tests {
     #[test]
     fn a_missing_file_names_its_path() {
         let error = GeoIp::open(Path::new("/nonexistent/GeoLite2-City.mmdb")).expect_err("no file");
-        assert!(error.to_string().contains("/nonexistent/GeoLite2-City.mmdb"));
+        assert!(
+            error
+                .to_string()
+                .contains("/nonexistent/GeoLite2-City.mmdb")
+        );
     }
 }

@@ -76,7 +76,10 @@ impl Enricher {
             event.city = place.city;
         }
         // A country header from the CDN in front knows best.
-        if let Some(country) = scan.country.and_then(|code| String::from_utf8(code.to_vec()).ok()) {
+        if let Some(country) = scan
+            .country
+            .and_then(|code| String::from_utf8(code.to_vec()).ok())
+        {
             if event.country.as_deref() != Some(&country) {
                 event.region = None;
                 event.city = None;
@@ -206,7 +209,12 @@ mod tests {
         tomorrow.at += chrono::Duration::days(1);
         assert_ne!(enricher.enrich(tomorrow).visitor, event.visitor);
         // Yesterday's salt is kept while a batch may straddle midnight.
-        assert_eq!(enricher.enrich(scan("10.0.0.7", Some("81.2.69.142"), IPHONE)).visitor, event.visitor);
+        assert_eq!(
+            enricher
+                .enrich(scan("10.0.0.7", Some("81.2.69.142"), IPHONE))
+                .visitor,
+            event.visitor
+        );
     }
 
     #[test]
@@ -220,7 +228,11 @@ mod tests {
         let event = enricher.enrich(from_cdn);
         assert_eq!(event.country.as_deref(), Some("FR"));
         assert_eq!(event.city, None, "a city of another country is not kept");
-        let bot = enricher.enrich(scan("10.0.0.7", Some("81.2.69.142"), "WhatsApp/2.23.20.0 A"));
+        let bot = enricher.enrich(scan(
+            "10.0.0.7",
+            Some("81.2.69.142"),
+            "WhatsApp/2.23.20.0 A",
+        ));
         assert!(bot.bot);
         assert_eq!(bot.device, DeviceClass::Bot);
     }

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 
 use bindings::{BindError, Bindings};
 use config::{Settings, StoreBackend};
-use records::{Binding, CodeImage, Params, ParamsLimits, RequestId, Tenant};
+use records::{Binding, CodeImage, Params, ParamsLimits, RequestId, Tags, Tenant};
 use tests::{Backends, TestDatabase};
 
 fn binding(id: RequestId, n: usize) -> Binding {
@@ -26,6 +26,11 @@ fn binding(id: RequestId, n: usize) -> Binding {
         expires_at: n
             .is_multiple_of(2)
             .then(|| Utc::now() + chrono::Duration::days(1)),
+        tags: if n.is_multiple_of(5) {
+            Tags::parse(vec!["print-run".into(), format!("n{n}")]).unwrap()
+        } else {
+            Tags::default()
+        },
     }
 }
 
@@ -84,6 +89,10 @@ async fn each_id_is_bound_once_under_a_concurrent_burst(bindings: Bindings) {
             "image of {id}"
         );
         assert_eq!(stored.expires_at.is_some(), n.is_multiple_of(2));
+        // Tags are stored and read back (the durable row, as a cache miss reads it).
+        let durable = bindings.durable().get(*id).await.unwrap().unwrap();
+        assert_eq!(durable.tags, stored.tags);
+        assert_eq!(stored.tags.is_empty(), !n.is_multiple_of(5), "tags of {id}");
     }
 }
 

@@ -1,0 +1,98 @@
+//! [`Store`]: the one interface the API queries, over either engine.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use config::{AnalyticsBackend, Settings};
+
+use crate::AnalyticsError;
+use crate::clickhouse::ClickHouseStore;
+use crate::embedded::EmbeddedStore;
+use crate::query::{Answer, ScansQuery};
+
+/// Where scans are kept: the embedded Parquet files or ClickHouse. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Embedded(EmbeddedStore),
+    ClickHouse(ClickHouseStore),
+}
+
+impl Store {
+    /// The store `analytics.backend` names (the embedded one under `<data_dir>/analytics`).
+    pub async fn open(settings: &Settings) -> Result<Store, AnalyticsError> {
+        Ok(match settings.analytics.backend {
+            AnalyticsBackend::Embedded => Store::Embedded(EmbeddedStore::open(
+                &settings.embedded.data_dir.join("analytics"),
+            )?),
+            AnalyticsBackend::Clickhouse => {
+                Store::ClickHouse(ClickHouseStore::connect(&settings.analytics.clickhouse).await?)
+            }
+        })
+    }
+
+    /// Answers `query`.
+    pub async fn scans(&self, query: ScansQuery) -> Result<Answer, AnalyticsError> {
+        match self {
+            Store::Embedded(store) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.query(&query))
+                    .await
+                    .map_err(|error| AnalyticsError::Corrupt(format!("a query failed: {error}")))?
+            }
+            Store::ClickHouse(store) => store.scans(&query).await,
+        }
+    }
+
+    /// The variant served to each of `clicks` among scans of `tenant`'s link `key`.
+    pub async fn click_variants(
+        &self,
+        tenant: &str,
+        key: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        clicks: HashSet<String>,
+    ) -> Result<HashMap<String, String>, AnalyticsError> {
+        if clicks.is_empty() {
+            return Ok(HashMap::new());
+        }
+        match self {
+            Store::Embedded(store) => {
+                let (store, tenant, key) = (store.clone(), tenant.to_owned(), key.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    store.click_variants(&tenant, &key, from, to, &clicks)
+                })
+                .await
+                .map_err(|error| AnalyticsError::Corrupt(format!("a lookup failed: {error}")))?
+            }
+            Store::ClickHouse(store) => store.click_variants(tenant, key, from, to, &clicks).await,
+        }
+    }
+
+    /// Deletes every scan of `tenant`; for the embedded store, the number of days it had.
+    pub async fn erase_tenant(&self, tenant: &str) -> Result<(), AnalyticsError> {
+        match self {
+            Store::Embedded(store) => {
+                let (store, tenant) = (store.clone(), tenant.to_owned());
+                tokio::task::spawn_blocking(move || store.erase_tenant(&tenant))
+                    .await
+                    .map_err(|error| AnalyticsError::Corrupt(format!("erasing failed: {error}")))?
+                    .map(drop)
+            }
+            Store::ClickHouse(store) => store.erase_tenant(tenant).await,
+        }
+    }
+
+    /// Whether queries can be answered (for `/readyz`).
+    pub async fn check(&self) -> Result<(), AnalyticsError> {
+        match self {
+            Store::Embedded(store) => {
+                let dir = store.scans_dir();
+                std::fs::metadata(&dir)
+                    .map(drop)
+                    .map_err(|source| AnalyticsError::io(&dir, source))
+            }
+            Store::ClickHouse(store) => store.check().await,
+        }
+    }
+}
