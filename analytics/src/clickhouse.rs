@@ -42,7 +42,8 @@ const CLICKS_PER_QUERY: usize = 1_000;
 /// A ClickHouse server holding the scans.
 #[derive(Clone)]
 pub struct ClickHouseStore {
-    client: Client,
+    /// Shared: clones of the store share one client (and its connection pool).
+    client: std::sync::Arc<Client>,
     db: String,
 }
 
@@ -230,7 +231,7 @@ impl ClickHouseStore {
             client = client.with_password(password.expose_secret());
         }
         let store = ClickHouseStore {
-            client,
+            client: std::sync::Arc::new(client),
             db: settings.database.clone(),
         };
         store.migrate().await?;

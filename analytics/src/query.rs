@@ -461,7 +461,7 @@ pub fn bucket_start(granularity: Granularity, tz: Tz, at: DateTime<Utc>) -> Opti
             use chrono::Timelike;
             // The hour on the local clock; an hour repeated when clocks go back is two
             // buckets, told apart by their UTC instants.
-            let offset = at.with_timezone(&tz).offset().clone();
+            let offset = *at.with_timezone(&tz).offset();
             let local_hour = local.with_minute(0)?.with_second(0)?.with_nanosecond(0)?;
             let shift = chrono::Offset::fix(&offset).local_minus_utc();
             Some(DateTime::from_naive_utc_and_offset(

@@ -1,5 +1,6 @@
 //! The ClickHouse store on a real ClickHouse engine (chDB behind `scripts/chdb-server`), over
 //! the same events and questions as the embedded store, held to the same answers.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -24,7 +25,8 @@ struct Chdb {
 impl Chdb {
     fn start() -> Chdb {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/chdb-server");
-        let mut child = Command::new("python3")
+        let python = std::env::var("QRPOOL_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(python)
             .arg(script)
             .stdout(Stdio::piped())
             .spawn()
@@ -45,9 +47,11 @@ impl Chdb {
     }
 
     async fn store(&self, database: &str) -> ClickHouseStore {
-        let mut settings = config::ClickHouseSettings::default();
-        settings.url = self.url.clone();
-        settings.database = database.to_owned();
+        let settings = config::ClickHouseSettings {
+            url: self.url.clone(),
+            database: database.to_owned(),
+            ..Default::default()
+        };
         ClickHouseStore::connect(&settings)
             .await
             .expect("the schema applies")

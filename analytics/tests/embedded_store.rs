@@ -1,6 +1,7 @@
 //! The embedded store against the plainly right answer: events written as the scan writer
 //! writes them, ingested in several rounds (so partitions have several files, some merged),
 //! then many random queries, each answered by the engine and by `reference`.
+#![allow(clippy::unwrap_used)]
 
 use std::io::Write as _;
 use std::path::Path;

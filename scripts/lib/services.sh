@@ -6,6 +6,7 @@
 #   start_redis                   Redis on 127.0.0.1:6379
 #   start_postgres                PostgreSQL on 127.0.0.1:5432, user postgres/postgres over TCP
 #   start_kafka_protocol_broker   tansu on 127.0.0.1:9092, built once into $QRPOOL_CACHE
+#   python_with_chdb              a Python with chDB (ClickHouse in-process): $chdb_python
 
 cache=${QRPOOL_CACHE:-$HOME/.cache/qrpool}
 tansu_version=0.6.0
@@ -78,3 +79,22 @@ start_kafka_protocol_broker() {
   wait_for_port 9092 tansu
 }
 
+# A Python that can `import chdb`: the machine's when it already can, else a virtual
+# environment made once in $QRPOOL_CACHE (Debian's Python refuses system-wide pip installs).
+chdb_version=4.4.0
+chdb_python=python3
+python_with_chdb() {
+  if python3 -c 'import chdb' >/dev/null 2>&1; then
+    chdb_python=$(command -v python3)
+    return 0
+  fi
+  local venv="$cache/chdb-$chdb_version"
+  if ! "$venv/bin/python" -c 'import chdb' >/dev/null 2>&1; then
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+    say "installing chdb $chdb_version (ClickHouse in-process, PyPI) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "chdb==$chdb_version"
+  fi
+  chdb_python="$venv/bin/python"
+}

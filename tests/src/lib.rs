@@ -382,4 +382,5 @@ impl TestDatabase {
     }
 }
 
+pub mod chdb;
 pub mod wechat_api;

@@ -88,9 +88,12 @@ impl FileName {
     }
 }
 
-/// The files of one partition that hold its rows (no file twice), and those a merge made
-/// redundant (to delete).
-pub fn live_files(dir: &Path) -> std::io::Result<(Vec<(FileName, PathBuf)>, Vec<PathBuf>)> {
+/// A partition's files: those that hold its rows (no row twice), in name order, and those a
+/// merge made redundant (to delete).
+pub type Listing = (Vec<(FileName, PathBuf)>, Vec<PathBuf>);
+
+/// The files of one partition (see [`Listing`]).
+pub fn live_files(dir: &Path) -> std::io::Result<Listing> {
     let mut found = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,

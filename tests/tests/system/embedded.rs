@@ -339,7 +339,7 @@ async fn health_readiness_and_metrics_answer() {
     assert_eq!(ready.status(), 200);
     assert_eq!(
         ready.text().await.unwrap(),
-        "bindings: ok\npool: ok\nissuer: ok\n"
+        "bindings: ok\npool: ok\nissuer: ok\nanalytics: ok\n"
     );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
@@ -381,7 +381,7 @@ async fn each_part_runs_alone_and_they_meet_in_the_shared_stores() {
     );
     assert_eq!(
         binder.get("/readyz").await.text().await.unwrap(),
-        "bindings: ok\npool: ok\n"
+        "bindings: ok\npool: ok\nanalytics: ok\n"
     );
     assert_eq!(
         middle_page.get("/readyz").await.text().await.unwrap(),
@@ -672,8 +672,18 @@ async fn every_scan_leaves_an_event_and_never_the_scanners_address() {
     assert_eq!(qr["outcome"], "bound");
     assert_eq!(qr["tenant"], "default");
     assert_eq!(qr["device"], "ios");
+    assert_eq!(qr["browser"], "WeChat");
+    assert_eq!(qr["os"], "iOS");
+    assert_eq!(qr["kind"], "code");
     assert_eq!(qr["country"], "CN");
-    assert_eq!(qr["referrer"], "https://poster.example/summer");
+    assert_eq!(
+        qr["referrer"], "poster.example",
+        "the referrer's host, no path"
+    );
+    assert!(
+        !text.contains("summer") && !text.contains("Mozilla"),
+        "nor its path or the raw agent"
+    );
     assert_eq!(qr["via_qr"], true);
     assert_eq!(qr["visitor"].as_str().unwrap().len(), 16);
     assert_eq!(

@@ -7,6 +7,7 @@
 //! codes drawn on demand). `embedded`'s on-demand test reads that counter too, and is
 //! the only test here that draws codes on demand.
 
+mod analytics;
 mod api_keys;
 mod batch;
 mod binding_store;

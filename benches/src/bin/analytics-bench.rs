@@ -1,0 +1,227 @@
+//! The embedded analytics store, measured: `benches/analytics-vs-peers.sh` drives it.
+//!
+//! ```text
+//! analytics-bench generate --dir D --events 10000000 --tenants 50 --days 30
+//!     realistic scan events (analytics::synthetic), written as the scan writer writes them:
+//!     D/scans/<day>.jsonl
+//! analytics-bench ingest --dir D
+//!     ingests them all into D/analytics (Parquet by day and tenant), then merges the days;
+//!     prints events/s of the ingest and the time of the merges
+//! analytics-bench query --dir D --tenant T --runs 15
+//!     the dashboard's queries over the last 30 days of T, each run RUNS times; one JSON line
+//!     per query: its name, the median and the fastest time, and its answer's totals
+//! ```
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::{Duration, NaiveDate};
+use clap::{Parser, Subcommand};
+
+use analytics::embedded::EmbeddedStore;
+use analytics::embedded::ingest::Ingest;
+use analytics::query::{Dimension, Granularity, ScansQuery};
+use records::Tenant;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Generate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 50)]
+        tenants: usize,
+        #[arg(long, default_value_t = 2_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, default_value = "2026-11-01")]
+        first_day: NaiveDate,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    Ingest {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    Query {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "tenant-000")]
+        tenant: String,
+        #[arg(long, default_value = "2026-11-01")]
+        first_day: NaiveDate,
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        #[arg(long, default_value_t = 15)]
+        runs: usize,
+    },
+}
+
+/// The questions a dashboard asks of one tenant's month.
+pub fn dashboard(
+    tenant: &Tenant,
+    first_day: NaiveDate,
+    days: i64,
+) -> Vec<(&'static str, ScansQuery)> {
+    let from = first_day
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc())
+        .unwrap_or_default();
+    let base = ScansQuery {
+        tenant: tenant.clone(),
+        from,
+        to: from + Duration::days(days),
+        tz: chrono_tz::Tz::UTC,
+        granularity: Granularity::None,
+        group_by: None,
+        filters: Vec::new(),
+        bots: false,
+        limit: 10,
+    };
+    let grouped = |dimension| ScansQuery {
+        group_by: Some(dimension),
+        ..base.clone()
+    };
+    vec![
+        (
+            "time series by day",
+            ScansQuery {
+                granularity: Granularity::Day,
+                ..base.clone()
+            },
+        ),
+        ("top countries", grouped(Dimension::Country)),
+        ("devices", grouped(Dimension::Device)),
+        ("browsers", grouped(Dimension::Browser)),
+        ("referrers", grouped(Dimension::Referrer)),
+        ("QR vs click", grouped(Dimension::ViaQr)),
+        ("top keys", grouped(Dimension::Key)),
+    ]
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Generate {
+            dir,
+            events,
+            tenants,
+            keys,
+            days,
+            first_day,
+            seed,
+        } => {
+            let scans = dir.join("scans");
+            std::fs::create_dir_all(&scans).with_context(|| scans.display().to_string())?;
+            let shape = analytics::synthetic::Shape {
+                events,
+                tenants,
+                keys,
+                first_day,
+                days,
+                seed,
+            };
+            let started = Instant::now();
+            let mut written = 0usize;
+            let mut bytes = 0usize;
+            let mut failed = None;
+            analytics::synthetic::for_each_day(&shape, |day| {
+                let Some(first) = day.first() else { return };
+                let path = scans.join(format!("{}.jsonl", first.at.date_naive()));
+                let mut text = Vec::with_capacity(day.len() * 400);
+                for event in &day {
+                    event.write_json(&mut text);
+                    text.push(b'\n');
+                }
+                written += day.len();
+                bytes += text.len();
+                if let Err(error) =
+                    std::fs::File::create(&path).and_then(|mut f| f.write_all(&text))
+                {
+                    failed = Some((path, error));
+                }
+            });
+            if let Some((path, error)) = failed {
+                return Err(error).with_context(|| path.display().to_string());
+            }
+            println!(
+                "generated {written} events ({:.0} MB of event files) in {:.1} s",
+                bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Ingest { dir } => {
+            let store = EmbeddedStore::open(&dir.join("analytics"))?;
+            let mut ingest = Ingest::open(store.clone(), &dir.join("scans"))?;
+            let started = Instant::now();
+            let mut events = 0;
+            let mut files = 0;
+            loop {
+                let round = ingest.round()?;
+                events += round.events;
+                files += round.files_written;
+                if !round.more {
+                    break;
+                }
+            }
+            let took = started.elapsed().as_secs_f64();
+            println!(
+                "ingested {events} events into {files} files in {took:.2} s: {:.0} events/s",
+                events as f64 / took
+            );
+            let started = Instant::now();
+            let merged = store.compact(NaiveDate::MAX)?;
+            println!(
+                "merged {} files into {} in {:.2} s",
+                merged.files_merged,
+                merged.merges,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Query {
+            dir,
+            tenant,
+            first_day,
+            days,
+            runs,
+        } => {
+            let store = EmbeddedStore::open(&dir.join("analytics"))?;
+            let tenant = Tenant::parse(&tenant).context("--tenant")?;
+            for (name, query) in dashboard(&tenant, first_day, days) {
+                let mut times = Vec::with_capacity(runs);
+                let mut answer = None;
+                for _ in 0..runs.max(1) {
+                    let started = Instant::now();
+                    answer = Some(store.query(&query)?);
+                    times.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+                times.sort_by(f64::total_cmp);
+                let answer = answer.context("no run")?;
+                let first = answer.rows.first();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "query": name,
+                        "median_ms": times[times.len() / 2],
+                        "fastest_ms": times[0],
+                        "scans": answer.totals.scans,
+                        "visitors": answer.totals.visitors,
+                        "rows": answer.rows.len(),
+                        "first_group": first.and_then(|row| row.group.clone()),
+                        "first_scans": first.map(|row| row.scans),
+                    })
+                );
+            }
+        }
+    }
+    Ok(())
+}
