@@ -11,6 +11,7 @@
 #      SQLite over a row table with an index on (tenant, day).
 #
 #   benches/analytics-vs-peers.sh     EVENTS=10000000 TENANTS=50 DAYS=30 RUNS=15 by default
+#   PEERS=chdb leaves SQLite out (it takes seconds a query: minutes for a run).
 #   DIR=target/analytics-bench keeps the generated events between runs (GENERATE=1 remakes
 #   them); INGEST=0 reuses the ingested store.
 set -euo pipefail
@@ -55,9 +56,11 @@ say "the dashboard's queries for $tenant, $days days, $runs runs each"
 say "chDB over the same Parquet files"
 "$chdb_python" benches/peers/analytics_peers.py --dir "$dir" --tenant "$tenant" --first-day "$first_day" \
   --days "$days" --runs "$runs" --engines chdb >>"$results"
-say "SQLite, row table with an index on (tenant, day) (loaded once, then kept in $dir/sqlite)"
-"$chdb_python" benches/peers/analytics_peers.py --dir "$dir" --tenant "$tenant" --first-day "$first_day" \
-  --days "$days" --runs "$runs" --engines sqlite >>"$results"
+if [[ ",${PEERS:-chdb,sqlite}," == *,sqlite,* ]]; then
+  say "SQLite, row table with an index on (tenant, day) (loaded once, then kept in $dir/sqlite)"
+  "$chdb_python" benches/peers/analytics_peers.py --dir "$dir" --tenant "$tenant" --first-day "$first_day" \
+    --days "$days" --runs "$runs" --engines sqlite >>"$results"
+fi
 
 "$chdb_python" - "$results" "$tenant" <<'PYTHON'
 import json, sys

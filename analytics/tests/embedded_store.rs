@@ -262,3 +262,51 @@ fn retention_drops_days_and_erasure_drops_a_tenant() {
         );
     }
 }
+
+#[test]
+fn a_round_that_cannot_write_changes_nothing_and_the_next_one_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("scans");
+    let root = dir.path().join("analytics");
+    let store = EmbeddedStore::open(&root).unwrap();
+    let events = synthetic::events(&shape(2_000, 9));
+    append(&events_dir, &events);
+    // Where the first day's folder goes, a file: the round fails part-way (as a full or
+    // failing disk makes it fail).
+    let mut ingest = Ingest::open(store.clone(), &events_dir).unwrap();
+    let blocked = store.day_dir(first_day());
+    std::fs::write(&blocked, b"in the way").unwrap();
+    assert!(ingest.round().is_err());
+    assert!(!root.join("ingest.json").exists(), "nothing was committed");
+    // A restart meanwhile would not trip over it either.
+    Ingest::open(store.clone(), &events_dir).unwrap();
+    std::fs::remove_file(&blocked).unwrap();
+    // The next round takes it all, once.
+    let mut taken = 0;
+    loop {
+        let round = ingest.round().unwrap();
+        taken += round.events;
+        if !round.more {
+            break;
+        }
+    }
+    assert_eq!(taken as usize, events.len());
+    let query = ScansQuery {
+        tenant: Tenant::parse(&synthetic::tenant(0)).unwrap(),
+        from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
+        to: (first_day() + Duration::days(6))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc(),
+        tz: Tz::UTC,
+        granularity: Granularity::Day,
+        group_by: None,
+        filters: Vec::new(),
+        bots: true,
+        limit: 100,
+    };
+    assert_eq!(
+        store.query(&query).unwrap(),
+        reference::answer(&query, &events)
+    );
+}

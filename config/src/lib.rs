@@ -16,6 +16,7 @@
 //! | `QRPOOL_SERVER__MAX_BODY_BYTES` | largest request body | `65536` |
 //! | `QRPOOL_SERVER__REQUEST_TIMEOUT_MS` | time limit of one request | `5000` |
 //! | `QRPOOL_SERVER__SHUTDOWN_GRACE_SECS` | how long shutdown waits for requests in flight | `10` |
+//! | `QRPOOL_SERVER__TRUSTED_PROXIES` | proxies that may name the client in `Forwarded` / `X-Forwarded-For` (a list: `'["10.0.0.0/8"]'`) | none |
 //! | `QRPOOL_POOL__BACKEND` | `embedded` or `kafka` | `embedded` |
 //! | `QRPOOL_STORE__BACKEND` | `embedded` or `postgres` | `embedded` |
 //! | `QRPOOL_EMBEDDED__DATA_DIR` | folder of the embedded databases | `qrpool-data` |
@@ -55,6 +56,17 @@
 //! | `QRPOOL_SCANS__QUEUE` | events waiting to be written before new ones are dropped (counted) | `65536` |
 //! | `QRPOOL_SCANS__COUNTRY_HEADER` | request header carrying the scanner's country | unset |
 //! | `QRPOOL_KAFKA__EVENTS_TOPIC` | topic of scan events when the pool is on Kafka | `qrpool.scans` |
+//! | `QRPOOL_ANALYTICS__ENABLED` | keep scans for the analytics API (ingest and API) | `true` |
+//! | `QRPOOL_ANALYTICS__BACKEND` | `embedded` (Parquet in the data folder) or `clickhouse` | `embedded` |
+//! | `QRPOOL_ANALYTICS__GEOIP_DB` | an MMDB file that places scanners (GeoLite2/GeoIP2 City or Country, DB-IP Lite) | unset |
+//! | `QRPOOL_ANALYTICS__FLUSH_SECS` | how often new scans are ingested | `5` |
+//! | `QRPOOL_ANALYTICS__RETENTION_DAYS` | days of scans kept | `400` |
+//! | `QRPOOL_ANALYTICS__CLICKHOUSE__URL` | ClickHouse's HTTP interface | `http://127.0.0.1:8123` |
+//! | `QRPOOL_ANALYTICS__CLICKHOUSE__DATABASE` | its database | `qrpool` |
+//! | `QRPOOL_ANALYTICS__CLICKHOUSE__USER` | its user | `default` |
+//! | `QRPOOL_ANALYTICS__CLICKHOUSE__PASSWORD` | secret: its password | unset |
+//! | `QRPOOL_ANALYTICS__CLICKHOUSE__INGEST_GROUP` | consumer group of `qrpool analytics ingest` | `qrpool-analytics` |
+//! | `QRPOOL_ANALYTICS__CLICKHOUSE__BATCH` | most events per insert | `50000` |
 //! | `QRPOOL_TELEMETRY__FORMAT` | `pretty` or `json` log lines | `pretty` |
 //! | `QRPOOL_TELEMETRY__FILTER` | tracing filter (`RUST_LOG` wins when set) | `info` |
 //!
@@ -64,7 +76,8 @@
 //! `pregen.off_peak` (a list) and the issuers under `[pregen.issuers.<name>]` are set in the
 //! file; see `config/qrpool.example.toml`.
 //!
-//! Secrets (`redis.url`, `postgres.url`, `pregen.issuers.<name>.app_secret`) are read from the
+//! Secrets (`redis.url`, `postgres.url`, `redirect.signing_secret`,
+//! `analytics.clickhouse.password`, `pregen.issuers.<name>.app_secret`) are read from the
 //! environment only: a file that
 //! sets them is refused, so that they never end up in a repository.
 

@@ -278,18 +278,26 @@ impl EventId {
 
     /// The hyphenated form, or 32 hex digits without hyphens.
     pub fn parse(text: &str) -> Option<EventId> {
-        let digits: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
-        if digits.len() != 32 || text.len() > 36 {
+        let hyphenated = text.len() == 36;
+        if !(hyphenated || text.len() == 32) {
             return None;
         }
         let mut bytes = [0u8; 16];
-        for (slot, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
-            let high = (pair[0] as char).to_digit(16)?;
-            let low = (pair[1] as char).to_digit(16)?;
+        let mut digits = text.bytes().enumerate().filter_map(|(index, byte)| {
+            let hyphen = hyphenated && matches!(index, 8 | 13 | 18 | 23);
+            (!hyphen).then_some(byte)
+        });
+        for slot in &mut bytes {
+            let high = (digits.next()? as char).to_digit(16)?;
+            let low = (digits.next()? as char).to_digit(16)?;
             // Two hex digits are below 256.
             *slot = (high * 16 + low) as u8;
         }
-        Some(EventId(bytes))
+        let hyphens_in_place = !hyphenated
+            || [8, 13, 18, 23]
+                .iter()
+                .all(|&index| text.as_bytes()[index] == b'-');
+        (digits.next().is_none() && hyphens_in_place).then_some(EventId(bytes))
     }
 }
 
@@ -603,6 +611,11 @@ mod tests {
         assert_eq!(EventId::parse(&text), Some(id));
         assert_eq!(EventId::parse(&text.replace('-', "")), Some(id));
         assert_eq!(EventId::parse("not-a-uuid"), None);
+        assert_eq!(EventId::parse(&text.replace('-', "x")), None);
+        assert_eq!(
+            EventId::parse(&format!("{}-", &text.replace('-', "")[..31])),
+            None
+        );
         assert_eq!(EventId::parse(&"g".repeat(32)), None);
         assert_ne!(EventId::random(), EventId::random());
     }

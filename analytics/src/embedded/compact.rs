@@ -16,9 +16,7 @@ use arrow_array::types::{TimestampMicrosecondType, UInt64Type};
 use arrow_array::{Array, RecordBatch, UInt32Array};
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 
 use super::ingest::{remove, remove_temporary};
 use super::{EmbeddedStore, FileName, live_files, schema};
@@ -122,7 +120,9 @@ fn merge_files(paths: &[PathBuf], target: &std::path::Path) -> Result<(), Analyt
     let mut batches = Vec::new();
     for path in paths {
         let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+        // Read as written (plain text columns), whatever schema the file's metadata names.
+        let options = ArrowReaderOptions::new().with_schema(schema::schema());
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)?
             .with_batch_size(1 << 16)
             .build()?;
         for batch in reader {
@@ -140,18 +140,17 @@ fn merge_files(paths: &[PathBuf], target: &std::path::Path) -> Result<(), Analyt
     ));
     let file = std::fs::File::create(&temporary)
         .map_err(|source| AnalyticsError::io(&temporary, source))?;
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(1 << 20))
-        .set_dictionary_page_size_limit(4 << 20)
-        .set_created_by("qrpool".into())
-        .build();
-    let mut writer = ArrowWriter::try_new(file, schema::schema(), Some(properties))?;
+    let mut writer =
+        ArrowWriter::try_new(file, schema::schema(), Some(schema::writer_properties()))?;
     writer.write(&sorted)?;
     let file = writer.into_inner()?;
-    file.sync_all()
+    file.sync_data()
         .map_err(|source| AnalyticsError::io(&temporary, source))?;
-    std::fs::rename(&temporary, target).map_err(|source| AnalyticsError::io(target, source))
+    std::fs::rename(&temporary, target).map_err(|source| AnalyticsError::io(target, source))?;
+    match target.parent() {
+        Some(dir) => super::sync_dir(dir),
+        None => Ok(()),
+    }
 }
 
 /// `batch`'s rows by visitor (unknown last), then time.

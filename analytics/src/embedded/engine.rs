@@ -25,7 +25,7 @@ use arrow_array::types::{Int32Type, TimestampMicrosecondType, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, ListArray, RecordBatch};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use rayon::prelude::*;
 
 use super::{EmbeddedStore, live_files, schema};
@@ -260,7 +260,7 @@ fn scan_partition(
     // Unordered partitions: every (cell, visitor) and every visitor, counted at the end.
     let mut pairs: Vec<(u32, u64)> = Vec::new();
     let mut all_visitors: Vec<u64> = Vec::new();
-    let schema = schema::schema();
+    let schema = schema::read_schema();
     let wanted: Vec<usize> = plan
         .columns
         .iter()
@@ -268,7 +268,8 @@ fn scan_partition(
         .collect();
     for path in paths {
         let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+        let options = ArrowReaderOptions::new().with_schema(schema::read_schema());
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), wanted.iter().copied());
         let reader = builder
             .with_projection(mask)
@@ -511,13 +512,14 @@ fn clicks_in_file(
     clicks: &std::collections::HashSet<String>,
     found: &mut Vec<(String, String)>,
 ) -> Result<(), AnalyticsError> {
-    let schema = schema::schema();
+    let schema = schema::read_schema();
     let wanted: Vec<usize> = ["key", "click_id", "variant"]
         .iter()
         .filter_map(|name| schema.index_of(name).ok())
         .collect();
     let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let options = ArrowReaderOptions::new().with_schema(schema::read_schema());
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
     for batch in builder
         .with_projection(mask)

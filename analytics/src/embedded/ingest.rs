@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use records::ScanEvent;
+use std::borrow::Cow;
+
+use super::line::Line;
 
 use super::{EmbeddedStore, FileName, live_files};
 use crate::AnalyticsError;
@@ -51,6 +53,9 @@ pub struct Ingest {
     store: EmbeddedStore,
     events_dir: PathBuf,
     checkpoint: Checkpoint,
+    /// The bytes read, kept between rounds: a new buffer of a chunk's size is a page fault
+    /// per 4 KiB, which cost more than reading.
+    buffer: Vec<u8>,
 }
 
 impl Ingest {
@@ -67,6 +72,7 @@ impl Ingest {
             store,
             events_dir: events_dir.to_owned(),
             checkpoint,
+            buffer: Vec::new(),
         };
         ingest.clean()?;
         Ok(ingest)
@@ -147,59 +153,111 @@ impl Ingest {
         round.more |= length - start > MAX_CHUNK;
         file.seek(SeekFrom::Start(start))
             .map_err(|source| AnalyticsError::io(path, source))?;
-        let mut bytes = Vec::with_capacity(usize::try_from(wanted).unwrap_or(0));
+        let mut bytes = std::mem::take(&mut self.buffer);
+        bytes.clear();
         file.take(wanted)
             .read_to_end(&mut bytes)
             .map_err(|source| AnalyticsError::io(path, source))?;
+        let result = self.ingest_chunk(day, path, &name, start, wanted, &bytes, round);
+        self.buffer = bytes;
+        result
+    }
+
+    /// Ingests the whole lines of `bytes`, read from `start` in `day`'s event file.
+    #[allow(clippy::too_many_arguments)]
+    fn ingest_chunk(
+        &mut self,
+        day: NaiveDate,
+        path: &Path,
+        name: &str,
+        start: u64,
+        wanted: u64,
+        bytes: &[u8],
+        round: &mut Round,
+    ) -> Result<(), AnalyticsError> {
         // Whole lines only.
         let Some(last_newline) = bytes.iter().rposition(|b| *b == b'\n') else {
             if wanted == MAX_CHUNK {
                 // A single "line" longer than a chunk is no event: step over it.
                 tracing::warn!(file = %path.display(), offset = start, "skipping an overlong line in an event file");
                 round.skipped += 1;
-                self.commit(&name, start + wanted)?;
+                self.commit(name, start + wanted)?;
             }
             return Ok(());
         };
         let end = start + last_newline as u64 + 1;
-        let mut by_tenant: BTreeMap<String, Vec<ScanEvent>> = BTreeMap::new();
-        for line in bytes[..=last_newline].split(|b| *b == b'\n') {
-            if line.iter().all(u8::is_ascii_whitespace) {
+        // The writer files each event under its own UTC day; anything else was put there by
+        // hand, and would be counted under the wrong day.
+        let day_start = day
+            .and_hms_opt(0, 0, 0)
+            .map_or(0, |t| t.and_utc().timestamp_micros());
+        let day_end = day_start + 86_400_000_000;
+        // Lines stay where they are parsed; each tenant gets the indices of its own.
+        let chunk = &bytes[..=last_newline];
+        // Checked as UTF-8 once, whole (lines are then sliced, not checked again); a chunk with
+        // a bad byte somewhere is read line by line, and the bad line skipped.
+        let text = std::str::from_utf8(chunk).ok();
+        let mut lines: Vec<Line<'_>> = Vec::with_capacity(chunk.len() / 256);
+        let mut by_tenant: BTreeMap<Cow<'_, str>, Vec<u32>> = BTreeMap::new();
+        let mut oldest = i64::MAX;
+        // Each line as text when the chunk is, else as bytes (checked on its own).
+        let all_lines: Box<dyn Iterator<Item = Result<&str, &[u8]>>> = match text {
+            Some(text) => Box::new(text.split('\n').map(Ok)),
+            None => Box::new(chunk.split(|b| *b == b'\n').map(Err)),
+        };
+        for line in all_lines {
+            let bytes = match line {
+                Ok(text) => text.as_bytes(),
+                Err(bytes) => bytes,
+            };
+            if bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let event = match ScanEvent::from_json(line) {
-                Ok(event) => event,
-                Err(error) => {
-                    tracing::debug!(%error, file = %path.display(), "skipping a line that is no scan event");
-                    round.skipped += 1;
-                    continue;
-                }
+            lines.push(Line::default());
+            let Some(slot) = lines.last_mut() else { break };
+            let read = match line {
+                Ok(text) => slot.read_text(text),
+                Err(bytes) => slot.read(bytes),
             };
-            // The writer files each event under its own UTC day; anything else was put there
-            // by hand, and would be counted under the wrong day.
-            let Some(tenant) = event
+            if !read {
+                lines.pop();
+                tracing::debug!(file = %path.display(), "skipping a line that is no scan event");
+                round.skipped += 1;
+                continue;
+            }
+            let Some(event) = lines.last() else { break };
+            // Events of no tenant (a scan of an unknown code) belong to nobody's analytics.
+            // (A clone of a borrowed tenant copies nothing.)
+            let tenant = event
                 .tenant
                 .clone()
-                .filter(|_| event.at.date_naive() == day)
-            else {
+                .filter(|_| (day_start..day_end).contains(&event.at));
+            let Some(tenant) = tenant else {
+                lines.pop();
                 round.skipped += 1;
                 continue;
             };
-            round.oldest = Some(round.oldest.map_or(event.at, |oldest| oldest.min(event.at)));
-            by_tenant.entry(tenant).or_default().push(event);
+            oldest = oldest.min(event.at);
+            let index = u32::try_from(lines.len() - 1).unwrap_or(u32::MAX);
+            by_tenant.entry(tenant).or_default().push(index);
+        }
+        if oldest != i64::MAX {
+            round.oldest = chrono::DateTime::from_timestamp_micros(oldest);
         }
         let file_name = FileName {
             level: 0,
             start,
             end,
         };
-        for (tenant, events) in &by_tenant {
-            let refs: Vec<&ScanEvent> = events.iter().collect();
-            self.store.write_file(day, tenant, file_name, &refs)?;
+        let mut written = Vec::with_capacity(by_tenant.len());
+        for (tenant, indices) in &by_tenant {
+            let refs: Vec<&Line<'_>> = indices.iter().map(|i| &lines[*i as usize]).collect();
+            written.push(self.store.write_file(day, tenant, file_name, &refs)?);
             round.files_written += 1;
-            round.events += events.len() as u64;
+            round.events += refs.len() as u64;
         }
-        self.commit(&name, end)
+        self.store.publish(written)?;
+        self.commit(name, end)
     }
 
     /// Records `offset` as ingested in `source`, durably.

@@ -21,16 +21,15 @@
 pub mod compact;
 pub mod engine;
 pub mod ingest;
+pub mod line;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 
-use records::ScanEvent;
+use line::Line;
 
 use crate::AnalyticsError;
 
@@ -161,6 +160,10 @@ impl EmbeddedStore {
         let mut days = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|source| AnalyticsError::io(&dir, source))? {
             let entry = entry.map_err(|source| AnalyticsError::io(&dir, source))?;
+            // Anything but a folder is not a day (a stray file, say).
+            if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
             if let Some(day) = entry
                 .file_name()
                 .to_str()
@@ -185,6 +188,9 @@ impl EmbeddedStore {
         let mut tenants = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|source| AnalyticsError::io(&dir, source))?;
+            if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                continue;
+            }
             if let Some(tenant) = entry
                 .file_name()
                 .to_str()
@@ -197,39 +203,75 @@ impl EmbeddedStore {
         Ok(tenants)
     }
 
-    /// Writes `events` (one tenant, one day) as the file `name` of their partition: to a
-    /// temporary name first, renamed when complete, so a reader never opens half a file.
+    /// Writes `lines` (one tenant, one day) as the file `name` of their partition, under a
+    /// temporary name; [`EmbeddedStore::publish`] makes a round's files durable and visible
+    /// together.
     pub fn write_file(
         &self,
         day: NaiveDate,
         tenant: &str,
         name: FileName,
-        events: &[&ScanEvent],
-    ) -> Result<PathBuf, AnalyticsError> {
+        lines: &[&Line<'_>],
+    ) -> Result<Written, AnalyticsError> {
         let dir = self.partition_dir(day, tenant);
         std::fs::create_dir_all(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
         let path = dir.join(name.text());
         let temporary = dir.join(format!(".{}.tmp", name.text()));
-        let mut sorted: Vec<&ScanEvent> = events.to_vec();
+        let mut sorted: Vec<&Line<'_>> = lines.to_vec();
         schema::sort_for_file(&mut sorted);
         let batch = schema::to_batch(&sorted)?;
         let file = std::fs::File::create(&temporary)
             .map_err(|source| AnalyticsError::io(&temporary, source))?;
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(1 << 20))
-            // Keys and cities have many values: a larger dictionary page keeps them encoded.
-            .set_dictionary_page_size_limit(4 << 20)
-            .set_created_by("qrpool".into())
-            .build();
-        let mut writer = ArrowWriter::try_new(file, schema::schema(), Some(properties))?;
+        let mut writer =
+            ArrowWriter::try_new(file, schema::schema(), Some(schema::writer_properties()))?;
         writer.write(&batch)?;
         let file = writer.into_inner()?;
-        file.sync_all()
-            .map_err(|source| AnalyticsError::io(&temporary, source))?;
-        std::fs::rename(&temporary, &path).map_err(|source| AnalyticsError::io(&path, source))?;
-        Ok(path)
+        Ok(Written {
+            file,
+            temporary,
+            path,
+        })
     }
+
+    /// Makes `written` durable, then visible under their names, then durable names: each
+    /// file synced (the first sync commits the journal for all of them, so the rest cost
+    /// little), renamed, and each folder synced. Until this returns none of them counts.
+    pub fn publish(&self, written: Vec<Written>) -> Result<(), AnalyticsError> {
+        for file in &written {
+            file.file
+                .sync_data()
+                .map_err(|source| AnalyticsError::io(&file.temporary, source))?;
+        }
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for file in written {
+            std::fs::rename(&file.temporary, &file.path)
+                .map_err(|source| AnalyticsError::io(&file.path, source))?;
+            if let Some(dir) = file.path.parent()
+                && !dirs.iter().any(|known| known == dir)
+            {
+                dirs.push(dir.to_owned());
+            }
+        }
+        for dir in dirs {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// A file written under its temporary name, not yet published.
+#[derive(Debug)]
+pub struct Written {
+    file: std::fs::File,
+    temporary: PathBuf,
+    path: PathBuf,
+}
+
+/// Makes a folder's entries (a rename into it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), AnalyticsError> {
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| AnalyticsError::io(dir, source))
 }
 
 #[cfg(test)]

@@ -25,6 +25,10 @@ use analytics::embedded::ingest::Ingest;
 use analytics::query::{Dimension, Granularity, ScansQuery};
 use records::Tenant;
 
+/// The allocator qrpool runs the ingest and the queries on (see `qrpool/src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 struct Cli {
     #[command(subcommand)]
