@@ -5,7 +5,10 @@
 # in-process cache (the hit path), then with none, so every scan reads the database (the path
 # of a Redis miss); both on `qrpool middle-page` processes over the store `qrpool up` wrote. Prints
 # requests/s, p50, p99 and the ratios to an nginx run made just before each target, each round,
-# then the medians over all rounds.
+# then the medians over all rounds. Then the cost of scan analytics on `/m/{id}`, in the same
+# run: scan events off, events enriched without GeoIP, events enriched with GeoIP and a trusted
+# proxy (every request comes "through" it, from a phone), and the in-process ingest on top.
+# Every request carries the same phone user agent and forwarding header.
 #
 #   benches/scan-vs-nginx.sh      DURATION=10s ROUNDS=3 CONNECTIONS=64 THREADS=2 by default
 set -euo pipefail
@@ -22,20 +25,27 @@ threads=${THREADS:-2}
 qrpool_port=18080
 nginx_port=18081
 uncached_port=18082
+# Scan analytics' cost: events off / enriched without GeoIP / with GeoIP and a trusted proxy /
+# the same with the in-process ingest.
+off_port=18083
+plain_port=18084
+enriched_port=18085
+ingest_port=18086
 work=$(mktemp -d)
 qrpool_pid=
 uncached_pid=
+analytics_pids=
 # Every step tolerates failure: under `set -e` a killed child's exit status would end the
 # trap early and leave the servers after it running.
 cleanup() {
-  for pid in $uncached_pid $qrpool_pid; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  for pid in $analytics_pids $uncached_pid $qrpool_pid; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   if [ -f "$work/nginx.pid" ]; then kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 # A server left on one of these ports would answer in place of the one started here.
-for port in $qrpool_port $nginx_port $uncached_port; do
+for port in $qrpool_port $nginx_port $uncached_port $off_port $plain_port $enriched_port $ingest_port; do
   if listening "$port"; then
     echo "127.0.0.1:$port is taken (by an earlier run?): stop what listens there first" >&2
     exit 1
@@ -91,22 +101,46 @@ curl -sf -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$qrpool_port/r/$link
 # production (a thread per core; a process that also binds answers on its shared runtime), on
 # the store `up` wrote: one with the in-process cache (the hit path), one without.
 kill "$qrpool_pid" && wait "$qrpool_pid" 2>/dev/null || true
+# The scan path is measured without the in-process ingest of the embedded analytics store
+# (at scale, events go to Kafka and are ingested elsewhere); its cost is measured apart below.
+export QRPOOL_ANALYTICS__ENABLED=false
 say "starting qrpool middle-page on 127.0.0.1:$qrpool_port (cached) and on 127.0.0.1:$uncached_port (no in-process cache)"
 QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port target/release/qrpool middle-page >"$work/cached.log" 2>&1 &
 qrpool_pid=$!
 QRPOOL_SERVER__LISTEN=127.0.0.1:$uncached_port QRPOOL_MIDDLE_PAGE__CACHE_CAPACITY=0 \
   target/release/qrpool middle-page >"$work/uncached.log" 2>&1 &
 uncached_pid=$!
-for port in $qrpool_port $uncached_port; do
+say "starting qrpool middle-page for scan analytics' cost on :$off_port (events off), :$plain_port (no GeoIP), :$enriched_port (GeoIP, trusted proxy), :$ingest_port (and the ingest)"
+geoip=$repo/tests/data/geoip/GeoIP2-City-Test.mmdb
+# Each writes (and one ingests) its own events, over a copy of the bindings `up` wrote.
+for name in plain enriched ingest; do mkdir -p "$work/$name" && cp "$work"/data/*.db* "$work/$name/"; done
+QRPOOL_SERVER__LISTEN=127.0.0.1:$off_port QRPOOL_SCANS__ENABLED=false \
+  target/release/qrpool middle-page >"$work/off.log" 2>&1 &
+analytics_pids="$analytics_pids $!"
+QRPOOL_SERVER__LISTEN=127.0.0.1:$plain_port QRPOOL_EMBEDDED__DATA_DIR="$work/plain" \
+  target/release/qrpool middle-page >"$work/plain.log" 2>&1 &
+analytics_pids="$analytics_pids $!"
+QRPOOL_SERVER__LISTEN=127.0.0.1:$enriched_port QRPOOL_EMBEDDED__DATA_DIR="$work/enriched" \
+  QRPOOL_ANALYTICS__GEOIP_DB="$geoip" QRPOOL_SERVER__TRUSTED_PROXIES='["127.0.0.1"]' \
+  target/release/qrpool middle-page >"$work/enriched.log" 2>&1 &
+analytics_pids="$analytics_pids $!"
+QRPOOL_SERVER__LISTEN=127.0.0.1:$ingest_port QRPOOL_EMBEDDED__DATA_DIR="$work/ingest" \
+  QRPOOL_ANALYTICS__GEOIP_DB="$geoip" QRPOOL_SERVER__TRUSTED_PROXIES='["127.0.0.1"]' QRPOOL_ANALYTICS__ENABLED=true \
+  target/release/qrpool middle-page >"$work/ingest.log" 2>&1 &
+analytics_pids="$analytics_pids $!"
+for port in $qrpool_port $uncached_port $off_port $plain_port $enriched_port $ingest_port; do
   for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
   curl -sf -o /dev/null "http://127.0.0.1:$port/m/$id" || { cat "$work"/*.log; exit 1; }
 done
 
 # Runs wrk and prints "<requests/s> <p50 ms> <p99 ms>", after a 2-s warm-up of the same
 # target (connections open, caches and allocator warm, the previous target's work settled).
+# Every request comes from a phone, through a proxy that names the client: the same bytes to
+# every target, only those told to trust the proxy read it.
+phone='Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.44(0x18002c2e) NetType/WIFI Language/zh_CN'
 measure() {
-  wrk -t"$threads" -c"$connections" -d2s "$1" >/dev/null
-  wrk -t"$threads" -c"$connections" -d"$duration" --latency "$1" | awk '
+  wrk -t"$threads" -c"$connections" -d2s -H "User-Agent: $phone" -H 'X-Forwarded-For: 81.2.69.142' "$1" >/dev/null
+  wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "User-Agent: $phone" -H 'X-Forwarded-For: 81.2.69.142' "$1" | awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /Requests\/sec/ { rps = $2 }
     $1 == "50%" { p50 = ms($2) }
@@ -126,6 +160,10 @@ labels=(
   "qrpool /r/{key} (cached, 302)"
   "qrpool /m/{id} (database, no cache)"
   "qrpool /r/{key} (database, no cache)"
+  "/m/{id} scan events off"
+  "/m/{id} events, no GeoIP"
+  "/m/{id} events, GeoIP + proxy"
+  "/m/{id} the same + ingest"
 )
 urls=(
   "http://127.0.0.1:$qrpool_port/m/$id"
@@ -133,6 +171,10 @@ urls=(
   "http://127.0.0.1:$qrpool_port/r/$link"
   "http://127.0.0.1:$uncached_port/m/$id"
   "http://127.0.0.1:$uncached_port/r/$link"
+  "http://127.0.0.1:$off_port/m/$id"
+  "http://127.0.0.1:$plain_port/m/$id"
+  "http://127.0.0.1:$enriched_port/m/$id"
+  "http://127.0.0.1:$ingest_port/m/$id"
 )
 # One line per measurement: "<target index> <req/s> <p50> <p99> <nginx req/s> <nginx p50> <nginx p99>".
 results=$work/results
@@ -165,3 +207,6 @@ for index in "${!urls[@]}"; do
 done
 printf '\nthe database path against the cache hit (medians): /m %.2f×, /r %.2f× of the hit path'"'"'s requests/s\n' \
   "$(echo "${median_rps[3]} / ${median_rps[0]}" | bc -l)" "$(echo "${median_rps[4]} / ${median_rps[2]}" | bc -l)"
+printf 'scan analytics on /m (medians of requests/s): enriched (GeoIP + proxy) %.2f× events off, %.2f× no GeoIP; with the in-process ingest %.2f× events off\n' \
+  "$(echo "${median_rps[7]} / ${median_rps[5]}" | bc -l)" "$(echo "${median_rps[7]} / ${median_rps[6]}" | bc -l)" \
+  "$(echo "${median_rps[8]} / ${median_rps[5]}" | bc -l)"

@@ -14,10 +14,23 @@ pub struct Chdb {
 impl Chdb {
     /// Starts one with `QRPOOL_TEST_PYTHON` (`scripts/test` sets it to a Python with chDB).
     pub fn start() -> Chdb {
+        Self::spawn(&[])
+    }
+
+    /// Starts one on `port`, keeping its data in `path` (so that one started again there
+    /// finds it).
+    pub fn start_at(port: u16, path: &std::path::Path) -> Chdb {
+        let port = port.to_string();
+        let path = path.display().to_string();
+        Self::spawn(&["--port", &port, "--path", &path])
+    }
+
+    fn spawn(arguments: &[&str]) -> Chdb {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/chdb-server");
         let python = std::env::var("QRPOOL_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
         let mut child = Command::new(python)
             .arg(script)
+            .args(arguments)
             .stdout(Stdio::piped())
             .spawn()
             .expect("Python runs scripts/chdb-server (scripts/test provides chDB)");

@@ -67,17 +67,27 @@ async fn analytics(app: &TestApp, key: &str, query: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// Asks until the totals reach `scans` (the ingest runs every second), at most 30 s.
+/// Asks until the totals reach `scans` (the ingest runs every second), at most 30 s; a store
+/// that does not answer yet (a `503`) is asked again too.
 async fn until_scanned(app: &TestApp, key: &str, query: &str, scans: u64) -> Value {
     let started = Instant::now();
     loop {
-        let answer = analytics(app, key, query).await;
-        if answer["totals"]["scans"] == scans {
+        let response = app
+            .client
+            .get(app.url(&format!("/v1/analytics/scans?{query}")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        if status == 200 && answer["totals"]["scans"] == scans {
             return answer;
         }
+        assert!(status == 200 || status == 503, "{query}: {status} {answer}");
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "{query}: still {answer} after 30 s"
+            "{query}: still {status} {answer} after 30 s"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -480,6 +490,80 @@ async fn on_kafka_scans_reach_clickhouse_through_the_ingest_and_read_back_alike(
         "the ingest exports its lag"
     );
     assert!(metrics.contains("analytics_ingested_events_total"));
+
+    stop.cancel();
+    feeding.await.unwrap().unwrap();
+    app.stop().await;
+    database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_clickhouse_is_away_the_api_says_so_and_the_ingest_catches_up_when_it_returns() {
+    let chdb_data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let chdb = Chdb::start_at(port, chdb_data.path());
+    let backends = Backends::from_env();
+    let database = TestDatabase::create(&backends).await;
+    let topic = unique("analytics_down");
+    let prefix = format!("{}:", unique("d"));
+    let make_settings = || {
+        let mut settings =
+            behind_a_proxy(distributed_settings(&backends, &database, &topic, &prefix));
+        settings.kafka.events_topic = format!("{topic}.scans");
+        settings.analytics.backend = config::AnalyticsBackend::Clickhouse;
+        settings.analytics.clickhouse.url = chdb.url.clone();
+        settings.analytics.clickhouse.database = "qrpool_down".into();
+        settings.analytics.clickhouse.ingest_group = format!("{topic}-analytics");
+        settings
+    };
+    let settings = make_settings();
+    let app = TestApp::spawn(make_settings(), Parts::ALL).await;
+    let store = analytics::clickhouse::ClickHouseStore::connect(&settings.analytics.clickhouse)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeding = tokio::spawn(
+        analytics::KafkaFeed::connect(&settings, store)
+            .unwrap()
+            .run(stop.clone()),
+    );
+    let key = app.key.clone().unwrap();
+    let code: Value = app.bind(&json!({"params": {}})).await.json().await.unwrap();
+    let path = format!("/m/{}?qr=1", code["request_id"].as_str().unwrap());
+    for _ in 0..3 {
+        scan(&app, &path, PIXEL_CHROME, MILTON).await;
+    }
+    until_scanned(&app, &key, "", 3).await;
+
+    // ClickHouse goes away: the API says so, and scans go on (their events wait in Kafka).
+    drop(chdb);
+    let answer = app.get("/v1/analytics/scans").await;
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.headers()["content-type"], "application/problem+json");
+    assert!(answer.headers().contains_key("retry-after"));
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("analytics:"));
+    for _ in 0..2 {
+        assert_eq!(scan(&app, &path, IPHONE_WECHAT, LONDON).await.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Back, with its data: the ingest's retried batch lands, and the API answers again.
+    let _chdb = Chdb::start_at(port, chdb_data.path());
+    let countries = groups(&until_scanned(&app, &key, "group_by=country", 5).await);
+    assert_eq!(countries["US"].0, 3);
+    assert_eq!(countries["GB"].0, 2);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("analytics_ingest_errors_total"),
+        "the failed inserts were counted"
+    );
 
     stop.cancel();
     feeding.await.unwrap().unwrap();
