@@ -49,6 +49,24 @@ fn append(events_dir: &Path, events: &[ScanEvent]) {
     }
 }
 
+/// A tenant's six days from the first, in UTC, bots counted.
+fn whole_range(tenant: usize, granularity: Granularity, group_by: Option<Dimension>) -> ScansQuery {
+    ScansQuery {
+        tenant: Tenant::parse(&synthetic::tenant(tenant)).unwrap(),
+        from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
+        to: (first_day() + Duration::days(6))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc(),
+        tz: Tz::UTC,
+        granularity,
+        group_by,
+        filters: Vec::new(),
+        bots: true,
+        limit: 100,
+    }
+}
+
 fn random_query(rng: &mut StdRng, events: &[ScanEvent]) -> ScansQuery {
     let zones: [Tz; 5] = [
         Tz::UTC,
@@ -189,20 +207,7 @@ fn a_crash_between_files_and_checkpoint_counts_nothing_twice() {
         round.events as usize,
         second.iter().filter(|e| e.tenant.is_some()).count()
     );
-    let query = ScansQuery {
-        tenant: Tenant::parse(&synthetic::tenant(0)).unwrap(),
-        from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
-        to: (first_day() + Duration::days(6))
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc(),
-        tz: Tz::UTC,
-        granularity: Granularity::Day,
-        group_by: Some(Dimension::Country),
-        filters: Vec::new(),
-        bots: true,
-        limit: 100,
-    };
+    let query = whole_range(0, Granularity::Day, Some(Dimension::Country));
     assert_eq!(
         store.query(&query).unwrap(),
         reference::answer(&query, &events)
@@ -242,20 +247,7 @@ fn retention_drops_days_and_erasure_drops_a_tenant() {
         .cloned()
         .collect();
     for index in 0..4 {
-        let query = ScansQuery {
-            tenant: Tenant::parse(&synthetic::tenant(index)).unwrap(),
-            from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
-            to: (first_day() + Duration::days(6))
-                .and_hms_opt(0, 0, 0)
-                .unwrap()
-                .and_utc(),
-            tz: Tz::UTC,
-            granularity: Granularity::None,
-            group_by: None,
-            filters: Vec::new(),
-            bots: true,
-            limit: 100,
-        };
+        let query = whole_range(index, Granularity::None, None);
         assert_eq!(
             store.query(&query).unwrap(),
             reference::answer(&query, &kept)
@@ -291,20 +283,7 @@ fn a_round_that_cannot_write_changes_nothing_and_the_next_one_catches_up() {
         }
     }
     assert_eq!(taken as usize, events.len());
-    let query = ScansQuery {
-        tenant: Tenant::parse(&synthetic::tenant(0)).unwrap(),
-        from: first_day().and_hms_opt(0, 0, 0).unwrap().and_utc(),
-        to: (first_day() + Duration::days(6))
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc(),
-        tz: Tz::UTC,
-        granularity: Granularity::Day,
-        group_by: None,
-        filters: Vec::new(),
-        bots: true,
-        limit: 100,
-    };
+    let query = whole_range(0, Granularity::Day, None);
     assert_eq!(
         store.query(&query).unwrap(),
         reference::answer(&query, &events)

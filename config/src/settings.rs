@@ -1225,6 +1225,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_settings_file_loads() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QRPOOL_POSTGRES__URL", "postgres://qrpool:secret@db/qrpool");
+            jail.set_env("QRPOOL_REDIS__URL", "redis://cache:6379");
+            let example = concat!(env!("CARGO_MANIFEST_DIR"), "/qrpool.example.toml");
+            let settings = Settings::load(Some(Path::new(example))).expect("the example loads");
+            assert_eq!(settings.analytics.backend, AnalyticsBackend::Clickhouse);
+            assert_eq!(settings.server.trusted_proxies.len(), 2);
+            let _ = jail;
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_are_refused_from_a_file() {
         Jail::expect_with(|jail| {
             let error = load_in(jail, Some("[postgres]\nurl = \"postgres://u:pw@db/q\"\n"))

@@ -243,8 +243,6 @@ async fn answer_scan(
         count_scan("malformed");
         return not_found_page();
     };
-    // Classified once, for the link's rules and for the scan's event.
-    let device = scans::device(headers);
     // A `HEAD` is a link checker or a preview, not a person scanning: answered, counted, and
     // left out of the scan events.
     let scan_events = service
@@ -285,7 +283,13 @@ async fn answer_scan(
         }
     };
     let target = &version.target;
-    // Located only for a version whose rules ask where scanners are.
+    // Classified and located only for a version whose rules ask (the scan's event gets its
+    // device from the writer, off the scan's path).
+    let device = if target.rules.iter().any(|rule| !rule.devices.is_empty()) {
+        scans::device(headers)
+    } else {
+        records::DeviceClass::Unknown
+    };
     let country = target
         .rules
         .iter()

@@ -185,7 +185,7 @@ impl Clients {
 }
 
 /// `text` cut to at most `bytes`, on a character boundary.
-fn cut(text: &str, bytes: usize) -> &str {
+pub(crate) fn cut(text: &str, bytes: usize) -> &str {
     if text.len() <= bytes {
         return text;
     }

@@ -155,7 +155,7 @@ impl Agents {
         let Some(user_agent) = user_agent.map(str::trim).filter(|agent| !agent.is_empty()) else {
             return Agent::default();
         };
-        let user_agent = cut(user_agent, MAX_AGENT);
+        let user_agent = crate::cut(user_agent, MAX_AGENT);
         if let Some(agent) = self.seen.get(user_agent) {
             return agent.clone();
         }
@@ -212,18 +212,6 @@ impl Agents {
 pub fn is_bot(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
     BOT_MARKS.iter().any(|mark| lower.contains(mark))
-}
-
-/// `text` cut to at most `bytes`, on a character boundary.
-fn cut(text: &str, bytes: usize) -> &str {
-    if text.len() <= bytes {
-        return text;
-    }
-    let mut end = bytes;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
