@@ -11,6 +11,8 @@
 # Every request carries the same phone user agent and forwarding header.
 #
 #   benches/scan-vs-nginx.sh      DURATION=10s ROUNDS=3 CONNECTIONS=64 THREADS=2 by default
+#   ONLY=analytics                only the three /m targets of scan analytics' cost (events off,
+#                                 no GeoIP, GeoIP and a trusted proxy), ROUNDS of them
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,6 +57,7 @@ done
 apt_install wrk nginx-light curl bc
 say "building the release binary"
 cargo build --release --locked --quiet -p qrpool
+qrpool_bin=${CARGO_TARGET_DIR:-$repo/target}/release/qrpool
 
 say "starting nginx (return 302) on 127.0.0.1:$nginx_port"
 mkdir -p "$work/nginx"
@@ -83,7 +86,7 @@ say "starting qrpool up on 127.0.0.1:$qrpool_port, binding one code and making o
 export QRPOOL_EMBEDDED__DATA_DIR="$work/data" QRPOOL_REDIRECT__ALLOWED_HOSTS__DEFAULT='["example.com"]'
 QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port \
   QRPOOL_PREGEN__TARGET_DEPTH=100 QRPOOL_PREGEN__LOW_WATER=0 \
-  target/release/qrpool up >"$work/qrpool.log" 2>&1 &
+  "$qrpool_bin" up >"$work/qrpool.log" 2>&1 &
 qrpool_pid=$!
 for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$qrpool_port/readyz" >/dev/null && break; sleep 0.05; done
 # `up` made the first API key on the empty store and printed it.
@@ -105,28 +108,28 @@ kill "$qrpool_pid" && wait "$qrpool_pid" 2>/dev/null || true
 # (at scale, events go to Kafka and are ingested elsewhere); its cost is measured apart below.
 export QRPOOL_ANALYTICS__ENABLED=false
 say "starting qrpool middle-page on 127.0.0.1:$qrpool_port (cached) and on 127.0.0.1:$uncached_port (no in-process cache)"
-QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port target/release/qrpool middle-page >"$work/cached.log" 2>&1 &
+QRPOOL_SERVER__LISTEN=127.0.0.1:$qrpool_port "$qrpool_bin" middle-page >"$work/cached.log" 2>&1 &
 qrpool_pid=$!
 QRPOOL_SERVER__LISTEN=127.0.0.1:$uncached_port QRPOOL_MIDDLE_PAGE__CACHE_CAPACITY=0 \
-  target/release/qrpool middle-page >"$work/uncached.log" 2>&1 &
+  "$qrpool_bin" middle-page >"$work/uncached.log" 2>&1 &
 uncached_pid=$!
 say "starting qrpool middle-page for scan analytics' cost on :$off_port (events off), :$plain_port (no GeoIP), :$enriched_port (GeoIP, trusted proxy), :$ingest_port (and the ingest)"
 geoip=$repo/tests/data/geoip/GeoIP2-City-Test.mmdb
 # Each writes (and one ingests) its own events, over a copy of the bindings `up` wrote.
 for name in plain enriched ingest; do mkdir -p "$work/$name" && cp "$work"/data/*.db* "$work/$name/"; done
 QRPOOL_SERVER__LISTEN=127.0.0.1:$off_port QRPOOL_SCANS__ENABLED=false \
-  target/release/qrpool middle-page >"$work/off.log" 2>&1 &
+  "$qrpool_bin" middle-page >"$work/off.log" 2>&1 &
 analytics_pids="$analytics_pids $!"
 QRPOOL_SERVER__LISTEN=127.0.0.1:$plain_port QRPOOL_EMBEDDED__DATA_DIR="$work/plain" \
-  target/release/qrpool middle-page >"$work/plain.log" 2>&1 &
+  "$qrpool_bin" middle-page >"$work/plain.log" 2>&1 &
 analytics_pids="$analytics_pids $!"
 QRPOOL_SERVER__LISTEN=127.0.0.1:$enriched_port QRPOOL_EMBEDDED__DATA_DIR="$work/enriched" \
   QRPOOL_ANALYTICS__GEOIP_DB="$geoip" QRPOOL_SERVER__TRUSTED_PROXIES='["127.0.0.1"]' \
-  target/release/qrpool middle-page >"$work/enriched.log" 2>&1 &
+  "$qrpool_bin" middle-page >"$work/enriched.log" 2>&1 &
 analytics_pids="$analytics_pids $!"
 QRPOOL_SERVER__LISTEN=127.0.0.1:$ingest_port QRPOOL_EMBEDDED__DATA_DIR="$work/ingest" \
   QRPOOL_ANALYTICS__GEOIP_DB="$geoip" QRPOOL_SERVER__TRUSTED_PROXIES='["127.0.0.1"]' QRPOOL_ANALYTICS__ENABLED=true \
-  target/release/qrpool middle-page >"$work/ingest.log" 2>&1 &
+  "$qrpool_bin" middle-page >"$work/ingest.log" 2>&1 &
 analytics_pids="$analytics_pids $!"
 for port in $qrpool_port $uncached_port $off_port $plain_port $enriched_port $ingest_port; do
   for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
@@ -176,12 +179,15 @@ urls=(
   "http://127.0.0.1:$enriched_port/m/$id"
   "http://127.0.0.1:$ingest_port/m/$id"
 )
+# The targets measured (their indices): all, or with ONLY=analytics the three /m targets of
+# scan analytics' cost.
+if [ "${ONLY:-}" = analytics ]; then chosen=(5 6 7); else chosen=("${!urls[@]}"); fi
 # One line per measurement: "<target index> <req/s> <p50> <p99> <nginx req/s> <nginx p50> <nginx p99>".
 results=$work/results
 row='%-38s %12s %9s %9s %12s %9s %8s %8s\n'
 printf "$row" target requests/s "p50 ms" "p99 ms" "nginx req/s" "nginx p99" "× nginx" "p99 ×"
 for ((round = 1; round <= rounds; round++)); do
-  for index in "${!urls[@]}"; do
+  for index in "${chosen[@]}"; do
     read -r nginx_rps nginx_p50 nginx_p99 < <(measure "$nginx_url")
     read -r rps p50 p99 < <(measure "${urls[$index]}")
     echo "$index $rps $p50 $p99 $nginx_rps $nginx_p50 $nginx_p99" >>"$results"
@@ -199,14 +205,19 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 # `of <target index> <awk expression over a results line>`: its median over the rounds.
 of() { awk -v target="$1" "\$1 == target { print $2 }" "$results" | median; }
 declare -a median_rps
-for index in "${!urls[@]}"; do
+for index in "${chosen[@]}"; do
   median_rps[$index]=$(of "$index" '$2')
   printf "$row" "${labels[$index]}" "$(printf '%.0f' "${median_rps[$index]}")" "$(of "$index" '$3')" \
     "$(of "$index" '$4')" "$(printf '%.0f' "$(of "$index" '$5')")" "$(of "$index" '$7')" \
     "$(printf '%.2f' "$(of "$index" '$2 / $5')")" "$(printf '%.2f' "$(of "$index" '$4 / $7')")"
 done
-printf '\nthe database path against the cache hit (medians): /m %.2f×, /r %.2f× of the hit path'"'"'s requests/s\n' \
-  "$(echo "${median_rps[3]} / ${median_rps[0]}" | bc -l)" "$(echo "${median_rps[4]} / ${median_rps[2]}" | bc -l)"
-printf 'scan analytics on /m (medians of requests/s): enriched (GeoIP + proxy) %.2f× events off, %.2f× no GeoIP; with the in-process ingest %.2f× events off\n' \
+if [ "${ONLY:-}" != analytics ]; then
+  printf '\nthe database path against the cache hit (medians): /m %.2f×, /r %.2f× of the hit path'"'"'s requests/s\n' \
+    "$(echo "${median_rps[3]} / ${median_rps[0]}" | bc -l)" "$(echo "${median_rps[4]} / ${median_rps[2]}" | bc -l)"
+fi
+printf 'scan analytics on /m (medians of requests/s): enriched (GeoIP + proxy) %.2f× events off, %.2f× no GeoIP; events without GeoIP %.2f× events off\n' \
   "$(echo "${median_rps[7]} / ${median_rps[5]}" | bc -l)" "$(echo "${median_rps[7]} / ${median_rps[6]}" | bc -l)" \
-  "$(echo "${median_rps[8]} / ${median_rps[5]}" | bc -l)"
+  "$(echo "${median_rps[6]} / ${median_rps[5]}" | bc -l)"
+if [ "${ONLY:-}" != analytics ]; then
+  printf 'with the in-process ingest as well: %.2f× events off\n' "$(echo "${median_rps[8]} / ${median_rps[5]}" | bc -l)"
+fi

@@ -107,13 +107,18 @@ impl Clients {
         if self.proxies.is_empty() || !peer.is_some_and(|peer| self.proxies.contains(peer)) {
             return None;
         }
+        // Most requests carry one line of it: copied as it is; several are joined.
         let joined = |name: &HeaderName| {
-            let values: Vec<&str> = headers
+            let mut values = headers
                 .get_all(name)
                 .iter()
-                .filter_map(|value| value.to_str().ok())
-                .collect();
-            (!values.is_empty()).then(|| values.join(","))
+                .filter_map(|value| value.to_str().ok());
+            let mut text = values.next()?.to_owned();
+            for value in values {
+                text.push(',');
+                text.push_str(value);
+            }
+            Some(text)
         };
         joined(&FORWARDED)
             .map(Forwarded::Standard)

@@ -10,7 +10,8 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use maxminddb::{PathElement, Reader};
+use maxminddb::Reader;
+use serde::Deserialize;
 
 /// An open GeoIP database.
 pub struct GeoIp {
@@ -62,41 +63,125 @@ impl GeoIp {
     }
 
     /// The place of `address`; empty when the database does not know it (a private address,
-    /// say) or its record is malformed (logged at debug: the scan is still counted).
+    /// say) or its record is malformed (logged at debug: the scan is still counted). The
+    /// record is decoded once, into the few fields wanted, borrowing its text.
     pub fn locate(&self, address: IpAddr) -> Place {
-        let found = match self.reader.lookup(address) {
-            Ok(found) if found.has_data() => found,
-            Ok(_) => return Place::default(),
+        let record = match self
+            .reader
+            .lookup(address)
+            .and_then(|found| found.decode::<Record<'_>>())
+        {
+            Ok(Some(record)) => record,
+            Ok(None) => return Place::default(),
             Err(error) => {
                 tracing::debug!(%error, "GeoIP lookup failed");
                 return Place::default();
             }
         };
-        let text = |path: &[PathElement<'_>]| -> Option<String> {
-            match found.decode_path::<&str>(path) {
-                Ok(Some(text)) if !text.is_empty() => Some(text.to_owned()),
-                Ok(_) => None,
-                Err(error) => {
-                    tracing::debug!(%error, "a GeoIP record is not as expected");
-                    None
-                }
-            }
-        };
-        use PathElement::{Index, Key};
-        let country = text(&[Key("country"), Key("iso_code")])
-            .or_else(|| text(&[Key("registered_country"), Key("iso_code")]))
-            .or_else(|| text(&[Key("country_code")]))
+        let text = |value: Option<&str>| value.filter(|text| !text.is_empty()).map(str::to_owned);
+        let country = record
+            .country
+            .and_then(|country| country.iso_code)
+            .or_else(|| {
+                record
+                    .registered_country
+                    .and_then(|country| country.iso_code)
+            })
+            .or(record.country_code)
             .filter(|code| code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()))
-            .map(|code| code.to_ascii_uppercase());
-        let region = text(&[Key("subdivisions"), Index(0), Key("names"), Key("en")])
-            .or_else(|| text(&[Key("region")]))
-            .or_else(|| text(&[Key("state1")]));
-        let city = text(&[Key("city"), Key("names"), Key("en")]).or_else(|| text(&[Key("city")]));
+            .map(str::to_ascii_uppercase);
+        let region = record
+            .subdivisions
+            .and_then(|subdivisions| subdivisions.into_iter().next())
+            .and_then(|subdivision| subdivision.names.en)
+            .or(record.region)
+            .or(record.state1);
+        let city = match record.city {
+            Some(CityField::Named(city)) => city.names.en,
+            Some(CityField::Flat(name)) => Some(name),
+            None => None,
+        };
         Place {
             country,
-            region,
-            city,
+            region: text(region),
+            city: text(city),
         }
+    }
+}
+
+/// The fields read of a record, in either layout; the rest is skipped undecoded.
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    country: Option<Country<'a>>,
+    #[serde(borrow)]
+    registered_country: Option<Country<'a>>,
+    #[serde(borrow)]
+    subdivisions: Option<Vec<Named<'a>>>,
+    #[serde(borrow)]
+    city: Option<CityField<'a>>,
+    /// The flat layout (DB-IP Lite and others).
+    country_code: Option<&'a str>,
+    region: Option<&'a str>,
+    state1: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Country<'a> {
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Named<'a> {
+    #[serde(borrow, default)]
+    names: Names<'a>,
+}
+
+#[derive(Deserialize, Default)]
+struct Names<'a> {
+    en: Option<&'a str>,
+}
+
+/// `city` is a map with names (GeoIP2) or a plain name (flat layouts). Told apart by hand:
+/// serde's untagged enums buffer the whole value (every language's name) before choosing.
+enum CityField<'a> {
+    Named(Named<'a>),
+    Flat(&'a str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for CityField<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = CityField<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a city: a name, or a map with `names`")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                name: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(CityField::Flat(name))
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut names = Names::default();
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    if key == "names" {
+                        names = map.next_value()?;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(CityField::Named(Named { names }))
+            }
+        }
+        deserializer.deserialize_any(Either)
     }
 }
 

@@ -120,7 +120,8 @@ impl Enricher {
         let mut digest = Sha256::new();
         digest.update(salt);
         match client {
-            Client::Address(address) => digest.update(address.to_string()),
+            Client::Address(std::net::IpAddr::V4(address)) => digest.update(address.octets()),
+            Client::Address(std::net::IpAddr::V6(address)) => digest.update(address.octets()),
             Client::Unnamed(name) => digest.update(name),
         }
         digest.update([0]);
