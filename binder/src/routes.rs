@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use records::{Binding, RequestId, Scope};
 use service::Problem;
+use service::image::ImageOptions;
 
 use crate::claim::{BindRequest, Bound};
 use crate::{Binder, ClaimError};
@@ -535,76 +536,11 @@ async fn code_versions(
 /// Images never change for a request id, so caches may keep them for good.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-/// How to draw a code: `?scale=8&margin=4&dark=1a237e&light=ffffff&ec=M`, each optional
-/// (the server's `render` settings otherwise).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImageOptions {
-    /// Pixels per module (PNG) or user units per module (SVG), 1 to 20.
-    scale: Option<u32>,
-    /// Blank modules around the code, 0 to 10 (scanners want 4).
-    margin: Option<u32>,
-    /// Module colour, `RRGGBB`.
-    dark: Option<String>,
-    /// Background colour, `RRGGBB`.
-    light: Option<String>,
-    /// Error correction: L, M, Q or H.
-    ec: Option<config::EcLevel>,
-}
-
-impl ImageOptions {
-    fn is_empty(&self) -> bool {
-        self.scale.is_none()
-            && self.margin.is_none()
-            && self.dark.is_none()
-            && self.light.is_none()
-            && self.ec.is_none()
-    }
-
-    fn style(&self, base: render::Style) -> Result<render::Style, Problem> {
-        let bad = |detail: &str| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "urn:qrpool:problem:bad-image-options",
-                "Bad image options",
-            )
-            .with_detail(detail.to_owned())
-        };
-        let colour = |text: &Option<String>, default| match text {
-            None => Ok(default),
-            Some(text) => render::Rgb::parse_hex(text)
-                .ok_or_else(|| bad("dark and light are six hex digits, RRGGBB")),
-        };
-        let scale = self.scale.unwrap_or(base.module_px);
-        if !(1..=20).contains(&scale) {
-            return Err(bad("scale is 1 to 20 pixels per module"));
-        }
-        let margin = self.margin.unwrap_or(base.quiet_zone);
-        if margin > 10 {
-            return Err(bad("margin is 0 to 10 modules"));
-        }
-        Ok(render::Style {
-            module_px: scale,
-            quiet_zone: margin,
-            ec_level: self.ec.unwrap_or(base.ec_level),
-            dark: colour(&self.dark, base.dark)?,
-            light: colour(&self.light, base.light)?,
-        })
-    }
-}
-
 fn image_options(
     options: Result<Query<ImageOptions>, QueryRejection>,
     binding: &Binding,
 ) -> Result<ImageOptions, Problem> {
-    let Query(options) = options.map_err(|rejection| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "urn:qrpool:problem:bad-image-options",
-            "Bad image options",
-        )
-        .with_detail(rejection.body_text())
-    })?;
+    let options = service::image::options(options)?;
     if !options.is_empty() && !drawn_by_us(binding) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -617,22 +553,6 @@ fn image_options(
         )));
     }
     Ok(options)
-}
-
-/// Draws on the blocking pool: a large scale is milliseconds of CPU, not for an async worker.
-async fn draw<T: Send + 'static>(
-    content: &str,
-    style: render::Style,
-    draw: fn(&str, &render::Style) -> Result<T, render::RenderError>,
-) -> Result<T, Problem> {
-    let content = content.to_owned();
-    tokio::task::spawn_blocking(move || draw(&content, &style))
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "a drawing task failed");
-            Problem::unavailable("drawing the code failed")
-        })?
-        .map_err(render_problem)
 }
 
 async fn code_png(
@@ -660,7 +580,8 @@ async fn code_png(
         // No stored bytes, or other options: a local code is drawn again, deterministically.
         None => (
             "image/png".to_owned(),
-            draw(&binding.content, options.style(binder.style)?, render::png).await?,
+            service::image::draw(&binding.content, options.style(binder.style)?, render::png)
+                .await?,
         ),
     };
     let media_type =
@@ -694,7 +615,7 @@ async fn code_svg(
         )));
     }
     let style = image_options(options, &binding)?.style(binder.style)?;
-    let svg = draw(&binding.content, style, render::svg).await?;
+    let svg = service::image::draw(&binding.content, style, render::svg).await?;
     Ok((
         [
             (
@@ -710,15 +631,6 @@ async fn code_svg(
 
 fn drawn_by_us(binding: &Binding) -> bool {
     binding.issuer == config::LOCAL_ISSUER
-}
-
-fn render_problem(error: render::RenderError) -> Problem {
-    tracing::error!(error = %error, "drawing a bound code failed");
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "about:blank",
-        "Internal Server Error",
-    )
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! - [`durable`]: the truth. An embedded SQLite file or PostgreSQL; its primary key is what
 //!   makes a bind happen **at most once**, and a bind returns only once it is committed.
 //! - [`redis_tier`]: the hot copy shared by every process, filled on bind and on a miss.
-//! - [`api_keys`]: the tenants' API keys (hashed), kept in the same database.
+//! - [`api_keys`]: the tenants' API keys (hashed), kept in the same database, and
+//!   [`console_sessions`]: the console's signed-in sessions opened with them.
 //! - [`Database`]: that database, for parts that keep tables beside the bindings (links).
 //! - [`versions`]: changing a binding as a new version, keeping the ones before.
 //! - [`Bindings`]: the tiered lookup: in-process cache → Redis → durable store, refilling
@@ -14,6 +15,7 @@
 
 pub mod api_keys;
 mod change_events;
+pub mod console_sessions;
 pub mod durable;
 mod events;
 mod group_commit;
@@ -29,6 +31,7 @@ use records::{Binding, CodeImage, RequestId};
 
 pub use api_keys::ApiKey;
 pub use change_events::ChangeListener;
+pub use console_sessions::ConsoleSession;
 pub use durable::{Database, DurableStore, PostgresStore, SqliteStore};
 pub use redis_tier::RedisTier;
 pub use versions::{Change, ChangeError, PastVersion};

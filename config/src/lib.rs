@@ -66,6 +66,8 @@
 //! | `QRPOOL_ANALYTICS__CLICKHOUSE__USER` | its user | `default` |
 //! | `QRPOOL_ANALYTICS__CLICKHOUSE__PASSWORD` | secret: its password | unset |
 //! | `QRPOOL_ANALYTICS__CLICKHOUSE__INGEST_GROUP` | consumer group of `qrpool analytics ingest` | `qrpool-analytics` |
+//! | `QRPOOL_CONSOLE__ENABLED` | serve the web console at `/console` where the binder runs | `true` |
+//! | `QRPOOL_CONSOLE__SESSION_IDLE_MINUTES` | a console session ends after this long unused | `30` |
 //! | `QRPOOL_ANALYTICS__CLICKHOUSE__BATCH` | most events per insert | `50000` |
 //! | `QRPOOL_TELEMETRY__FORMAT` | `pretty` or `json` log lines | `pretty` |
 //! | `QRPOOL_TELEMETRY__FILTER` | tracing filter (`RUST_LOG` wins when set) | `info` |

@@ -32,6 +32,7 @@ pub struct Settings {
     pub middle_page: MiddlePageSettings,
     pub scans: ScanSettings,
     pub analytics: AnalyticsSettings,
+    pub console: ConsoleSettings,
     pub redirect: RedirectSettings,
     /// Redirect targets per tenant: `[targets.<tenant>] <name> = "https://…/{param}"`. A
     /// binding whose params say `"target": "<name>"` sends scanners there with a 302.
@@ -380,6 +381,24 @@ impl Default for AnalyticsSettings {
             flush_secs: 5,
             retention_days: 400,
             clickhouse: ClickHouseSettings::default(),
+        }
+    }
+}
+
+/// The web console at `/console`, served where the binder runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSettings {
+    pub enabled: bool,
+    /// A signed-in session ends after this many minutes without use.
+    pub session_idle_minutes: u32,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            enabled: true,
+            session_idle_minutes: 30,
         }
     }
 }
@@ -790,6 +809,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "analytics.flush_secs",
                 "must be between 1 and 300",
+            ));
+        }
+        if !(1..=7 * 24 * 60).contains(&self.console.session_idle_minutes) {
+            return Err(ConfigError::invalid(
+                "console.session_idle_minutes",
+                "must be between 1 and 10080 (a week)",
             ));
         }
         if self.analytics.retention_days == 0 {

@@ -73,6 +73,70 @@ fn served_issuers(settings: &Settings) -> impl Iterator<Item = &str> {
     std::iter::once(config::LOCAL_ISSUER).chain(settings.pregen.issuers.keys().map(String::as_str))
 }
 
+/// What the console's pool page reads: each served lane's depth (from the pool itself, so
+/// that every binder's takes count), the issuers and, where pregen runs here, their state.
+async fn console_pool_view(
+    settings: &Settings,
+    pregen: Option<&Pregen>,
+    embedded: Option<&EmbeddedPool>,
+) -> anyhow::Result<web_console::PoolView> {
+    let pool = match embedded {
+        Some(pool) => PoolWriter::Embedded(pool.clone()),
+        None => open_pool_writer(settings)
+            .await
+            .context("opening the pool for the console's pool page")?,
+    };
+    let lanes = served_issuers(settings)
+        .map(|issuer| {
+            let (pool, name) = (pool.clone(), issuer.to_owned());
+            web_console::pages::pool::Lane {
+                issuer: issuer.to_owned(),
+                depth: std::sync::Arc::new(move || {
+                    let (pool, name) = (pool.clone(), name.clone());
+                    Box::pin(
+                        async move { pool.depth(&name).await.map_err(|error| error.to_string()) },
+                    )
+                }),
+            }
+        })
+        .collect();
+    let issuers = served_issuers(settings)
+        .map(|name| {
+            let remote = settings.pregen.issuers.get(name);
+            let stopped: Option<web_console::pages::pool::StoppedProbe> = pregen
+                .filter(|pregen| pregen.issuer().name() == name)
+                .map(|pregen| {
+                    let pregen = pregen.clone();
+                    std::sync::Arc::new(move || {
+                        pregen
+                            .issuer()
+                            .is_stopped()
+                            .then(|| "a configuration error (see the log and /readyz)".to_owned())
+                    }) as web_console::pages::pool::StoppedProbe
+                })
+                .or_else(|| {
+                    (remote.is_none()).then(|| {
+                        std::sync::Arc::new(|| None) as web_console::pages::pool::StoppedProbe
+                    })
+                });
+            web_console::pages::pool::IssuerInfo {
+                name: name.to_owned(),
+                kind: if remote.is_some() {
+                    "mini-program code API"
+                } else {
+                    "drawn here"
+                },
+                quota: remote.map(|issuer| {
+                    let quota = issuer.quota();
+                    (quota.calls, Duration::from_millis(quota.window_ms))
+                }),
+                stopped,
+            }
+        })
+        .collect();
+    Ok(web_console::PoolView::start(lanes, issuers, settings))
+}
+
 #[derive(Debug)]
 struct LinkPurge {
     redirects: redirect::Redirects,
@@ -198,9 +262,11 @@ impl App {
             });
         }
         // One key checker for every API of the process, so that a key has one rate limit.
-        let keys = bindings
-            .as_ref()
-            .map(|bindings| service::Keys::new(bindings.durable().clone()));
+        let keys = bindings.as_ref().map(|bindings| {
+            service::Keys::new(bindings.durable().clone()).with_session_idle(Duration::from_secs(
+                u64::from(settings.console.session_idle_minutes) * 60,
+            ))
+        });
         if let (true, Some(bindings), Some(keys)) = (parts.binder, &bindings, &keys) {
             router = router.merge(binder::router(Binder::new(
                 readers.clone(),
@@ -312,6 +378,7 @@ impl App {
                 clients,
                 secure_cookie: public_base.starts_with("https://"),
                 public_url: public_base,
+                style: settings.render.into(),
             });
             scan_routes.push(redirect::scan_route(&links));
             router = router.merge(redirect::router(links));
@@ -322,6 +389,13 @@ impl App {
                 )),
                 every: Duration::from_secs(settings.redirect.purge_every_secs),
             });
+        }
+        if let (true, true, Some(keys)) = (parts.binder, settings.console.enabled, &keys) {
+            // The console calls the API routes built above, in process.
+            let pool = console_pool_view(settings, pregen.as_ref(), embedded.as_ref()).await?;
+            let console =
+                web_console::Console::new(keys.clone(), router.clone(), settings, Some(pool));
+            router = router.merge(web_console::router(std::sync::Arc::new(console)));
         }
         let request_timeout = Duration::from_millis(settings.server.request_timeout_ms);
         let router =

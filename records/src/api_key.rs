@@ -4,72 +4,139 @@
 //! the key in logs, listings and the store. The secret (32 base62 characters, about 190
 //! random bits) is shown once, when the key is made; the store keeps only its SHA-256. A
 //! secret that random needs no slow hash: nobody can guess their way back from the digest.
+//!
+//! A console session ([`SessionToken`], `qrs_<session id>_<secret>`) is made the same way when
+//! someone signs in with a key; it acts with that key's tenant and scopes until it ends.
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-const PREFIX: &str = "qrp_";
+const KEY_PREFIX: &str = "qrp_";
+const SESSION_PREFIX: &str = "qrs_";
 const KEY_ID_LEN: usize = 12;
+const SESSION_ID_LEN: usize = 16;
 const SECRET_LEN: usize = 32;
 
-/// A whole key as an app sends it. Its `Debug` never shows the secret.
+/// An id and a secret behind a prefix: what keys and sessions share.
 #[derive(Clone, PartialEq, Eq)]
-pub struct KeyToken {
-    key_id: String,
+struct IdAndSecret {
+    id: String,
     secret: String,
 }
 
+impl IdAndSecret {
+    fn generate(id_len: usize) -> Self {
+        IdAndSecret {
+            id: random_base62(id_len),
+            secret: random_base62(SECRET_LEN),
+        }
+    }
+
+    fn parse(text: &str, prefix: &str, id_len: usize) -> Option<Self> {
+        let rest = text.strip_prefix(prefix)?;
+        let (id, secret) = rest.split_once('_')?;
+        let base62 = |part: &str, len: usize| {
+            part.len() == len && part.bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        (base62(id, id_len) && base62(secret, SECRET_LEN)).then(|| IdAndSecret {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+
+    fn secret_hash(&self) -> Vec<u8> {
+        Sha256::digest(self.secret.as_bytes()).to_vec()
+    }
+
+    fn matches(&self, stored_hash: &[u8]) -> bool {
+        self.secret_hash().ct_eq(stored_hash).into()
+    }
+}
+
+/// A whole key as an app sends it. Its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyToken(IdAndSecret);
+
 impl std::fmt::Debug for KeyToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyToken({PREFIX}{}_…)", self.key_id)
+        write!(f, "KeyToken({KEY_PREFIX}{}_…)", self.0.id)
     }
 }
 
 impl KeyToken {
     /// A new key with a random id and secret.
     pub fn generate() -> Self {
-        KeyToken {
-            key_id: random_base62(KEY_ID_LEN),
-            secret: random_base62(SECRET_LEN),
-        }
+        KeyToken(IdAndSecret::generate(KEY_ID_LEN))
     }
 
     /// Reads a key as an app sent it; `None` for anything not shaped like one.
     pub fn parse(text: &str) -> Option<Self> {
-        let rest = text.strip_prefix(PREFIX)?;
-        let (key_id, secret) = rest.split_once('_')?;
-        let base62 = |part: &str, len: usize| {
-            part.len() == len && part.bytes().all(|b| b.is_ascii_alphanumeric())
-        };
-        (base62(key_id, KEY_ID_LEN) && base62(secret, SECRET_LEN)).then(|| KeyToken {
-            key_id: key_id.to_owned(),
-            secret: secret.to_owned(),
-        })
+        IdAndSecret::parse(text, KEY_PREFIX, KEY_ID_LEN).map(KeyToken)
     }
 
     pub fn key_id(&self) -> &str {
-        &self.key_id
+        &self.0.id
     }
 
     /// What the store keeps instead of the secret.
     pub fn secret_hash(&self) -> Vec<u8> {
-        Sha256::digest(self.secret.as_bytes()).to_vec()
+        self.0.secret_hash()
     }
 
     /// Whether this key's secret is the one `stored_hash` was made from (constant time).
     pub fn matches(&self, stored_hash: &[u8]) -> bool {
-        self.secret_hash().ct_eq(stored_hash).into()
+        self.0.matches(stored_hash)
     }
 
     /// The whole key, to show once to whoever made it.
     pub fn reveal(&self) -> String {
-        format!("{PREFIX}{}_{}", self.key_id, self.secret)
+        format!("{KEY_PREFIX}{}_{}", self.0.id, self.0.secret)
     }
 }
 
-pub(crate) fn random_base62(len: usize) -> String {
+/// A console session as its cookie carries it. Its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(IdAndSecret);
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionToken({SESSION_PREFIX}{}_…)", self.0.id)
+    }
+}
+
+impl SessionToken {
+    pub fn generate() -> Self {
+        SessionToken(IdAndSecret::generate(SESSION_ID_LEN))
+    }
+
+    /// Reads a session token; `None` for anything not shaped like one.
+    pub fn parse(text: &str) -> Option<Self> {
+        IdAndSecret::parse(text, SESSION_PREFIX, SESSION_ID_LEN).map(SessionToken)
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.0.id
+    }
+
+    pub fn secret_hash(&self) -> Vec<u8> {
+        self.0.secret_hash()
+    }
+
+    /// Whether this session's secret is the one `stored_hash` was made from (constant time).
+    pub fn matches(&self, stored_hash: &[u8]) -> bool {
+        self.0.matches(stored_hash)
+    }
+
+    /// The whole token, for the cookie and the bearer header of the console's own calls.
+    pub fn reveal(&self) -> String {
+        format!("{SESSION_PREFIX}{}_{}", self.0.id, self.0.secret)
+    }
+}
+
+/// A random base62 string of `len` characters (about 5.95 bits each), for ids and tokens.
+pub fn random_base62(len: usize) -> String {
     let mut rng = rand::rng();
     (0..len)
         .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
@@ -167,7 +234,7 @@ mod tests {
     #[test]
     fn debug_never_shows_the_secret() {
         let key = KeyToken::generate();
-        assert!(!format!("{key:?}").contains(&key.secret));
+        assert!(!format!("{key:?}").contains(&key.0.secret));
     }
 
     #[test]
@@ -185,6 +252,17 @@ mod tests {
         ] {
             assert_eq!(KeyToken::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn sessions_read_back_and_are_not_keys() {
+        let session = SessionToken::generate();
+        let text = session.reveal();
+        assert_eq!(SessionToken::parse(&text), Some(session.clone()));
+        assert!(session.matches(&session.secret_hash()));
+        assert_eq!(KeyToken::parse(&text), None);
+        assert_eq!(SessionToken::parse(&KeyToken::generate().reveal()), None);
+        assert!(!format!("{session:?}").contains(&session.0.secret));
     }
 
     #[test]

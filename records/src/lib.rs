@@ -25,7 +25,7 @@ pub mod scan_event;
 pub mod tags;
 pub mod target;
 
-pub use api_key::{KeyToken, Scope, Scopes, ScopesError};
+pub use api_key::{KeyToken, Scope, Scopes, ScopesError, SessionToken, random_base62};
 pub use binding::{Binding, Params, ParamsError, ParamsLimits, Tenant, TenantError};
 pub use link::{
     CLICK_ID_PARAM, Link, LinkKey, LinkKeyError, LinkTarget, LinkTargetError, LinkVersion,

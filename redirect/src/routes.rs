@@ -12,6 +12,7 @@
 //! | `POST /v1/links/{key}/rollback` `{"version": n}` | `admin` | a new version with version `n`'s target |
 //! | `GET /v1/links/{key}/versions` | `read` | every version, oldest first |
 //! | `GET /v1/links/{key}/audit` | `read` | every change: who, when, what |
+//! | `GET /v1/links/{key}/qr.png` (`qr.svg`) `?scale=&margin=&dark=&light=&ec=` | `read` | the link's printed URL as a QR code |
 //! | `GET /v1/links/openapi.json` | anyone | the OpenAPI 3.1 document of these routes |
 //!
 //! A tenant sees only its own links: another tenant's key is the same `404` as no key at all.
@@ -57,15 +58,19 @@ const LINK_RESTORE: &str = "/v1/links/{key}/restore";
 const LINK_ROLLBACK: &str = "/v1/links/{key}/rollback";
 const LINK_VERSIONS: &str = "/v1/links/{key}/versions";
 const LINK_AUDIT: &str = "/v1/links/{key}/audit";
+const LINK_PNG: &str = "/v1/links/{key}/qr.png";
+const LINK_SVG: &str = "/v1/links/{key}/qr.svg";
 const OPENAPI_PATH: &str = "/v1/links/openapi.json";
 /// Every API path the router serves, for the document check.
-pub const API_PATHS: [&str; 7] = [
+pub const API_PATHS: [&str; 9] = [
     LINKS,
     LINK,
     LINK_RESTORE,
     LINK_ROLLBACK,
     LINK_VERSIONS,
     LINK_AUDIT,
+    LINK_PNG,
+    LINK_SVG,
     OPENAPI_PATH,
 ];
 
@@ -90,6 +95,8 @@ pub struct LinkService {
     pub public_url: String,
     /// Whether the visitor cookie needs HTTPS (`public_url` is `https`).
     pub secure_cookie: bool,
+    /// How a link's code is drawn unless the request asks otherwise (`render` settings).
+    pub style: render::Style,
 }
 
 /// `/r/{key}` for [`service::Front`], which answers scans before the router.
@@ -116,6 +123,8 @@ pub fn router(service: Arc<LinkService>) -> Router {
         .route(LINK_ROLLBACK, post(rollback_link))
         .route(LINK_VERSIONS, get(link_versions))
         .route(LINK_AUDIT, get(link_audit))
+        .route(LINK_PNG, get(link_png))
+        .route(LINK_SVG, get(link_svg))
         .route(OPENAPI_PATH, get(openapi))
         .with_state(service)
 }
@@ -783,6 +792,66 @@ async fn link_audit(
         .await
         .map_err(store_unavailable)?;
     Ok(Json(serde_json::json!({ "key": link.key, "audit": entries })).into_response())
+}
+
+/// The URL printed for a link, drawn with the caller's options.
+async fn link_image<T: Send + 'static>(
+    service: &LinkService,
+    key: &str,
+    headers: &HeaderMap,
+    options: Result<Query<service::image::ImageOptions>, QueryRejection>,
+    draw: fn(&str, &render::Style) -> Result<T, render::RenderError>,
+) -> Result<T, Problem> {
+    let caller = service.keys.authorize(headers, Scope::Read).await?;
+    let style = service::image::options(options)?.style(service.style)?;
+    let link = service.owned(key, &caller.tenant).await?;
+    let url = format!("{}/r/{}", service.public_url, link.key);
+    service::image::draw(&url, style, draw).await
+}
+
+async fn link_png(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    options: Result<Query<service::image::ImageOptions>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let png = link_image(&service, &key, &headers, options, render::png).await?;
+    // A link's key never changes, and neither does its printed URL: a code drawn once is
+    // right for good.
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, max-age=86400"),
+            ),
+        ],
+        png,
+    )
+        .into_response())
+}
+
+async fn link_svg(
+    State(service): State<Arc<LinkService>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    options: Result<Query<service::image::ImageOptions>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let svg = link_image(&service, &key, &headers, options, render::svg).await?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("image/svg+xml"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, max-age=86400"),
+            ),
+        ],
+        svg,
+    )
+        .into_response())
 }
 
 async fn openapi() -> Response {

@@ -7,6 +7,8 @@
 #   start_postgres                PostgreSQL on 127.0.0.1:5432, user postgres/postgres over TCP
 #   start_kafka_protocol_broker   tansu on 127.0.0.1:9092, built once into $QRPOOL_CACHE
 #   python_with_chdb              a Python with chDB (ClickHouse in-process): $chdb_python
+#   browser_test_deps DIR         Node.js, Debian's Chromium, and DIR's npm packages (npm ci; no
+#                                 browser is ever downloaded)
 
 cache=${QRPOOL_CACHE:-$HOME/.cache/qrpool}
 tansu_version=0.6.0
@@ -97,4 +99,15 @@ python_with_chdb() {
     "$venv/bin/pip" install --quiet --disable-pip-version-check "chdb==$chdb_version"
   fi
   chdb_python="$venv/bin/python"
+}
+
+browser_test_deps() {
+  local dir=$1
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  [ -x /usr/bin/chromium ] || apt_install chromium
+  # npm ci again only when the lock file changed since the last install.
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    say "installing the console's browser-test packages (npm ci, no browser download)"
+    (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+  fi
 }

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod front;
+pub mod image;
 pub mod layers;
 pub mod openapi;
 pub mod ops;

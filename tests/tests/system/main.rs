@@ -12,6 +12,7 @@ mod api_keys;
 mod batch;
 mod binding_store;
 mod changes;
+mod console;
 mod crash;
 mod degradation;
 mod distributed;

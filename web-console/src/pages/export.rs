@@ -1,0 +1,189 @@
+//! Every table as CSV: the analytics API's own CSV passed on, and the links' tables written
+//! here with the same care (quoted fields, no formula a spreadsheet would run).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use chrono::SecondsFormat;
+use serde::Deserialize;
+
+use crate::pages::RangeForm;
+use crate::pages::links::{Audit, all_keys, details};
+use crate::session::Visit;
+use crate::{Console, ConsoleError, encode};
+
+/// A CSV field: quoted when it must be, and never a formula (a destination or a scanned
+/// value could be `=HYPERLINK(…)`; spreadsheets would run it).
+pub fn field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+pub fn csv_response(file_name: &str, text: String) -> Response {
+    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\""))
+        .unwrap_or(HeaderValue::from_static("attachment"));
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ScansExport {
+    #[serde(flatten)]
+    range: RangeForm,
+    group_by: Option<String>,
+    /// `on`: the time series (at the range's granularity).
+    series: Option<String>,
+}
+
+/// `GET /console/export/scans.csv?<range>&group_by=…` or `&series=on`.
+pub async fn scans(
+    State(console): State<Arc<Console>>,
+    visit: Visit,
+    Query(export): Query<ScansExport>,
+) -> Result<Response, ConsoleError> {
+    let range = export.range.resolve(&visit, chrono::Utc::now());
+    let mut extra = String::from("format=csv");
+    let mut name = String::from("scans");
+    if export.series.as_deref() == Some("on") {
+        extra.push_str(&format!("&granularity={}", encode(&range.granularity)));
+        if range.compare {
+            extra.push_str("&compare=previous");
+        }
+        name.push_str(&format!("-per-{}", range.granularity));
+    }
+    if let Some(group) = export.group_by.as_deref().filter(|group| !group.is_empty()) {
+        extra.push_str(&format!("&group_by={}&limit=10000", encode(group)));
+        name.push_str("-by-");
+        name.extend(
+            group
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_'),
+        );
+    }
+    let answer = console
+        .api
+        .call(
+            &visit.token,
+            Method::GET,
+            &range.api_query(&extra),
+            None,
+            None,
+        )
+        .await?
+        .done()?;
+    Ok(csv_response(
+        &format!("{name}.csv"),
+        String::from_utf8_lossy(&answer.body).into_owned(),
+    ))
+}
+
+/// `GET /console/export/links.csv`: every link with its current destination.
+pub async fn links(
+    State(console): State<Arc<Console>>,
+    visit: Visit,
+) -> Result<Response, ConsoleError> {
+    let keys = all_keys(&console, &visit).await?;
+    let links = details(&console, &visit, &keys).await?;
+    let mut text = String::from(
+        "key,url,destination,status,version,serving_version,variants,rules,tags,created_at,deleted_at\r\n",
+    );
+    for link in links {
+        let (destination, variants, rules) = match &link.target {
+            Some(target) => (
+                target.destination.clone(),
+                target
+                    .split
+                    .iter()
+                    .map(|variant| format!("{}:{}", variant.name, variant.weight))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                target.rules.len().to_string(),
+            ),
+            None => Default::default(),
+        };
+        let row = [
+            field(&link.key),
+            field(&link.url),
+            field(&destination),
+            link.status.to_string(),
+            link.version.to_string(),
+            link.serving_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            field(&variants),
+            rules,
+            field(&link.tags.join(" ")),
+            link.created_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            link.deleted_at
+                .map(|at| at.to_rfc3339_opts(SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+        ];
+        text.push_str(&row.join(","));
+        text.push_str("\r\n");
+    }
+    Ok(csv_response("links.csv", text))
+}
+
+/// `GET /console/export/links/{key}/audit.csv`.
+pub async fn audit(
+    State(console): State<Arc<Console>>,
+    visit: Visit,
+    Path(key): Path<String>,
+) -> Result<Response, ConsoleError> {
+    let audit: Audit = console
+        .api
+        .get_json(&visit.token, format!("/v1/links/{}/audit", encode(&key)))
+        .await?;
+    let mut text = String::from("at,actor,action,version,detail\r\n");
+    for entry in audit.audit {
+        let detail = if entry.detail.is_null() {
+            String::new()
+        } else {
+            entry.detail.to_string()
+        };
+        let row = [
+            entry.at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            field(&entry.actor),
+            field(&entry.action),
+            entry.version.map(|v| v.to_string()).unwrap_or_default(),
+            field(&detail),
+        ];
+        text.push_str(&row.join(","));
+        text.push_str("\r\n");
+    }
+    let safe: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
+    Ok(csv_response(&format!("audit-{safe}.csv"), text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_quoted_and_never_formulas() {
+        assert_eq!(field("plain"), "plain");
+        assert_eq!(field("a,b"), "\"a,b\"");
+        assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(field("@cmd"), "'@cmd");
+    }
+}
