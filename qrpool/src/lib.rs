@@ -393,8 +393,13 @@ impl App {
         if let (true, true, Some(keys)) = (parts.binder, settings.console.enabled, &keys) {
             // The console calls the API routes built above, in process.
             let pool = console_pool_view(settings, pregen.as_ref(), embedded.as_ref()).await?;
-            let console =
-                web_console::Console::new(keys.clone(), router.clone(), settings, Some(pool));
+            let console = web_console::Console::new(
+                keys.clone(),
+                router.clone(),
+                settings,
+                Some(pool),
+                parts.middle_page,
+            );
             router = router.merge(web_console::router(std::sync::Arc::new(console)));
         }
         let request_timeout = Duration::from_millis(settings.server.request_timeout_ms);

@@ -191,14 +191,7 @@ fn unavailable_page() -> Response {
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
+    service::cookie(headers, name)
         // Only ids we could have set: a cookie is input like any other.
         .filter(|value| {
             (8..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric())

@@ -52,15 +52,20 @@ pub struct Console {
     secure_cookie: bool,
     pool: Option<PoolView>,
     print_runs: print::PrintRuns,
+    /// The links API is served here (the process runs the scan side as well as the binder).
+    links_here: bool,
 }
 
 impl Console {
     /// `api`: the process's API routes (codes, links, analytics), which the console calls.
+    /// `links_here`: the process serves the links API too (`qrpool up`, or binder and middle
+    /// page together); without it the console has no links pages.
     pub fn new(
         keys: Keys,
         api: Router,
         settings: &config::Settings,
         pool: Option<PoolView>,
+        links_here: bool,
     ) -> Self {
         Console {
             keys,
@@ -68,6 +73,7 @@ impl Console {
             secure_cookie: settings.server.public_base().starts_with("https://"),
             pool,
             print_runs: print::PrintRuns::new(Api::new(api)),
+            links_here,
         }
     }
 }
@@ -172,9 +178,11 @@ impl Frame {
         let mut nav = vec![
             (Section::Overview, "/console/overview", "Overview"),
             (Section::Audience, "/console/audience", "Where & who"),
-            (Section::Links, "/console/links", "Links"),
-            (Section::Codes, "/console/codes", "Codes"),
         ];
+        if visit.links_here {
+            nav.push((Section::Links, "/console/links", "Links"));
+        }
+        nav.push((Section::Codes, "/console/codes", "Codes"));
         if visit.can(Scope::Bind) {
             nav.push((Section::Print, "/console/print", "Print runs"));
         }

@@ -38,6 +38,8 @@ pub struct Visit {
     pub signed_in: SignedIn,
     /// The browser's time zone, when console.js told it.
     pub browser_tz: Option<Tz>,
+    /// Whether this process serves the links API (it runs the scan side too).
+    pub links_here: bool,
 }
 
 impl Visit {
@@ -92,16 +94,7 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), ConsoleError> {
     Ok(())
 }
 
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
-}
+pub use service::cookie;
 
 fn browser_tz(headers: &HeaderMap) -> Option<Tz> {
     let zone = cookie(headers, TZ_COOKIE)?;
@@ -152,6 +145,7 @@ impl FromRequestParts<Arc<Console>> for Visit {
             token: token.reveal(),
             signed_in,
             browser_tz: browser_tz(&parts.headers),
+            links_here: console.links_here,
         })
     }
 }

@@ -15,9 +15,9 @@ use serde_json::json;
 
 use records::Scope;
 
-use crate::chart::{self, Point, grouped};
+use crate::chart::{self, grouped};
 use crate::pages::links::{QrQuery, image};
-use crate::pages::{RangeForm, Scans};
+use crate::pages::{RangeForm, Scans, daily_points};
 use crate::session::Visit;
 use crate::{Console, ConsoleError, Frame, Section, encode, render};
 
@@ -126,21 +126,7 @@ async fn find(console: &Console, visit: &Visit, id: &str) -> Result<Option<Found
         ),
     );
     let (versions, scans) = (versions?, scans?);
-    let points: Vec<Point> = scans
-        .rows
-        .iter()
-        .map(|row| Point {
-            label: row
-                .bucket
-                .as_deref()
-                .and_then(|bucket| DateTime::parse_from_rfc3339(bucket).ok())
-                .map(|time| time.format("%b %-d").to_string())
-                .unwrap_or_default(),
-            scans: row.scans,
-            visitors: row.visitors,
-            previous: None,
-        })
-        .collect();
+    let points = daily_points(&scans);
     let now = Utc::now();
     Ok(Some(Found {
         params: serde_json::to_string_pretty(&code.params).unwrap_or_default(),

@@ -14,20 +14,7 @@ use crate::pages::links::{Audit, all_keys, details};
 use crate::session::Visit;
 use crate::{Console, ConsoleError, encode};
 
-/// A CSV field: quoted when it must be, and never a formula (a destination or a scanned
-/// value could be `=HYPERLINK(…)`; spreadsheets would run it).
-pub fn field(text: &str) -> String {
-    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{text}")
-    } else {
-        text.to_owned()
-    };
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text
-    }
-}
+pub use service::csv_field as field;
 
 pub fn csv_response(file_name: &str, text: String) -> Response {
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\""))
@@ -172,18 +159,4 @@ pub async fn audit(
     }
     let safe: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
     Ok(csv_response(&format!("audit-{safe}.csv"), text))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields_are_quoted_and_never_formulas() {
-        assert_eq!(field("plain"), "plain");
-        assert_eq!(field("a,b"), "\"a,b\"");
-        assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
-        assert_eq!(field("@cmd"), "'@cmd");
-    }
 }

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use records::{DeviceClass, LinkTarget, LinkVersion, Rule, Scope, Variant};
 
-use crate::chart::{self, Point, grouped};
-use crate::pages::{RangeForm, Scans};
+use crate::chart::{self, grouped};
+use crate::pages::{RangeForm, Scans, daily_points};
 use crate::session::Visit;
 use crate::{Console, ConsoleError, Frame, Section, encode, render};
 
@@ -85,6 +85,7 @@ pub struct Audit {
 
 /// Every link of the tenant, summaries in key order (the API's pages followed).
 pub async fn all_keys(console: &Console, visit: &Visit) -> Result<Vec<String>, ConsoleError> {
+    links_here(visit)?;
     let mut keys = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -455,6 +456,19 @@ struct NewPage {
     devices: &'static [(&'static str, &'static str)],
 }
 
+/// Links are served with the scan side; a binder alone has none to show.
+fn links_here(visit: &Visit) -> Result<(), ConsoleError> {
+    if visit.links_here {
+        Ok(())
+    } else {
+        Err(ConsoleError::NotFound(
+            "links are managed where the scan side runs (`qrpool up`, or `qrpool middle-page` \
+             with the binder): open the console there"
+                .into(),
+        ))
+    }
+}
+
 fn zone(visit: &Visit) -> Tz {
     visit.browser_tz.unwrap_or(Tz::UTC)
 }
@@ -490,6 +504,7 @@ fn new_page(
 }
 
 pub async fn new(visit: Visit) -> Result<Response, ConsoleError> {
+    links_here(&visit)?;
     require(&visit, Scope::Admin)?;
     Ok(new_page(&visit, LinkForm::blank(), None, StatusCode::OK))
 }
@@ -655,6 +670,7 @@ async fn detail_page(
     notice: Option<String>,
     problem: Option<(String, LinkForm, StatusCode)>,
 ) -> Result<Response, ConsoleError> {
+    links_here(visit)?;
     let tz = zone(visit);
     let link_path = format!("/v1/links/{}", encode(key));
     let range = RangeForm {
@@ -720,21 +736,7 @@ async fn detail_page(
     } else {
         None
     };
-    let points: Vec<Point> = scans
-        .rows
-        .iter()
-        .map(|row| Point {
-            label: row
-                .bucket
-                .as_deref()
-                .and_then(|bucket| DateTime::parse_from_rfc3339(bucket).ok())
-                .map(|time| time.format("%b %-d").to_string())
-                .unwrap_or_default(),
-            scans: row.scans,
-            visitors: row.visitors,
-            previous: None,
-        })
-        .collect();
+    let points = daily_points(&scans);
     let when = |time: DateTime<Utc>| time.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string();
     let version_rows = versions
         .versions
@@ -911,6 +913,25 @@ pub struct CsrfForm {
     pub csrf: String,
 }
 
+/// `POST /console/links/{key}/delete` and `…/restore`: one API call each, then the page.
+async fn change_state(
+    console: &Console,
+    visit: &Visit,
+    headers: &HeaderMap,
+    form: &CsrfForm,
+    (method, path, done): (Method, String, &str),
+    key: &str,
+) -> Result<Response, ConsoleError> {
+    visit.check_form(headers, &form.csrf)?;
+    require(visit, Scope::Admin)?;
+    console
+        .api
+        .call(&visit.token, method, path, None, None)
+        .await?
+        .done()?;
+    Ok(Redirect::to(&format!("/console/links/{}?done={done}", encode(key))).into_response())
+}
+
 pub async fn delete(
     State(console): State<Arc<Console>>,
     visit: Visit,
@@ -918,20 +939,12 @@ pub async fn delete(
     Path(key): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
-    visit.check_form(&headers, &form.csrf)?;
-    require(&visit, Scope::Admin)?;
-    console
-        .api
-        .call(
-            &visit.token,
-            Method::DELETE,
-            &format!("/v1/links/{}", encode(&key)),
-            None,
-            None,
-        )
-        .await?
-        .done()?;
-    Ok(Redirect::to(&format!("/console/links/{}?done=delete", encode(&key))).into_response())
+    let call = (
+        Method::DELETE,
+        format!("/v1/links/{}", encode(&key)),
+        "delete",
+    );
+    change_state(&console, &visit, &headers, &form, call, &key).await
 }
 
 pub async fn restore(
@@ -941,20 +954,12 @@ pub async fn restore(
     Path(key): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ConsoleError> {
-    visit.check_form(&headers, &form.csrf)?;
-    require(&visit, Scope::Admin)?;
-    console
-        .api
-        .call(
-            &visit.token,
-            Method::POST,
-            &format!("/v1/links/{}/restore", encode(&key)),
-            None,
-            None,
-        )
-        .await?
-        .done()?;
-    Ok(Redirect::to(&format!("/console/links/{}?done=restore", encode(&key))).into_response())
+    let call = (
+        Method::POST,
+        format!("/v1/links/{}/restore", encode(&key)),
+        "restore",
+    );
+    change_state(&console, &visit, &headers, &form, call, &key).await
 }
 
 /// Image options of a QR download, passed on to the API (which checks them).

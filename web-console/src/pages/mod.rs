@@ -250,6 +250,25 @@ pub fn shares(rows: &[ScansRow], label: impl Fn(Option<&str>) -> String) -> Vec<
         .collect()
 }
 
+/// A daily time series as a chart draws it (one link's or code's scans).
+pub fn daily_points(scans: &Scans) -> Vec<crate::chart::Point> {
+    scans
+        .rows
+        .iter()
+        .map(|row| crate::chart::Point {
+            label: row
+                .bucket
+                .as_deref()
+                .and_then(|bucket| DateTime::parse_from_rfc3339(bucket).ok())
+                .map(|time| time.format("%b %-d").to_string())
+                .unwrap_or_default(),
+            scans: row.scans,
+            visitors: row.visitors,
+            previous: None,
+        })
+        .collect()
+}
+
 /// A change against the previous period, as a card shows it.
 pub fn delta(now: u64, before: Option<u64>) -> Option<(String, bool)> {
     let before = before?;
