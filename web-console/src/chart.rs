@@ -37,20 +37,22 @@ pub fn escape(text: &str) -> String {
     escaped
 }
 
-/// The smallest "nice" number (1, 2 or 5 × 10ⁿ) at or above `value`.
-fn nice_ceiling(value: u64) -> u64 {
-    if value <= 5 {
-        return 5;
-    }
+/// The axis for values up to `value`: the smallest ceiling of 5, 10, 20, 50, 100, 200, … at or
+/// above it, and how many equal whole-number steps divide it (5, or 4 for 2 × 10ⁿ).
+fn axis(value: u64) -> (u64, u32) {
     let mut magnitude = 1u64;
-    while magnitude.saturating_mul(10) < value {
-        magnitude = magnitude.saturating_mul(10);
+    loop {
+        for (leading, steps) in [(1, 5), (2, 4), (5, 5)] {
+            let ceiling = leading * magnitude;
+            if ceiling >= value.max(5) {
+                return (ceiling, steps);
+            }
+        }
+        match magnitude.checked_mul(10) {
+            Some(next) => magnitude = next,
+            None => return (value, 1),
+        }
     }
-    [1, 2, 5, 10]
-        .into_iter()
-        .map(|step| step * magnitude)
-        .find(|ceiling| *ceiling >= value)
-        .unwrap_or(value)
 }
 
 /// A line chart of scans (area), visitors and the previous period's scans (dashed).
@@ -61,7 +63,8 @@ pub fn time_series(points: &[Point], title: &str) -> String {
         .map(|point| point.scans.max(point.previous.unwrap_or(0)))
         .max()
         .unwrap_or(0);
-    let ceiling = nice_ceiling(highest) as f64;
+    let (ceiling, steps) = axis(highest);
+    let ceiling = ceiling as f64;
     let plot_width = WIDTH - LEFT - RIGHT;
     let plot_height = HEIGHT - TOP - BOTTOM;
     let x = |index: usize| {
@@ -77,8 +80,8 @@ pub fn time_series(points: &[Point], title: &str) -> String {
         r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{}">"#,
         escape(title)
     );
-    for step in 0..=4 {
-        let value = (ceiling * f64::from(step) / 4.0).round() as u64;
+    for step in 0..=steps {
+        let value = (ceiling * f64::from(step) / f64::from(steps)).round() as u64;
         let line_y = y(value);
         let _ = write!(
             svg,
@@ -182,12 +185,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ceilings_are_round() {
-        assert_eq!(nice_ceiling(0), 5);
-        assert_eq!(nice_ceiling(7), 10);
-        assert_eq!(nice_ceiling(11), 20);
-        assert_eq!(nice_ceiling(480), 500);
-        assert_eq!(nice_ceiling(501), 1_000);
+    fn axes_are_round_and_their_steps_whole() {
+        assert_eq!(axis(0), (5, 5));
+        assert_eq!(axis(7), (10, 5));
+        assert_eq!(axis(11), (20, 4));
+        assert_eq!(axis(60), (100, 5));
+        assert_eq!(axis(480), (500, 5));
+        assert_eq!(axis(501), (1_000, 5));
+        for value in [0, 3, 17, 99, 150, 2_001, 987_654] {
+            let (ceiling, steps) = axis(value);
+            assert!(
+                ceiling >= value && ceiling % u64::from(steps) == 0,
+                "{value}"
+            );
+        }
     }
 
     #[test]

@@ -95,6 +95,20 @@ impl std::fmt::Debug for PoolView {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_reads_in_the_unit_that_fits() {
+        assert_eq!(lasts(700, Some(1_500.0)), "about 28 s");
+        assert_eq!(lasts(9_000, Some(1_500.0)), "about 6 min");
+        assert_eq!(lasts(500_000, Some(1_000.0)), "about 8 h");
+        assert_eq!(lasts(10, Some(0.1)), "not draining");
+        assert_eq!(lasts(10, None), "measuring…");
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Sample {
     at: Instant,
@@ -221,11 +235,13 @@ fn lasts(depth: u64, per_minute: Option<f64>) -> String {
         None => "measuring…".to_owned(),
         Some(rate) if rate < 0.5 => "not draining".to_owned(),
         Some(rate) => {
-            let minutes = depth as f64 / rate;
-            if minutes >= 120.0 {
-                format!("about {:.0} h", minutes / 60.0)
+            let seconds = depth as f64 / rate * 60.0;
+            if seconds >= 2.0 * 3600.0 {
+                format!("about {:.0} h", seconds / 3600.0)
+            } else if seconds >= 120.0 {
+                format!("about {:.0} min", seconds / 60.0)
             } else {
-                format!("about {minutes:.0} min")
+                format!("about {seconds:.0} s")
             }
         }
     }

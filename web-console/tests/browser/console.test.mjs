@@ -171,6 +171,7 @@ test("a marketer signs in, makes an A/B link, watches scans arrive, edits, rolls
   await look(page, "link-new");
   await page.fill("#destination", "https://shop.example.com/spring");
   await page.fill("#tags", "spring, print");
+  await page.click("summary:text-is('A/B split and conversion tracking')");
   await page.fill("#variant_name_0", "A");
   await page.fill("#variant_weight_0", "50");
   await page.fill("#variant_destination_0", "https://shop.example.com/spring?v=a");
