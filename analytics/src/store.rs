@@ -22,9 +22,10 @@ impl Store {
     /// The store `analytics.backend` names (the embedded one under `<data_dir>/analytics`).
     pub async fn open(settings: &Settings) -> Result<Store, AnalyticsError> {
         Ok(match settings.analytics.backend {
-            AnalyticsBackend::Embedded => Store::Embedded(EmbeddedStore::open(
-                &settings.embedded.data_dir.join("analytics"),
-            )?),
+            AnalyticsBackend::Embedded => Store::Embedded(
+                EmbeddedStore::open(&settings.embedded.data_dir.join("analytics"))?
+                    .with_query_cache(settings.analytics.query_cache_mb * 1024 * 1024),
+            ),
             AnalyticsBackend::Clickhouse => {
                 Store::ClickHouse(ClickHouseStore::connect(&settings.analytics.clickhouse).await?)
             }

@@ -155,6 +155,10 @@ fn the_engine_answers_as_the_reference_does_before_and_after_merges() {
         assert_eq!(round.skipped, 0);
     }
     let mut rng = StdRng::seed_from_u64(11);
+    // The same files with decoded columns kept between queries: room for all, and room for
+    // a few (columns go and come back).
+    let cached = store.clone().with_query_cache(64 << 20);
+    let cramped = store.clone().with_query_cache(256 << 10);
     let check = |rng: &mut StdRng, rounds: usize| {
         let mut answered_something = 0;
         for _ in 0..rounds {
@@ -162,6 +166,8 @@ fn the_engine_answers_as_the_reference_does_before_and_after_merges() {
             let expected = reference::answer(&query, &events);
             let answered = store.query(&query).unwrap();
             assert_eq!(answered, expected, "{query:?}");
+            assert_eq!(cached.query(&query).unwrap(), expected, "cached: {query:?}");
+            assert_eq!(cramped.query(&query).unwrap(), expected, "cramped: {query:?}");
             answered_something += usize::from(expected.totals.scans > 0);
         }
         // Most random questions have an answer: the comparison is not of empty sets.

@@ -61,6 +61,7 @@
 //! | `QRPOOL_ANALYTICS__GEOIP_DB` | an MMDB file that places scanners (GeoLite2/GeoIP2 City or Country, DB-IP Lite) | unset |
 //! | `QRPOOL_ANALYTICS__FLUSH_SECS` | how often new scans are ingested | `5` |
 //! | `QRPOOL_ANALYTICS__RETENTION_DAYS` | days of scans kept | `400` |
+//! | `QRPOOL_ANALYTICS__QUERY_CACHE_MB` | memory for decoded columns kept between queries (embedded) | `512` |
 //! | `QRPOOL_ANALYTICS__CLICKHOUSE__URL` | ClickHouse's HTTP interface | `http://127.0.0.1:8123` |
 //! | `QRPOOL_ANALYTICS__CLICKHOUSE__DATABASE` | its database | `qrpool` |
 //! | `QRPOOL_ANALYTICS__CLICKHOUSE__USER` | its user | `default` |

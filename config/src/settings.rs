@@ -369,6 +369,8 @@ pub struct AnalyticsSettings {
     pub flush_secs: u64,
     /// Days of scans kept; older days are dropped whole.
     pub retention_days: u32,
+    /// Memory for decoded columns kept between queries (embedded store); 0 keeps none.
+    pub query_cache_mb: u64,
     pub clickhouse: ClickHouseSettings,
 }
 
@@ -380,6 +382,7 @@ impl Default for AnalyticsSettings {
             geoip_db: None,
             flush_secs: 5,
             retention_days: 400,
+            query_cache_mb: 512,
             clickhouse: ClickHouseSettings::default(),
         }
     }

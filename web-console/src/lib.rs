@@ -133,6 +133,10 @@ pub fn router(console: Arc<Console>) -> Router {
             "/console/export/links/{key}/audit.csv",
             get(pages::export::audit),
         )
+        .route(
+            "/console/export/links/{key}/experiment.csv",
+            get(pages::export::experiment),
+        )
         .layer(middleware::map_response(session::security_headers))
         .with_state(console)
 }

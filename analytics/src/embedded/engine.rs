@@ -24,11 +24,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampMicrosecondType, UInt64Type};
 use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, ListArray, RecordBatch};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use rayon::prelude::*;
 
-use super::{EmbeddedStore, live_files, schema};
+use super::column_cache::{self, ColumnCache};
+use super::{EmbeddedStore, live_files};
 use crate::AnalyticsError;
 use crate::query::{Answer, FilterOn, Granularity, Row, ScansQuery, Totals};
 
@@ -89,7 +88,7 @@ impl EmbeddedStore {
         loop {
             let (live, _) = live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
             let paths: Vec<PathBuf> = live.into_iter().map(|(_, path)| path).collect();
-            match scan_partition(query, buckets, day, &paths) {
+            match scan_partition(&self.columns, query, buckets, day, &paths) {
                 Err(AnalyticsError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 =>
                 {
@@ -241,6 +240,7 @@ impl Cell {
 }
 
 fn scan_partition(
+    columns: &ColumnCache,
     query: &ScansQuery,
     buckets: &[DateTime<Utc>],
     day: NaiveDate,
@@ -260,23 +260,8 @@ fn scan_partition(
     // Unordered partitions: every (cell, visitor) and every visitor, counted at the end.
     let mut pairs: Vec<(u32, u64)> = Vec::new();
     let mut all_visitors: Vec<u64> = Vec::new();
-    let schema = schema::read_schema();
-    let wanted: Vec<usize> = plan
-        .columns
-        .iter()
-        .filter_map(|name| schema.index_of(name).ok())
-        .collect();
     for path in paths {
-        let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
-        let options = ArrowReaderOptions::new().with_schema(schema::read_schema());
-        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), wanted.iter().copied());
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()?;
-        for batch in reader {
-            let batch = batch?;
+        for batch in columns.batches(path, &plan.columns, BATCH_ROWS)? {
             scan_batch(
                 query,
                 &plan,
@@ -512,21 +497,8 @@ fn clicks_in_file(
     clicks: &std::collections::HashSet<String>,
     found: &mut Vec<(String, String)>,
 ) -> Result<(), AnalyticsError> {
-    let schema = schema::read_schema();
-    let wanted: Vec<usize> = ["key", "click_id", "variant"]
-        .iter()
-        .filter_map(|name| schema.index_of(name).ok())
-        .collect();
-    let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
-    let options = ArrowReaderOptions::new().with_schema(schema::read_schema());
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
-    for batch in builder
-        .with_projection(mask)
-        .with_batch_size(BATCH_ROWS)
-        .build()?
-    {
-        let batch = batch?;
+    // Read apart from the cache: click ids are many and asked for rarely.
+    for batch in column_cache::read(path, &["key", "click_id", "variant"], BATCH_ROWS)? {
         let keys = dictionary(&batch, "key")?;
         let key_values = keys.values().as_string::<i32>();
         let Some(wanted_key) = (0..key_values.len()).find(|i| key_values.value(*i) == key) else {

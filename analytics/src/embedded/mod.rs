@@ -18,6 +18,7 @@
 //! files a merge already covers ([`live_files`]): `L2-<e>` covers every file ending at or
 //! before `e`, `L1-<e>` every `L0` ending at or before `e`.
 
+pub mod column_cache;
 pub mod compact;
 pub mod engine;
 pub mod ingest;
@@ -125,6 +126,8 @@ pub fn live_files(dir: &Path) -> std::io::Result<Listing> {
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
     root: PathBuf,
+    /// Decoded columns kept between queries (none unless [`EmbeddedStore::with_query_cache`]).
+    columns: column_cache::ColumnCache,
 }
 
 impl EmbeddedStore {
@@ -134,7 +137,15 @@ impl EmbeddedStore {
         std::fs::create_dir_all(&scans).map_err(|source| AnalyticsError::io(&scans, source))?;
         Ok(EmbeddedStore {
             root: root.to_owned(),
+            columns: column_cache::ColumnCache::new(0),
         })
+    }
+
+    /// Keeps up to `bytes` of decoded columns in memory for the queries that follow (the
+    /// API's store; the ingest needs none).
+    pub fn with_query_cache(mut self, bytes: u64) -> Self {
+        self.columns = column_cache::ColumnCache::new(bytes);
+        self
     }
 
     pub fn root(&self) -> &Path {

@@ -10,7 +10,7 @@ use chrono::SecondsFormat;
 use serde::Deserialize;
 
 use crate::pages::RangeForm;
-use crate::pages::links::{Audit, all_keys, details};
+use crate::pages::links::{Audit, Experiment, all_keys, details};
 use crate::session::Visit;
 use crate::{Console, ConsoleError, encode};
 
@@ -159,4 +159,41 @@ pub async fn audit(
     }
     let safe: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
     Ok(csv_response(&format!("audit-{safe}.csv"), text))
+}
+
+/// `GET /console/export/links/{key}/experiment.csv`: the A/B readout, a variant a row.
+pub async fn experiment(
+    State(console): State<Arc<Console>>,
+    visit: Visit,
+    Path(key): Path<String>,
+) -> Result<Response, ConsoleError> {
+    let readout: Experiment = console
+        .api
+        .get_json(
+            &visit.token,
+            format!("/v1/analytics/links/{}/experiment", encode(&key)),
+        )
+        .await?;
+    let number = |value: Option<f64>| value.map(|value| value.to_string()).unwrap_or_default();
+    let mut text = String::from(
+        "variant,scans,visitors,converted,conversion_rate,lift,lift_low,lift_high,p_value\r\n",
+    );
+    for variant in readout.variants {
+        let lift = variant.lift.as_ref();
+        let row = [
+            field(&variant.variant),
+            variant.scans.to_string(),
+            variant.visitors.to_string(),
+            variant.converted.to_string(),
+            number(variant.conversion_rate),
+            number(lift.map(|lift| lift.relative)),
+            number(lift.and_then(|lift| lift.low)),
+            number(lift.and_then(|lift| lift.high)),
+            number(lift.and_then(|lift| lift.p_value)),
+        ];
+        text.push_str(&row.join(","));
+        text.push_str("\r\n");
+    }
+    let safe: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
+    Ok(csv_response(&format!("experiment-{safe}.csv"), text))
 }

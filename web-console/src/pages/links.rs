@@ -587,27 +587,27 @@ struct VariantRow {
 }
 
 #[derive(Debug, Deserialize)]
-struct Experiment {
-    enough_data: bool,
-    variants: Vec<VariantReadout>,
+pub struct Experiment {
+    pub enough_data: bool,
+    pub variants: Vec<VariantReadout>,
 }
 
 #[derive(Debug, Deserialize)]
-struct VariantReadout {
-    variant: String,
-    scans: u64,
-    visitors: u64,
-    converted: u64,
-    conversion_rate: Option<f64>,
-    lift: Option<Lift>,
+pub struct VariantReadout {
+    pub variant: String,
+    pub scans: u64,
+    pub visitors: u64,
+    pub converted: u64,
+    pub conversion_rate: Option<f64>,
+    pub lift: Option<Lift>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Lift {
-    relative: f64,
-    low: Option<f64>,
-    high: Option<f64>,
-    p_value: Option<f64>,
+pub struct Lift {
+    pub relative: f64,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    pub p_value: Option<f64>,
 }
 
 fn percent(value: f64) -> String {

@@ -245,6 +245,8 @@ test("a marketer signs in, makes an A/B link, watches scans arrive, edits, rolls
   assert.ok(await readout.locator("td:text-is('B')").count() === 1);
   const bConverted = await readout.locator("tr", { has: page.locator("td:text-is('B')") }).locator("td").nth(3).textContent();
   assert.ok(Number(bConverted) >= 3, `B converted: ${bConverted}`);
+  const experimentCsv = await (await page.request.get(`${base}/console/export/links/${key}/experiment.csv`)).text();
+  assert.match(experimentCsv, /^variant,scans,visitors,converted,conversion_rate,lift,lift_low,lift_high,p_value\r\nA,/);
   // The QR code preview is an image the API drew, and decodes to the link's printed URL.
   const preview = await page.request.get(`${base}/console/links/${key}/qr?format=png&scale=6`);
   assert.equal(preview.headers()["content-type"], "image/png");
