@@ -87,18 +87,12 @@ macro_rules! on_db {
 impl Conversions {
     /// Brings the table up to date in `db`, which the bindings share.
     pub async fn open(db: Database) -> Result<Conversions, ConversionsError> {
-        match &db {
-            Database::Sqlite(pool) => {
-                let mut migrator = sqlx::migrate!("./migrations/sqlite");
-                migrator.set_ignore_missing(true);
-                migrator.run(pool).await?;
-            }
-            Database::Postgres(pool) => {
-                let mut migrator = sqlx::migrate!("./migrations/postgres");
-                migrator.set_ignore_missing(true);
-                migrator.run(pool).await?;
-            }
-        }
+        bindings::durable::migrate(
+            &db,
+            sqlx::migrate!("./migrations/sqlite"),
+            sqlx::migrate!("./migrations/postgres"),
+        )
+        .await?;
         Ok(Conversions { db })
     }
 

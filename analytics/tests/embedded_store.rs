@@ -167,7 +167,11 @@ fn the_engine_answers_as_the_reference_does_before_and_after_merges() {
             let answered = store.query(&query).unwrap();
             assert_eq!(answered, expected, "{query:?}");
             assert_eq!(cached.query(&query).unwrap(), expected, "cached: {query:?}");
-            assert_eq!(cramped.query(&query).unwrap(), expected, "cramped: {query:?}");
+            assert_eq!(
+                cramped.query(&query).unwrap(),
+                expected,
+                "cramped: {query:?}"
+            );
             answered_something += usize::from(expected.totals.scans > 0);
         }
         // Most random questions have an answer: the comparison is not of empty sets.

@@ -235,6 +235,53 @@ const SELECT_BINDING: &str = select_binding_where!("request_id = $1");
 const SELECT_BY_IDEMPOTENCY_KEY: &str =
     select_binding_where!("tenant = $1 AND idempotency_key = $2");
 
+/// Brings a part's tables up to date in the database the bindings share: `sqlite`'s
+/// migrations or `postgres`'s, each part's recorded in the same table (so others' are not
+/// missing ones). Any number of processes may start at once on one database: PostgreSQL
+/// migrations run under sqlx's advisory lock; SQLite has none, so they run under an
+/// exclusive lock on a file beside the database (`<file>.migrate-lock`) — without it two
+/// processes on a new data folder both apply the first migration and one fails.
+pub async fn migrate(
+    db: &Database,
+    mut sqlite: sqlx::migrate::Migrator,
+    mut postgres: sqlx::migrate::Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    match db {
+        Database::Sqlite(pool) => {
+            sqlite.set_ignore_missing(true);
+            let lock = lock_file(pool.connect_options().get_filename()).await?;
+            let migrated = sqlite.run(pool).await;
+            drop(lock);
+            migrated
+        }
+        Database::Postgres(pool) => {
+            postgres.set_ignore_missing(true);
+            postgres.run(pool).await
+        }
+    }
+}
+
+/// An exclusive lock on `<database>.migrate-lock`, held until the file is dropped (waits
+/// for another process's migrations to end).
+async fn lock_file(
+    database: &std::path::Path,
+) -> Result<std::fs::File, sqlx::migrate::MigrateError> {
+    let mut path = database.as_os_str().to_owned();
+    path.push(".migrate-lock");
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|error| sqlx::migrate::MigrateError::Source(Box::new(error)))?
+    .map_err(|error| sqlx::migrate::MigrateError::Source(Box::new(error)))
+}
+
 /// The embedded store: `bindings.db` in the data folder.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -259,11 +306,14 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        let mut migrator = sqlx::migrate!("./migrations/sqlite");
         // Other parts keep tables in this database (links) and record their migrations in
         // the same table: theirs are not ours to miss.
-        migrator.set_ignore_missing(true);
-        migrator.run(&db).await?;
+        migrate(
+            &Database::Sqlite(db.clone()),
+            sqlx::migrate!("./migrations/sqlite"),
+            sqlx::migrate!("./migrations/postgres"),
+        )
+        .await?;
         // SQLite has one writer at a time: one batch writer, batches as large as they come.
         let commits = GroupCommit::start(SqliteBatches(db.clone()), MAX_BATCH);
         Ok(SqliteStore { db, commits })

@@ -62,6 +62,27 @@ pub struct EmbeddedLane {
     lane: Arc<Lane>,
 }
 
+/// Waits for and takes an exclusive lock on `path`, held until the file is dropped.
+async fn migration_lock(path: std::path::PathBuf) -> Result<std::fs::File, PoolError> {
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|error| std::io::Error::other(error.to_string()));
+    locked
+        .and_then(|file| file)
+        .map_err(|source| PoolError::DataDir {
+            path: "pool.db.migrate-lock".into(),
+            source,
+        })
+}
+
 impl EmbeddedPool {
     /// Opens (creating when missing) `pool.db` in `data_dir`.
     pub async fn open(data_dir: &Path) -> Result<Self, PoolError> {
@@ -79,7 +100,13 @@ impl EmbeddedPool {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&db).await?;
+        // Several processes may open a new data folder at once (three `pregen fill`s): the
+        // migrations run under an exclusive lock on a file beside the database, since
+        // SQLite migrations take none of their own.
+        let lock = migration_lock(data_dir.join("pool.db.migrate-lock")).await?;
+        let migrated = sqlx::migrate!("./migrations").run(&db).await;
+        drop(lock);
+        migrated?;
 
         let pool = EmbeddedPool {
             inner: Arc::new(Inner {

@@ -186,19 +186,12 @@ pub struct Edit<'a> {
 impl LinkStore {
     /// Brings the link tables up to date in `db`, which the bindings share.
     pub async fn open(db: Database) -> Result<Self, LinkStoreError> {
-        match &db {
-            Database::Sqlite(pool) => {
-                let mut migrator = sqlx::migrate!("./migrations/sqlite");
-                // The bindings' migrations are recorded in the same table.
-                migrator.set_ignore_missing(true);
-                migrator.run(pool).await?;
-            }
-            Database::Postgres(pool) => {
-                let mut migrator = sqlx::migrate!("./migrations/postgres");
-                migrator.set_ignore_missing(true);
-                migrator.run(pool).await?;
-            }
-        }
+        bindings::durable::migrate(
+            &db,
+            sqlx::migrate!("./migrations/sqlite"),
+            sqlx::migrate!("./migrations/postgres"),
+        )
+        .await?;
         Ok(LinkStore { db })
     }
 

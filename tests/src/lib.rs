@@ -43,6 +43,23 @@ impl Backends {
     }
 }
 
+/// The `qrpool` binary of this build (`target/<profile>/qrpool`), for tests that run it as
+/// a process; `scripts/test` builds it first.
+pub fn qrpool_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .join("qrpool");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p qrpool` first (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
 /// A short random suffix, so that tests never share a database, key or topic.
 pub fn unique(prefix: &str) -> String {
     let suffix: u64 = rand::rng().random();

@@ -22,24 +22,9 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 use records::Tenant;
-use tests::{Backends, TestApp, TestDatabase, distributed_settings, unique};
+use tests::{Backends, TestApp, TestDatabase, distributed_settings, qrpool_binary, unique};
 
 const CLIENTS: usize = 16;
-
-fn qrpool_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("qrpool");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p qrpool` first (scripts/test does)",
-        binary.display()
-    );
-    binary
-}
 
 struct Process {
     child: Child,

@@ -20,3 +20,4 @@ mod embedded;
 mod idempotency;
 mod issuers;
 mod redirect;
+mod startup;
