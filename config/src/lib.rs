@@ -17,6 +17,8 @@
 //! | `QRPOOL_SERVER__REQUEST_TIMEOUT_MS` | time limit of one request | `5000` |
 //! | `QRPOOL_SERVER__SHUTDOWN_GRACE_SECS` | how long shutdown waits for requests in flight | `10` |
 //! | `QRPOOL_SERVER__TRUSTED_PROXIES` | proxies that may name the client in `Forwarded` / `X-Forwarded-For` (a list: `'["10.0.0.0/8"]'`) | none |
+//! | `QRPOOL_SERVER__HEADER_READ_TIMEOUT_MS` | a connection that sends no whole request head within this long (new, or idle between requests) is closed; 0: never | `15000` |
+//! | `QRPOOL_SERVER__MAX_CONNECTIONS` | connections open at once; more are answered 503 and closed | `10000` |
 //! | `QRPOOL_POOL__BACKEND` | `embedded` or `kafka` | `embedded` |
 //! | `QRPOOL_STORE__BACKEND` | `embedded` or `postgres` | `embedded` |
 //! | `QRPOOL_EMBEDDED__DATA_DIR` | folder of the embedded databases | `qrpool-data` |

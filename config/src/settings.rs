@@ -58,6 +58,26 @@ pub struct ServerSettings {
     /// Proxies (addresses or CIDR blocks) whose `Forwarded` / `X-Forwarded-For` headers name
     /// the client. Anyone else's are ignored: a client could write anything there.
     pub trusted_proxies: Vec<String>,
+    /// A connection that has not sent a whole request head within this long — a new one, or
+    /// one kept alive between requests — is closed; 0: never. (A body is read within
+    /// `request_timeout_ms`, like the rest of its request.)
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once, at most; more are answered `503` and closed, instead of
+    /// each holding a descriptor and a task until the process cannot accept any.
+    pub max_connections: usize,
+}
+
+/// Bounds on the connections a process serves (see [`ServerSettings::connection_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Option<std::time::Duration>,
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ServerSettings::default().connection_limits()
+    }
 }
 
 impl Default for ServerSettings {
@@ -70,6 +90,8 @@ impl Default for ServerSettings {
             shutdown_grace_secs: 10,
             threads: None,
             trusted_proxies: Vec::new(),
+            header_read_timeout_ms: 15_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -92,6 +114,15 @@ impl ServerSettings {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }
         })
+    }
+
+    /// What every served connection is held to.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: (self.header_read_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.header_read_timeout_ms)),
+            max_connections: self.max_connections,
+        }
     }
 
     /// `public_url` without a trailing slash, or `http://<listen>` when unset.
@@ -806,6 +837,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "server.trusted_proxies",
                 format!("`{bad}` is not an address or a CIDR block like 10.0.0.0/8"),
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be at least 1",
             ));
         }
         if !(1..=300).contains(&self.analytics.flush_secs) {

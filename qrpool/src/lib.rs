@@ -163,6 +163,7 @@ pub struct App {
     grace: Duration,
     /// Threads answering requests, 0 for the shared runtime (see [`service::serve`]).
     http_threads: usize,
+    connection_limits: service::serve::ConnectionLimits,
 }
 
 impl App {
@@ -418,6 +419,7 @@ impl App {
             analytics_feed,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             http_threads: settings.server.http_threads(parts.binder),
+            connection_limits: settings.server.connection_limits(),
         })
     }
 
@@ -459,6 +461,7 @@ impl App {
             analytics_feed,
             grace,
             http_threads,
+            connection_limits,
         } = self;
         // The router holds the scan events' queue as much as `front` does: kept until the end,
         // it would keep the scan writer waiting for events that can no longer come.
@@ -479,6 +482,7 @@ impl App {
             shutdown.clone().cancelled_owned(),
             grace,
             http_threads,
+            connection_limits,
         )
         .await;
         shutdown.cancel();

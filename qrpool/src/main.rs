@@ -242,6 +242,7 @@ async fn analytics_ingest(settings: &Settings) -> anyhow::Result<()> {
         shutdown.clone().cancelled_owned(),
         std::time::Duration::from_secs(settings.server.shutdown_grace_secs),
         0,
+        settings.server.connection_limits(),
     ));
     println!(
         "qrpool analytics ingest: {} → ClickHouse {} (group {}); health on http://{}",

@@ -16,7 +16,7 @@ pub mod layers;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
-mod serve;
+pub mod serve;
 
 pub use auth::{Caller, Keys};
 pub use front::{Front, ScanRoute};

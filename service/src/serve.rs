@@ -10,6 +10,11 @@
 //! Each thread drives hyper's HTTP/1 connections itself rather than through axum's serve
 //! loop, to set what that loop leaves at hyper's defaults (see [`serve_handed`]).
 //!
+//! Every connection is held to [`ConnectionLimits`]: one that sends no whole request head
+//! within the header read timeout — a new one, or one kept alive idle between requests — is
+//! closed (hyper's own timer), and beyond the most connections at once a new one is answered
+//! `503` and closed at once, so that slow or idle clients cannot hold every descriptor.
+//!
 //! What a request starts that must outlive it (the group commit writer, change listeners,
 //! scan event writers) was spawned on the caller's runtime when the parts were built, so
 //! those threads carry only connections and the requests' own futures.
@@ -18,19 +23,26 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
-use axum::serve::{IncomingStream, Listener, ListenerExt as _};
+use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+pub use config::ConnectionLimits;
+
+/// A connection as the listener hands it to a serving thread, with its place among the
+/// connections allowed at once (freed when it closes).
+type Handed = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt as _};
 
@@ -56,19 +68,18 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     threads: usize,
+    limits: ConnectionLimits,
 ) -> std::io::Result<HttpThreads>
 where
     S: Service<Request, Response = Response, Error = Infallible> + ForPeer + Clone + Send + 'static,
     S::Future: Send,
 {
-    let Some(threads) = NonZeroUsize::new(threads) else {
-        serve_here(listener, service, shutdown, grace).await?;
-        return Ok(HttpThreads {
-            threads: Vec::new(),
-        });
-    };
     let stop = CancellationToken::new();
-    let mut workers = HttpThreads::start(threads, &service, &stop)?;
+    let mut workers = match NonZeroUsize::new(threads) {
+        Some(threads) => HttpThreads::start(threads, &service, &stop, limits)?,
+        None => HttpThreads::here(service, &stop, limits),
+    };
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut listener = listener;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut next = 0;
@@ -77,6 +88,10 @@ where
             biased;
             () = &mut shutdown => break,
             accepted = Listener::accept(&mut listener) => accepted,
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            refuse(connection, peer);
+            continue;
         };
         no_delay(&connection);
         // Leaves this runtime's reactor, to join the chosen thread's.
@@ -87,7 +102,7 @@ where
                 continue;
             }
         };
-        workers.hand(&mut next, connection, peer);
+        workers.hand(&mut next, (connection, peer, permit));
     }
     drop(listener);
     stop.cancel();
@@ -95,45 +110,24 @@ where
     Ok(workers)
 }
 
+/// What a connection beyond the most allowed at once is told before it is closed.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+content-type: text/plain\r\ncontent-length: 26\r\nconnection: close\r\n\r\n\
+too many open connections\n";
+
+/// Answers a connection beyond the limit without reading it, and closes it: the answer fits
+/// any socket's send buffer, so it is written without waiting, or not at all.
+fn refuse(connection: TcpStream, peer: SocketAddr) {
+    metrics::counter!("http_connections_refused_total").increment(1);
+    tracing::debug!(%peer, "too many open connections; refused");
+    let _ = connection.try_write(TOO_MANY_CONNECTIONS);
+}
+
 /// Nagle's algorithm would only hold an answer back until the client's delayed ACK of the one
 /// before it: every answer is written whole.
 fn no_delay(connection: &TcpStream) {
     if let Err(error) = connection.set_nodelay(true) {
         tracing::debug!(%error, "could not set TCP_NODELAY on a connection");
-    }
-}
-
-/// [`serve`] on the caller's runtime.
-async fn serve_here<S>(
-    listener: TcpListener,
-    service: S,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()>
-where
-    S: Service<Request, Response = Response, Error = Infallible> + ForPeer + Clone + Send + 'static,
-    S::Future: Send,
-{
-    let (drained_tx, drained_rx) = oneshot::channel::<()>();
-    let listener = listener.tap_io(|connection| no_delay(connection));
-    let per_connection = tower::service_fn(move |incoming: IncomingStream<'_, _>| {
-        let service = service.for_peer(*incoming.remote_addr());
-        std::future::ready(Ok::<_, Infallible>(service))
-    });
-    let server = axum::serve(listener, per_connection).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = drained_tx.send(());
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => result,
-        () = async {
-            let _ = drained_rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; stopping");
-            Ok(())
-        }
     }
 }
 
@@ -148,7 +142,7 @@ pub struct HttpThreads {
 
 #[derive(Debug)]
 struct HttpThread {
-    connections: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    connections: mpsc::UnboundedSender<Handed>,
     /// Resolves when the thread has answered its last request.
     drained: Option<oneshot::Receiver<()>>,
     /// Dropped: the thread's runtime ends.
@@ -156,7 +150,38 @@ struct HttpThread {
 }
 
 impl HttpThreads {
-    fn start<S>(count: NonZeroUsize, service: &S, stop: &CancellationToken) -> std::io::Result<Self>
+    /// Serving on the caller's runtime, as one "thread" that is a task.
+    fn here<S>(service: S, stop: &CancellationToken, limits: ConnectionLimits) -> Self
+    where
+        S: Service<Request, Response = Response, Error = Infallible>
+            + ForPeer
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let (connections, handed) = mpsc::unbounded_channel();
+        let (drained_tx, drained) = oneshot::channel();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            serve_handed(handed, service, stop, limits).await;
+            let _ = drained_tx.send(());
+        });
+        HttpThreads {
+            threads: vec![HttpThread {
+                connections,
+                drained: Some(drained),
+                release: None,
+            }],
+        }
+    }
+
+    fn start<S>(
+        count: NonZeroUsize,
+        service: &S,
+        stop: &CancellationToken,
+        limits: ConnectionLimits,
+    ) -> std::io::Result<Self>
     where
         S: Service<Request, Response = Response, Error = Infallible>
             + ForPeer
@@ -179,7 +204,7 @@ impl HttpThreads {
                 .name(format!("qrpool-http-{index}"))
                 .spawn(move || {
                     runtime.block_on(async move {
-                        serve_handed(handed, service, stop).await;
+                        serve_handed(handed, service, stop, limits).await;
                         let _ = drained_tx.send(());
                         let _ = released.await;
                     });
@@ -194,8 +219,8 @@ impl HttpThreads {
     }
 
     /// Hands `connection` to the thread after the one `next` names, round robin.
-    fn hand(&mut self, next: &mut usize, connection: std::net::TcpStream, peer: SocketAddr) {
-        let mut connection = (connection, peer);
+    fn hand(&mut self, next: &mut usize, mut connection: Handed) {
+        let peer = connection.1;
         for _ in 0..self.threads.len() {
             let thread = &self.threads[*next % self.threads.len()];
             *next = next.wrapping_add(1);
@@ -236,9 +261,10 @@ impl Drop for HttpThreads {
 /// thread until it closes; when `stop` is cancelled, no more are taken, idle connections are
 /// closed and those with a request in flight close after answering it.
 async fn serve_handed<S>(
-    mut handed: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    mut handed: mpsc::UnboundedReceiver<Handed>,
     service: S,
     stop: CancellationToken,
+    limits: ConnectionLimits,
 ) where
     S: Service<Request, Response = Response, Error = Infallible> + ForPeer + Clone + Send + 'static,
     S::Future: Send,
@@ -249,9 +275,13 @@ async fn serve_handed<S>(
     // one): a twentieth of a scan's instructions (callgrind). Answers take microseconds, so
     // finishing one for a client that left costs less than watching for it on every request.
     http1.half_close(true);
+    // Without a timer hyper waits for a request head for ever: a client that sends half a
+    // request line, or keeps a connection idle, would hold it (and its descriptor) for good.
+    http1.timer(hyper_util::rt::TokioTimer::new());
+    http1.header_read_timeout(limits.header_read_timeout);
     let connections = GracefulShutdown::new();
     loop {
-        let (connection, peer) = tokio::select! {
+        let (connection, peer, permit) = tokio::select! {
             biased;
             () = stop.cancelled() => break,
             next = handed.recv() => match next {
@@ -280,6 +310,7 @@ async fn serve_handed<S>(
             if let Err(error) = served.await {
                 tracing::debug!(%error, %peer, "a connection ended with an error");
             }
+            drop(permit);
         });
     }
     connections.shutdown().await;
@@ -319,6 +350,10 @@ mod tests {
     }
 
     async fn serving(router: Router, threads: usize) -> Serving {
+        serving_with(router, threads, ConnectionLimits::default()).await
+    }
+
+    async fn serving_with(router: Router, threads: usize, limits: ConnectionLimits) -> Serving {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let address = listener.local_addr().expect("an address");
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -330,6 +365,7 @@ mod tests {
             },
             Duration::from_secs(5),
             threads,
+            limits,
         ));
         Serving {
             address,
@@ -346,6 +382,107 @@ mod tests {
                 .expect("serve did not panic")
                 .expect("served")
         }
+    }
+
+    /// Whether the server closed `connection` within `within` (reads EOF or a reset).
+    fn closed_by_server(mut connection: std::net::TcpStream, within: Duration) -> bool {
+        connection
+            .set_read_timeout(Some(within))
+            .expect("a read timeout");
+        let mut buffer = [0u8; 1024];
+        loop {
+            match connection.read(&mut buffer) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::WouldBlock
+                        || error.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_and_idle_clients_are_closed_after_the_header_read_timeout() {
+        for threads in [0, 2] {
+            let router = Router::new().route("/", get(|| async { "hello" }));
+            let limits = ConnectionLimits {
+                header_read_timeout: Some(Duration::from_millis(300)),
+                max_connections: 1_000,
+            };
+            let serving = serving_with(router, threads, limits).await;
+            let address = serving.address;
+            let closed = tokio::task::spawn_blocking(move || {
+                // Half a request line and nothing more, on 50 connections.
+                let slow: Vec<std::net::TcpStream> = (0..50)
+                    .map(|_| {
+                        let mut connection =
+                            std::net::TcpStream::connect(address).expect("connects");
+                        connection.write_all(b"GET /he").expect("sends");
+                        connection
+                    })
+                    .collect();
+                // A whole request, then idle on the kept-alive connection.
+                let mut idle = std::net::TcpStream::connect(address).expect("connects");
+                write!(idle, "GET / HTTP/1.1\r\nhost: test\r\n\r\n").expect("sends");
+                let mut answer = [0u8; 512];
+                let read = idle.read(&mut answer).expect("an answer");
+                assert!(String::from_utf8_lossy(&answer[..read]).ends_with("hello"));
+                let slow_closed = slow
+                    .into_iter()
+                    .filter(|connection| {
+                        closed_by_server(connection.try_clone().unwrap(), Duration::from_secs(3))
+                    })
+                    .count();
+                (slow_closed, closed_by_server(idle, Duration::from_secs(3)))
+            })
+            .await
+            .expect("the clients ran");
+            assert_eq!(closed, (50, true), "threads: {threads}");
+            serving.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_limit_are_answered_503_and_closed() {
+        let router = Router::new().route("/", get(|| async { "hello" }));
+        let limits = ConnectionLimits {
+            header_read_timeout: Some(Duration::from_secs(30)),
+            max_connections: 5,
+        };
+        let serving = serving_with(router, 2, limits).await;
+        let address = serving.address;
+        tokio::task::spawn_blocking(move || {
+            let held: Vec<std::net::TcpStream> = (0..5)
+                .map(|_| std::net::TcpStream::connect(address).expect("connects"))
+                .collect();
+            // Accepted in turn: let the listener take all five before the sixth.
+            std::thread::sleep(Duration::from_millis(200));
+            let mut refused = std::net::TcpStream::connect(address).expect("connects");
+            let mut answer = String::new();
+            refused
+                .read_to_string(&mut answer)
+                .expect("an answer, then the end");
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+            // A place frees when a connection closes.
+            drop(held);
+            std::thread::sleep(Duration::from_millis(200));
+            let mut later = std::net::TcpStream::connect(address).expect("connects");
+            write!(
+                later,
+                "GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+            )
+            .expect("sends");
+            let mut answer = String::new();
+            later.read_to_string(&mut answer).expect("reads");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        })
+        .await
+        .expect("the clients ran");
+        serving.stop().await;
     }
 
     #[tokio::test]
