@@ -13,6 +13,7 @@
 #   benches/scan-vs-nginx.sh      DURATION=10s ROUNDS=3 CONNECTIONS=64 THREADS=2 by default
 #   ONLY=analytics                only the three /m targets of scan analytics' cost (events off,
 #                                 no GeoIP, GeoIP and a trusted proxy), ROUNDS of them
+#   ONLY=timeouts                 only the cached /m with and without the header read timeout
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +34,8 @@ off_port=18083
 plain_port=18084
 enriched_port=18085
 ingest_port=18086
+# The connection limits' cost: the cached /m again, with no header read timeout.
+untimed_port=18087
 work=$(mktemp -d)
 qrpool_pid=
 uncached_pid=
@@ -47,7 +50,7 @@ cleanup() {
 trap cleanup EXIT
 
 # A server left on one of these ports would answer in place of the one started here.
-for port in $qrpool_port $nginx_port $uncached_port $off_port $plain_port $enriched_port $ingest_port; do
+for port in $qrpool_port $nginx_port $uncached_port $off_port $plain_port $enriched_port $ingest_port $untimed_port; do
   if listening "$port"; then
     echo "127.0.0.1:$port is taken (by an earlier run?): stop what listens there first" >&2
     exit 1
@@ -131,7 +134,10 @@ QRPOOL_SERVER__LISTEN=127.0.0.1:$ingest_port QRPOOL_EMBEDDED__DATA_DIR="$work/in
   QRPOOL_ANALYTICS__GEOIP_DB="$geoip" QRPOOL_SERVER__TRUSTED_PROXIES='["127.0.0.1"]' QRPOOL_ANALYTICS__ENABLED=true \
   "$qrpool_bin" middle-page >"$work/ingest.log" 2>&1 &
 analytics_pids="$analytics_pids $!"
-for port in $qrpool_port $uncached_port $off_port $plain_port $enriched_port $ingest_port; do
+QRPOOL_SERVER__LISTEN=127.0.0.1:$untimed_port QRPOOL_SERVER__HEADER_READ_TIMEOUT_MS=0 \
+  "$qrpool_bin" middle-page >"$work/untimed.log" 2>&1 &
+analytics_pids="$analytics_pids $!"
+for port in $qrpool_port $uncached_port $off_port $plain_port $enriched_port $ingest_port $untimed_port; do
   for ((i = 0; i < 400; i++)); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.05; done
   curl -sf -o /dev/null "http://127.0.0.1:$port/m/$id" || { cat "$work"/*.log; exit 1; }
 done
@@ -167,6 +173,7 @@ labels=(
   "/m/{id} events, no GeoIP"
   "/m/{id} events, GeoIP + proxy"
   "/m/{id} the same + ingest"
+  "/m/{id} cached, no header timeout"
 )
 urls=(
   "http://127.0.0.1:$qrpool_port/m/$id"
@@ -178,10 +185,15 @@ urls=(
   "http://127.0.0.1:$plain_port/m/$id"
   "http://127.0.0.1:$enriched_port/m/$id"
   "http://127.0.0.1:$ingest_port/m/$id"
+  "http://127.0.0.1:$untimed_port/m/$id"
 )
 # The targets measured (their indices): all, or with ONLY=analytics the three /m targets of
 # scan analytics' cost.
-if [ "${ONLY:-}" = analytics ]; then chosen=(5 6 7); else chosen=("${!urls[@]}"); fi
+case "${ONLY:-}" in
+  analytics) chosen=(5 6 7) ;;
+  timeouts) chosen=(0 9) ;;
+  *) chosen=("${!urls[@]}") ;;
+esac
 # One line per measurement: "<target index> <req/s> <p50> <p99> <nginx req/s> <nginx p50> <nginx p99>".
 results=$work/results
 row='%-38s %12s %9s %9s %12s %9s %8s %8s\n'
@@ -211,13 +223,19 @@ for index in "${chosen[@]}"; do
     "$(of "$index" '$4')" "$(printf '%.0f' "$(of "$index" '$5')")" "$(of "$index" '$7')" \
     "$(printf '%.2f' "$(of "$index" '$2 / $5')")" "$(printf '%.2f' "$(of "$index" '$4 / $7')")"
 done
-if [ "${ONLY:-}" != analytics ]; then
+if [ -z "${ONLY:-}" ]; then
   printf '\nthe database path against the cache hit (medians): /m %.2f×, /r %.2f× of the hit path'"'"'s requests/s\n' \
     "$(echo "${median_rps[3]} / ${median_rps[0]}" | bc -l)" "$(echo "${median_rps[4]} / ${median_rps[2]}" | bc -l)"
 fi
-printf 'scan analytics on /m (medians of requests/s): enriched (GeoIP + proxy) %.2f× events off, %.2f× no GeoIP; events without GeoIP %.2f× events off\n' \
+if [ "${ONLY:-}" != timeouts ]; then
+  printf 'scan analytics on /m (medians of requests/s): enriched (GeoIP + proxy) %.2f× events off, %.2f× no GeoIP; events without GeoIP %.2f× events off\n' \
   "$(echo "${median_rps[7]} / ${median_rps[5]}" | bc -l)" "$(echo "${median_rps[7]} / ${median_rps[6]}" | bc -l)" \
   "$(echo "${median_rps[6]} / ${median_rps[5]}" | bc -l)"
+fi
 if [ "${ONLY:-}" != analytics ]; then
+  printf 'the header read timeout on cached /m (medians of requests/s): %.3f× the same without it\n' \
+    "$(echo "${median_rps[0]} / ${median_rps[9]}" | bc -l)"
+fi
+if [ -z "${ONLY:-}" ]; then
   printf 'with the in-process ingest as well: %.2f× events off\n' "$(echo "${median_rps[8]} / ${median_rps[5]}" | bc -l)"
 fi
