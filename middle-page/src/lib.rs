@@ -81,6 +81,9 @@ pub struct MiddlePage {
     scans: Option<ScanEvents>,
     targets: Targets,
     landings: Landings,
+    /// The content security policy of each tenant's landing page that carries an accent
+    /// colour (its style block's hash); the others get the default one.
+    policies: HashMap<String, HeaderValue>,
     rendered: ScanCache<RenderedKey, Rendered>,
     /// Tells this page's answers from another's in the per-thread copies (tests run several
     /// pages, with other settings, in one process).
@@ -125,11 +128,19 @@ impl AnswerKind {
     }
 }
 
-/// A bound code's answer, ready to send: its entity tag and body.
+/// A bound code's answer, ready to send: its entity tag and body, and for a page its
+/// content security policy.
 #[derive(Debug, Clone)]
 struct Rendered {
     etag: HeaderValue,
     body: Bytes,
+    policy: Option<HeaderValue>,
+}
+
+/// The style block of a landing page with an accent colour (`#rrggbb`, checked at start):
+/// what the page carries and what its policy hashes, byte for byte.
+fn accent_style(accent: &str) -> String {
+    format!("h1.accent{{color:{accent}}}a.button.accent{{background:{accent}}}")
 }
 
 impl std::fmt::Debug for MiddlePage {
@@ -155,11 +166,22 @@ impl MiddlePage {
             .time_to_idle(RENDERED_IDLE)
             .build_with_hasher(foldhash::fast::RandomState::default());
         static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let policies = landings
+            .iter()
+            .filter_map(|(tenant, landing)| {
+                let style = accent_style(landing.accent.as_deref()?);
+                Some((
+                    tenant.clone(),
+                    service::page::content_security_policy(&[&style]),
+                ))
+            })
+            .collect();
         Arc::new(MiddlePage {
             bindings,
             scans,
             targets,
             landings,
+            policies,
             rendered,
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
         })
@@ -317,8 +339,8 @@ fn count_resolve(outcome: &str) {
 struct Landing<'a> {
     request_id: String,
     title: &'a str,
-    /// `#rrggbb`, checked at start: the one setting that lands in a style attribute.
-    accent: Option<&'a str>,
+    /// The style block of the tenant's accent colour (see [`accent_style`]).
+    accent_style: Option<String>,
     logo_url: Option<&'a str>,
     fields: Vec<(String, String)>,
     button: Option<(&'a str, String)>,
@@ -363,7 +385,7 @@ impl<'a> Landing<'a> {
             title: settings
                 .and_then(|s| s.title.as_deref())
                 .unwrap_or("Welcome"),
-            accent: settings.and_then(|s| s.accent.as_deref()),
+            accent_style: settings.and_then(|s| s.accent.as_deref()).map(accent_style),
             logo_url: settings.and_then(|s| s.logo_url.as_deref()),
             fields,
             button,
@@ -517,9 +539,16 @@ impl MiddlePage {
             Some(rendered) => rendered,
             None => {
                 // Two scans racing here both render: harmless, the answers are the same.
+                let policy = (kind == AnswerKind::Landing).then(|| {
+                    self.policies
+                        .get(binding.tenant.as_str())
+                        .cloned()
+                        .unwrap_or_else(service::page::default_policy)
+                });
                 let rendered = Rendered {
                     etag: etag(binding),
                     body: render()?,
+                    policy,
                 };
                 self.rendered.insert(key, rendered.clone()).await;
                 rendered
@@ -561,12 +590,22 @@ fn answer_rendered(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(REVALIDATE));
     headers.insert(header::ETAG, rendered.etag);
+    if let Some(policy) = rendered.policy {
+        service::page::add_security_headers(headers, policy);
+    }
     response
 }
 
 fn page_response(status: StatusCode, rendered: askama::Result<String>) -> Response {
     match rendered {
-        Ok(html) => (status, Html(html)).into_response(),
+        Ok(html) => {
+            let mut response = (status, Html(html)).into_response();
+            service::page::add_security_headers(
+                response.headers_mut(),
+                service::page::default_policy(),
+            );
+            response
+        }
         Err(error) => {
             tracing::error!(%error, "rendering a page failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong.").into_response()

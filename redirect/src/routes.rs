@@ -156,6 +156,7 @@ fn page(status: StatusCode, title: &str, heading: &str, text: &str) -> Response 
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    service::page::add_security_headers(response.headers_mut(), service::page::default_policy());
     response
 }
 

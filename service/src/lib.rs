@@ -15,6 +15,7 @@ pub mod image;
 pub mod layers;
 pub mod openapi;
 pub mod ops;
+pub mod page;
 pub mod problem;
 pub mod serve;
 

@@ -19,5 +19,6 @@ mod distributed;
 mod embedded;
 mod idempotency;
 mod issuers;
+mod pages;
 mod redirect;
 mod startup;

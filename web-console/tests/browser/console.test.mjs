@@ -72,6 +72,8 @@ before(async () => {
     QRPOOL_PREGEN__TARGET_DEPTH: "1200",
     QRPOOL_PREGEN__LOW_WATER: "600",
     QRPOOL_TELEMETRY__FILTER: "warn",
+    QRPOOL_LANDING__SHOP__TITLE: "Spring open house",
+    QRPOOL_LANDING__SHOP__ACCENT: "#aa3300",
   };
   keys.admin = makeKey(env, "shop", "bind,read,admin");
   keys.read = makeKey(env, "shop", "read");
@@ -366,6 +368,28 @@ test("a read key sees no edit control and cannot edit; another tenant's link is 
   const still = await (await api("GET", `/v1/links/${made.key}`, keys.admin)).json();
   assert.equal(still.deleted_at, undefined, "the link was not deleted");
   await victim.close();
+});
+
+test("a scanned code's page and the message pages show as designed under their content security policy", async () => {
+  const code = await (await api("POST", "/v1/codes", keys.admin, { params: { listing: "L-9" } })).json();
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const violations = [];
+  page.on("console", (message) => {
+    if (/Content Security Policy/i.test(message.text())) violations.push(message.text());
+  });
+  const landing = await page.goto(`${base}/m/${code.request_id}`);
+  assert.match(landing.headers()["content-security-policy"], /default-src 'none'/);
+  assert.equal(await page.textContent("h1"), "Spring open house");
+  // The accent block and the base style both apply: the policy allows them by hash.
+  assert.equal(await page.$eval("h1", (h1) => getComputedStyle(h1).color), "rgb(170, 51, 0)");
+  assert.equal(await page.$eval("main", (main) => getComputedStyle(main).borderTopLeftRadius), "12px");
+  await page.screenshot({ path: join(shots, "landing-phone.png"), fullPage: true });
+  const unknown = await page.goto(`${base}/m/0000000000000000000000`);
+  assert.equal(unknown.status(), 404);
+  assert.equal(await page.$eval("main", (main) => getComputedStyle(main).borderTopLeftRadius), "12px");
+  assert.deepEqual(violations, []);
+  await context.close();
 });
 
 function decode(png) {
