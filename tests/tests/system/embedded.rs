@@ -160,7 +160,9 @@ async fn a_tenants_landing_page_shows_its_brand_and_chosen_fields_only() {
         html.contains("<title>Acme &#60;Realty&#62;</title>"),
         "{html}"
     );
-    assert!(html.contains(r#"style="color: #0a7d5a""#), "{html}");
+    // The accent colour, in the style block the page's policy allows by hash.
+    assert!(html.contains("h1.accent{color:#0a7d5a}"), "{html}");
+    assert!(html.contains(r#"<h1 class="accent">"#), "{html}");
     assert!(
         html.contains(r#"src="https://cdn.acme.example/logo.png""#),
         "{html}"
