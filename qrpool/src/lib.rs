@@ -78,10 +78,12 @@ fn served_issuers(settings: &Settings) -> impl Iterator<Item = &str> {
 async fn console_pool_view(
     settings: &Settings,
     pregen: Option<&Pregen>,
-    embedded: Option<&EmbeddedPool>,
+    pool: Option<PoolWriter>,
 ) -> anyhow::Result<web_console::PoolView> {
-    let pool = match embedded {
-        Some(pool) => PoolWriter::Embedded(pool.clone()),
+    // The process's own pool handle when it has one (pregen's, or the embedded pool);
+    // a binder on Kafka alone opens a producer for the depths.
+    let pool = match pool {
+        Some(pool) => pool,
         None => open_pool_writer(settings)
             .await
             .context("opening the pool for the console's pool page")?,
@@ -241,6 +243,9 @@ impl App {
                 })
             });
         }
+        let console_pool = writer
+            .clone()
+            .or_else(|| embedded.clone().map(PoolWriter::Embedded));
         let pregen = writer
             .map(|writer| Pregen::from_settings(writer, settings))
             .transpose()
@@ -393,7 +398,7 @@ impl App {
         }
         if let (true, true, Some(keys)) = (parts.binder, settings.console.enabled, &keys) {
             // The console calls the API routes built above, in process.
-            let pool = console_pool_view(settings, pregen.as_ref(), embedded.as_ref()).await?;
+            let pool = console_pool_view(settings, pregen.as_ref(), console_pool).await?;
             let console = web_console::Console::new(
                 keys.clone(),
                 router.clone(),

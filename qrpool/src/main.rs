@@ -423,6 +423,12 @@ fn print_banner(settings: &Settings, parts: Parts, primed: Option<(u64, std::tim
             "  bind a code      POST {base}/v1/codes   {{\"params\": {{...}}}}  (Authorization: Bearer <key>)"
         );
         println!("  its image        GET  {base}/v1/codes/<request_id>/qr.png  (or qr.svg)");
+        if settings.analytics.enabled {
+            println!("  scan analytics   GET  {base}/v1/analytics/scans?group_by=country");
+        }
+        if settings.console.enabled {
+            println!("  web console      {base}/console  (sign in with an API key)");
+        }
     }
     if parts.middle_page {
         println!("  middle page      GET  {base}/m/<request_id>");

@@ -608,8 +608,7 @@ pub async fn zip(
             "the run is still binding; the ZIP is ready when it ends".into(),
         ));
     };
-    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"print-{id}.zip\""))
-        .unwrap_or(HeaderValue::from_static("attachment"));
+    let disposition = crate::pages::export::attachment(&format!("print-{id}.zip"));
     Ok((
         [
             (

@@ -306,13 +306,12 @@ pub async fn qr(
     Path(id): Path<String>,
     Query(query): Query<QrQuery>,
 ) -> Result<Response, ConsoleError> {
-    let safe_name: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
     image(
         &console,
         &visit,
         &query,
         &format!("/v1/codes/{}", encode(&id)),
-        &safe_name,
+        &id,
     )
     .await
 }

@@ -16,9 +16,19 @@ use crate::{Console, ConsoleError, encode};
 
 pub use service::csv_field as field;
 
+/// `Content-Disposition: attachment` naming `file_name`, of which only letters, digits,
+/// `-`, `_` and `.` are kept (a name may come from a path a person typed).
+pub fn attachment(file_name: &str) -> HeaderValue {
+    let safe: String = file_name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{safe}\""))
+        .unwrap_or(HeaderValue::from_static("attachment"))
+}
+
 pub fn csv_response(file_name: &str, text: String) -> Response {
-    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\""))
-        .unwrap_or(HeaderValue::from_static("attachment"));
+    let disposition = attachment(file_name);
     (
         [
             (
@@ -157,8 +167,7 @@ pub async fn audit(
         text.push_str(&row.join(","));
         text.push_str("\r\n");
     }
-    let safe: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
-    Ok(csv_response(&format!("audit-{safe}.csv"), text))
+    Ok(csv_response(&format!("audit-{key}.csv"), text))
 }
 
 /// `GET /console/export/links/{key}/experiment.csv`: the A/B readout, a variant a row.
@@ -194,6 +203,22 @@ pub async fn experiment(
         text.push_str(&row.join(","));
         text.push_str("\r\n");
     }
-    let safe: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
-    Ok(csv_response(&format!("experiment-{safe}.csv"), text))
+    Ok(csv_response(&format!("experiment-{key}.csv"), text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_names_keep_only_safe_characters() {
+        assert_eq!(
+            attachment("audit-AbC123.csv"),
+            "attachment; filename=\"audit-AbC123.csv\""
+        );
+        assert_eq!(
+            attachment("link-../\"x\r\n.png"),
+            "attachment; filename=\"link-..x.png\""
+        );
+    }
 }

@@ -1025,10 +1025,11 @@ pub async fn image(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=300"),
     );
-    if query.download.is_some()
-        && let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\""))
-    {
-        headers.insert(header::CONTENT_DISPOSITION, value);
+    if query.download.is_some() {
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            crate::pages::export::attachment(&file_name),
+        );
     }
     Ok(response)
 }
@@ -1040,13 +1041,12 @@ pub async fn qr(
     Path(key): Path<String>,
     Query(query): Query<QrQuery>,
 ) -> Result<Response, ConsoleError> {
-    let safe_name: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
     image(
         &console,
         &visit,
         &query,
         &format!("/v1/links/{}", encode(&key)),
-        &format!("link-{safe_name}"),
+        &format!("link-{key}"),
     )
     .await
 }

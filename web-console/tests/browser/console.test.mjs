@@ -372,7 +372,8 @@ test("a read key sees no edit control and cannot edit; another tenant's link is 
 
 test("a scanned code's page and the message pages show as designed under their content security policy", async () => {
   const code = await (await api("POST", "/v1/codes", keys.admin, { params: { listing: "L-9" } })).json();
-  const context = await browser.newContext();
+  // A phone's width: these pages are what people see after scanning.
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
   const page = await context.newPage();
   const violations = [];
   page.on("console", (message) => {
