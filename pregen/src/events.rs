@@ -67,7 +67,7 @@ pub(crate) fn over_quota(issuer: &str) {
     metrics::counter!("issuer_calls_total", "issuer" => issuer.to_owned(), "outcome" => "over_quota").increment(1);
     tracing::warn!(
         issuer,
-        "the issuer answered over quota; waiting for the next window"
+        "the issuer answered over quota; every worker holds off for a window"
     );
 }
 
@@ -103,8 +103,14 @@ pub(crate) fn quota_unreachable(issuer: &str, error: &str) {
     tracing::warn!(
         issuer,
         error,
-        "the shared quota budget is unreachable; pausing calls until the next window"
+        "the shared quota schedule is unreachable; no calls until Redis answers again"
     );
+}
+
+/// This worker's calls over the last window as a share of the quota (sum over workers for
+/// the fleet's).
+pub(crate) fn quota_used(issuer: &str, ratio: f64) {
+    metrics::gauge!("pregen_issuer_quota_used_ratio", "issuer" => issuer.to_owned()).set(ratio);
 }
 
 pub(crate) fn token_fetched(issuer: &str, forced: bool) {

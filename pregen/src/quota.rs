@@ -1,42 +1,59 @@
-//! [`CallQuota`]: keeps the calls to one remote issuer within its quota, across every worker.
+//! [`CallQuota`]: keeps the calls to one remote issuer within its quota, across every worker,
+//! and uses as much of it as the quota allows.
 //!
-//! Two layers, because they solve different problems:
+//! An issuer says "`calls` per `window_ms`" and does not say whether its windows are aligned
+//! to the clock or slide. One schedule of evenly spaced slots ([`pacing`]) keeps both: every
+//! call takes a slot, and slots are `(window + guard) / calls` apart, so **any** interval of one
+//! window, aligned or sliding, holds at most `calls` of them. The guard (2 % of the window) is
+//! room for a call's travel time to vary by up to that much between us and the issuer; it is
+//! also what the schedule leaves unused, so a fill that always has a call waiting uses 98 % of
+//! the quota.
 //!
-//! - **pacing** (`governor`, in process): calls are spread evenly over the window instead of
-//!   bursting at its start, so a worker never outruns the quota and a clock a little off the
-//!   issuer's does not land two windows' worth of calls in one of theirs;
-//! - **budget** (per window, aligned to the wall clock like the issuer's own): the hard limit.
-//!   With Redis configured the budget is one counter per window that every pregen process
-//!   draws leases from, so several workers on several machines together never exceed it. On
-//!   the embedded backend the one process owns the whole quota and counts in memory.
+//! With Redis configured the schedule is one key in Redis that every pregen process draws
+//! from, so several workers on several machines together keep the same bound and together
+//! keep the issuer busy at the allowed rate. A worker reserves no further than two slots
+//! ahead: one that dies strands at most that, and one that joins takes the next free slot at
+//! once. Without Redis the process keeps the schedule in memory, which is only right when it
+//! is the issuer's one worker; several workers need Redis. While a configured Redis is
+//! unreachable no call is made (a worker alone cannot know what the others took); calls
+//! resume by themselves when it answers again.
 //!
-//! No call starts in the last 2 % of a window, so that one sent late cannot reach the issuer in
-//! the next window on top of that window's quota.
+//! `share` (below 1 outside off-peak windows) widens this worker's slots to `interval /
+//! share`, so that a fill at peak takes at most that share of the quota.
 //!
-//! When the issuer still answers "over quota" (another client shares the app id, or clocks
-//! disagree), [`CallQuota::exhausted`] closes the current window for everyone.
+//! When the issuer still answers "over quota" (another client shares the app id),
+//! [`CallQuota::exhausted`] holds every worker off for a whole window, which empties any
+//! window of the issuer's of our calls.
 
-use std::num::NonZeroU32;
+use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota as PaceQuota, RateLimiter};
+use tokio::time::Instant;
+
 use tokio_util::sync::CancellationToken;
 
 use config::QuotaSettings;
+use pacing::{LocalSchedule, Reservation};
 
 use crate::events;
 use crate::shared_redis::SharedRedis;
 
-/// Leases are at most this many calls, and at most 1 % of a window's quota, so that what a
-/// worker holds unused when a window ends is a small share of the quota.
-const MAX_LEASE: u32 = 50;
+/// Share of the window kept free of slots, for the variation in a call's travel time.
+const GUARD_SHARE: f64 = 0.02;
+/// A worker reserves at most this many slots ahead.
+const SLOTS_AHEAD: u32 = 2;
+/// How long a worker waits before asking an unreachable Redis again.
+const UNREACHABLE_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct CallQuota {
     issuer: String,
     settings: QuotaSettings,
-    pacing: DefaultDirectRateLimiter,
-    budget: Budget,
+    /// Between two slots at a share of 1.
+    interval: Duration,
+    schedule: Schedule,
+    /// When this worker's calls of the last window were made, for the used-ratio gauge.
+    made: Mutex<VecDeque<Instant>>,
 }
 
 impl std::fmt::Debug for CallQuota {
@@ -44,208 +61,189 @@ impl std::fmt::Debug for CallQuota {
         f.debug_struct("CallQuota")
             .field("issuer", &self.issuer)
             .field("settings", &self.settings)
-            .field("shared", &matches!(self.budget, Budget::Shared { .. }))
+            .field("interval", &self.interval)
+            .field("shared", &matches!(self.schedule, Schedule::Shared { .. }))
             .finish_non_exhaustive()
     }
 }
 
-enum Budget {
-    Local(Mutex<Lease>),
-    Shared {
-        redis: SharedRedis,
-        lease: tokio::sync::Mutex<Lease>,
-    },
-}
-
-/// Calls this worker may still make in `window`.
-#[derive(Default)]
-struct Lease {
-    window: u64,
-    /// Local budget: calls made. Shared budget: calls leased and not yet made.
-    count: u32,
-    /// The issuer said "over quota" in this window: no more calls until the next.
-    closed: bool,
+enum Schedule {
+    Local(LocalSchedule),
+    Shared { redis: SharedRedis, key: String },
 }
 
 impl CallQuota {
-    /// `redis`: the shared budget; `None` when this process owns the whole quota.
+    /// `redis`: the shared schedule; `None` when this process is the issuer's one worker.
     pub fn new(issuer: &str, settings: QuotaSettings, redis: Option<SharedRedis>) -> Self {
-        let calls = NonZeroU32::new(settings.calls).unwrap_or(NonZeroU32::MIN);
-        let period = Duration::from_millis(settings.window_ms) / calls.get();
-        // A burst of about a second's worth keeps pacing smooth without starving a worker
-        // whose calls came back late.
-        let per_second = u64::from(calls.get()) * 1_000 / settings.window_ms.max(1);
-        let burst = NonZeroU32::new(
-            u32::try_from(per_second)
-                .unwrap_or(u32::MAX)
-                .clamp(1, calls.get()),
-        )
-        .unwrap_or(NonZeroU32::MIN);
-        let pace = PaceQuota::with_period(period.max(Duration::from_nanos(1)))
-            .unwrap_or_else(|| PaceQuota::per_second(calls))
-            .allow_burst(burst);
-        let budget = match redis {
-            Some(redis) => Budget::Shared {
-                redis,
-                lease: tokio::sync::Mutex::new(Lease::default()),
-            },
-            None => Budget::Local(Mutex::new(Lease::default())),
+        let window = Duration::from_millis(settings.window_ms.max(1));
+        let interval = window.mul_f64(1.0 + GUARD_SHARE) / settings.calls.max(1);
+        let schedule = match redis {
+            Some(redis) => {
+                let key = redis.key(&format!("quota:{issuer}:schedule"));
+                Schedule::Shared { redis, key }
+            }
+            None => Schedule::Local(LocalSchedule::new()),
         };
         CallQuota {
             issuer: issuer.to_owned(),
             settings,
-            pacing: RateLimiter::direct(pace),
-            budget,
+            interval,
+            schedule,
+            made: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Waits until one call may be made, using at most `share` of each window's quota.
-    /// Returns `false` when `shutdown` fires first.
+    /// Waits for this worker's next slot, taking at most `share` of the quota, and returns
+    /// `true` when the call may be made now; `false` when `shutdown` fires first.
     pub async fn acquire(&self, share: f64, shutdown: &CancellationToken) -> bool {
+        if share <= 0.0 {
+            // No share of the quota: nothing may be called until the caller gives up.
+            shutdown.cancelled().await;
+            return false;
+        }
+        let increment = self.interval.div_f64(share.min(1.0));
+        let horizon = increment * SLOTS_AHEAD;
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                _ = self.pacing.until_ready() => {}
-            }
-            let window = self.window_now();
-            if self.until_window(window + 1) < self.guard() {
-                // Too close to the window's end: the call could reach the issuer in the next
-                // window, on top of that window's full quota.
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(self.until_window(window + 1)) => {}
+            let wait = match self.reserve(increment, horizon).await {
+                Ok(Reservation::Slot(wait)) => {
+                    if !sleep_unless(shutdown, wait).await {
+                        return false;
+                    }
+                    self.made_one();
+                    return true;
                 }
-                continue;
-            }
-            let limit = (f64::from(self.settings.calls) * share).floor() as u32;
-            match self.take(window, limit).await {
-                Ok(true) => return true,
-                Ok(false) => events::quota_wait(&self.issuer),
+                Ok(Reservation::Full(retry)) => {
+                    events::quota_wait(&self.issuer);
+                    // Spread the callers that were told the same instant, so that they do not
+                    // all ask at once; one of them still asks before the slot passes.
+                    retry + horizon.mul_f64(rand::random_range(0.0..0.5))
+                }
                 Err(error) => {
                     events::quota_unreachable(&self.issuer, &error);
+                    UNREACHABLE_PAUSE
                 }
-            }
-            // Spent (or unreachable): wait for the next window.
-            let wait = self.until_window(window + 1);
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = tokio::time::sleep(wait) => {}
+            };
+            if !sleep_unless(shutdown, wait).await {
+                return false;
             }
         }
     }
 
-    /// The issuer answered "over quota": no worker calls again before the next window.
+    /// The issuer answered "over quota": no worker calls again for a window.
     pub async fn exhausted(&self) {
-        let window = self.window_now();
-        match &self.budget {
-            Budget::Local(lease) => {
-                if let Ok(mut lease) = lease.lock() {
-                    *lease = Lease {
-                        window,
-                        count: u32::MAX,
-                        closed: true,
-                    };
-                }
-            }
-            Budget::Shared { redis, lease } => {
-                *lease.lock().await = Lease {
-                    window,
-                    count: 0,
-                    closed: true,
+        let pause = Duration::from_millis(self.settings.window_ms);
+        match &self.schedule {
+            Schedule::Local(schedule) => schedule.hold_off(pause),
+            Schedule::Shared { redis, key } => {
+                let held = match redis.connection().await {
+                    Ok(mut connection) => pacing::shared::hold_off(&mut connection, key, pause)
+                        .await
+                        .map_err(|error| format!("Redis failed: {error}")),
+                    Err(error) => Err(error),
                 };
-                let key = self.key(redis, window);
-                let closed = redis::pipe()
-                    .incr(&key, self.settings.calls)
-                    .ignore()
-                    .pexpire(&key, self.expiry_ms())
-                    .ignore()
-                    .clone();
-                if let Err(error) = redis.query::<()>(&closed).await {
+                if let Err(error) = held {
                     events::quota_unreachable(&self.issuer, &error);
                 }
             }
         }
     }
 
-    /// No call starts in the last 2 % of a window (at most two seconds): longer than a call
-    /// takes to arrive, short enough that pacing's burst makes up for it.
-    fn guard(&self) -> Duration {
-        Duration::from_millis(self.settings.window_ms / 50).min(Duration::from_secs(2))
+    /// This worker's calls over the last window, as a share of the quota.
+    pub fn used_ratio(&self) -> f64 {
+        let mut made = self
+            .made
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.forget_old(&mut made);
+        made.len() as f64 / f64::from(self.settings.calls.max(1))
     }
 
-    fn window_now(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        u64::try_from(now.as_millis()).unwrap_or(u64::MAX) / self.settings.window_ms
+    /// Sets the used-ratio gauge (also done at every call; this is for when calls stop).
+    pub fn report(&self) {
+        events::quota_used(&self.issuer, self.used_ratio());
     }
 
-    fn until_window(&self, window: u64) -> Duration {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let start = Duration::from_millis(window.saturating_mul(self.settings.window_ms));
-        start.saturating_sub(now)
-    }
-
-    fn key(&self, redis: &SharedRedis, window: u64) -> String {
-        redis.key(&format!("quota:{}:{window}", self.issuer))
-    }
-
-    fn expiry_ms(&self) -> i64 {
-        i64::try_from(self.settings.window_ms.saturating_mul(2)).unwrap_or(i64::MAX)
-    }
-
-    /// Takes one call from the budget of `window`; `Ok(false)` when it is spent.
-    async fn take(&self, window: u64, limit: u32) -> Result<bool, String> {
-        match &self.budget {
-            Budget::Local(lease) => {
-                let mut lease = lease.lock().map_err(|_| "quota lock poisoned".to_owned())?;
-                if lease.window != window {
-                    *lease = Lease {
-                        window,
-                        ..Lease::default()
-                    };
-                }
-                if lease.closed || lease.count >= limit {
-                    return Ok(false);
-                }
-                lease.count += 1;
-                Ok(true)
-            }
-            Budget::Shared { redis, lease } => {
-                let mut lease = lease.lock().await;
-                if lease.window != window {
-                    *lease = Lease {
-                        window,
-                        ..Lease::default()
-                    };
-                }
-                if lease.closed {
-                    return Ok(false);
-                }
-                if lease.count == 0 {
-                    let chunk = (limit / 100).clamp(1, MAX_LEASE);
-                    let key = self.key(redis, window);
-                    let draw = redis::pipe()
-                        .incr(&key, chunk)
-                        .pexpire(&key, self.expiry_ms())
-                        .ignore()
-                        .clone();
-                    let (total,): (u64,) = redis.query(&draw).await?;
-                    let before = total.saturating_sub(u64::from(chunk));
-                    let granted = u64::from(limit)
-                        .saturating_sub(before)
-                        .min(u64::from(chunk));
-                    lease.count = u32::try_from(granted).unwrap_or(0);
-                    if lease.count == 0 {
-                        lease.closed = true;
-                        return Ok(false);
-                    }
-                }
-                lease.count -= 1;
-                Ok(true)
+    async fn reserve(&self, increment: Duration, horizon: Duration) -> Result<Reservation, String> {
+        match &self.schedule {
+            Schedule::Local(schedule) => Ok(schedule.reserve(increment, horizon)),
+            Schedule::Shared { redis, key } => {
+                let mut connection = redis.connection().await?;
+                let reserve = pacing::shared::reserve(&mut connection, key, increment, horizon);
+                tokio::time::timeout(crate::shared_redis::COMMAND_LIMIT, reserve)
+                    .await
+                    .map_err(|_| "Redis timed out".to_owned())?
+                    .map_err(|error| format!("Redis failed: {error}"))
             }
         }
+    }
+
+    fn made_one(&self) {
+        let ratio = {
+            let mut made = self
+                .made
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            made.push_back(Instant::now());
+            self.forget_old(&mut made);
+            made.len() as f64 / f64::from(self.settings.calls.max(1))
+        };
+        events::quota_used(&self.issuer, ratio);
+    }
+
+    fn forget_old(&self, made: &mut VecDeque<Instant>) {
+        let window = Duration::from_millis(self.settings.window_ms);
+        while made.front().is_some_and(|at| at.elapsed() >= window) {
+            made.pop_front();
+        }
+    }
+}
+
+/// Sleeps `wait`; `false` when `shutdown` fired first.
+async fn sleep_unless(shutdown: &CancellationToken, wait: Duration) -> bool {
+    if wait.is_zero() {
+        return !shutdown.is_cancelled();
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_leave_the_guard_unused() {
+        let quota = CallQuota::new(
+            "wx",
+            QuotaSettings {
+                calls: 100,
+                window_ms: 5_000,
+            },
+            None,
+        );
+        assert_eq!(quota.interval, Duration::from_millis(51));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_widens_the_slots() {
+        let quota = CallQuota::new(
+            "wx",
+            QuotaSettings {
+                calls: 100,
+                window_ms: 1_000,
+            },
+            None,
+        );
+        let never = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        for _ in 0..11 {
+            assert!(quota.acquire(0.25, &never).await);
+        }
+        // Ten intervals of 10.2 ms / 0.25 (the clock is paused: exact).
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(408), "{took:?}");
+        assert!(took < Duration::from_millis(409), "{took:?}");
     }
 }

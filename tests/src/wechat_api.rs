@@ -6,9 +6,13 @@
 //!   caller the same token while it is valid, a new one when it has expired or on
 //!   `force_refresh`.
 //! - `POST /wxa/getwxacodeunlimit?access_token=…`: `40001` for a token that is not the current
-//!   one, `45009` past `quota` calls in a window aligned to the wall clock (every call counts,
-//!   as on the real API), `-1` on every `busy_every`-th call, `41030` for a page that is not
-//!   published, `40129` for a bad scene; otherwise a PNG of the scene, `image/png`.
+//!   one, `45009` past `quota` calls in a window (every call counts, as on the real API), `-1`
+//!   on every `busy_every`-th call, `41030` for a page that is not published, `40129` for a bad
+//!   scene; otherwise a PNG of the scene, `image/png`. The window is either aligned to the
+//!   wall clock or sliding (the last `window_ms` before each call): the real API says "per
+//!   minute" and does not say which, so pregen must keep to both.
+//! - `GET /stand-in/calls`: what it saw, for benchmarks that run it as its own process
+//!   (`wechat-stand-in`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -27,11 +31,34 @@ pub const APP_ID: &str = "wx-test-app";
 pub const APP_SECRET: &str = "test-secret";
 pub const PAGE: &str = "pages/middle/index";
 
+/// How the quota's window is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WindowKind {
+    /// Windows start at multiples of `window_ms` since the epoch.
+    #[default]
+    Aligned,
+    /// Each call counts the calls of the `window_ms` before it.
+    Sliding,
+}
+
+impl std::str::FromStr for WindowKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "aligned" => Ok(WindowKind::Aligned),
+            "sliding" => Ok(WindowKind::Sliding),
+            other => Err(format!("window kind `{other}`: aligned or sliding")),
+        }
+    }
+}
+
 /// How the stand-in behaves.
 #[derive(Debug, Clone)]
 pub struct Behaviour {
     pub quota: u32,
     pub window_ms: u64,
+    pub window: WindowKind,
     /// Every n-th code call answers `-1` (0: never).
     pub busy_every: u64,
     /// The first token expires after this many successful code calls (0: never); later
@@ -45,6 +72,7 @@ impl Default for Behaviour {
         Behaviour {
             quota: 5_000,
             window_ms: 60_000,
+            window: WindowKind::Aligned,
             busy_every: 0,
             token_expires_after: 0,
             published_page: PAGE.to_owned(),
@@ -63,14 +91,52 @@ pub struct Counts {
     pub token_rejected: u64,
     pub busy: u64,
     pub misconfigured: u64,
-    /// Calls per quota window (window index → calls).
+    /// Calls per aligned window (window index → calls), whatever the window kind.
     pub calls_per_window: BTreeMap<u64, u64>,
+    /// When each code call arrived (ms since the epoch), in order.
+    pub call_times_ms: Vec<u64>,
+    /// When each call that was not refused for quota arrived.
+    pub accepted_times_ms: Vec<u64>,
+}
+
+impl Counts {
+    /// The most calls that arrived within any `window_ms` (sliding).
+    pub fn most_in_any_window(&self, window_ms: u64) -> usize {
+        most_within(&self.call_times_ms, window_ms)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "token_fetches": self.token_fetches,
+            "code_calls": self.code_calls,
+            "images": self.images,
+            "over_quota": self.over_quota,
+            "busy": self.busy,
+            "call_times_ms": self.call_times_ms,
+            "accepted_times_ms": self.accepted_times_ms,
+        })
+    }
+}
+
+/// The most of `times` (sorted) within any half-open interval of `window_ms`.
+fn most_within(times: &[u64], window_ms: u64) -> usize {
+    let mut first = 0;
+    let mut most = 0;
+    for (last, at) in times.iter().enumerate() {
+        while times[first] + window_ms <= *at {
+            first += 1;
+        }
+        most = most.max(last + 1 - first);
+    }
+    most
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     behaviour: Behaviour,
     counts: Counts,
+    /// Calls of the last window, for the sliding kind.
+    recent: std::collections::VecDeque<u64>,
     token: Option<String>,
     tokens_minted: u64,
     images_on_token: u64,
@@ -85,6 +151,14 @@ pub struct WechatApi {
 
 impl WechatApi {
     pub async fn start(behaviour: Behaviour) -> WechatApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the stand-in on loopback");
+        Self::start_on(listener, behaviour)
+    }
+
+    /// The stand-in on a listener of the caller's.
+    pub fn start_on(listener: tokio::net::TcpListener, behaviour: Behaviour) -> WechatApi {
         let inner = Arc::new(Mutex::new(Inner {
             behaviour,
             ..Inner::default()
@@ -92,10 +166,8 @@ impl WechatApi {
         let router = Router::new()
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/wxa/getwxacodeunlimit", post(code))
+            .route("/stand-in/calls", get(calls))
             .with_state(Arc::clone(&inner));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the stand-in on loopback");
         let address = listener.local_addr().expect("its address");
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -140,6 +212,11 @@ fn now_ms() -> u64 {
     u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
+async fn calls(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
+    let counts = inner.lock().expect("stand-in state").counts.to_json();
+    Json(counts).into_response()
+}
+
 fn error(code: i64, message: &str) -> Response {
     // The real API answers errors with HTTP 200 and a JSON body.
     Json(json!({ "errcode": code, "errmsg": message })).into_response()
@@ -173,11 +250,25 @@ async fn code(
         let mut inner = inner.lock().expect("stand-in state");
         let behaviour = inner.behaviour.clone();
         inner.counts.code_calls += 1;
-        let window = now_ms() / behaviour.window_ms;
-        let in_window = {
+        let now = now_ms();
+        inner.counts.call_times_ms.push(now);
+        let window = now / behaviour.window_ms;
+        let in_aligned = {
             let calls = inner.counts.calls_per_window.entry(window).or_insert(0);
             *calls += 1;
             *calls
+        };
+        inner.recent.push_back(now);
+        while inner
+            .recent
+            .front()
+            .is_some_and(|at| at + behaviour.window_ms <= now)
+        {
+            inner.recent.pop_front();
+        }
+        let in_window = match behaviour.window {
+            WindowKind::Aligned => in_aligned,
+            WindowKind::Sliding => inner.recent.len() as u64,
         };
         let presented = query.get("access_token");
         if presented.is_none() || presented != inner.token.as_ref() {
@@ -191,6 +282,7 @@ async fn code(
             inner.counts.over_quota += 1;
             return error(45009, "reach max api minute quota limit");
         }
+        inner.counts.accepted_times_ms.push(now);
         if behaviour.busy_every > 0 && inner.counts.code_calls % behaviour.busy_every == 0 {
             inner.counts.busy += 1;
             return error(-1, "system error");
@@ -219,5 +311,15 @@ async fn code(
     match render::png(&scene, &render::Style::default()) {
         Ok(png) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
         Err(_) => error(-1, "system error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_busiest_window_is_counted_sliding() {
+        assert_eq!(super::most_within(&[], 10), 0);
+        assert_eq!(super::most_within(&[0, 5, 9, 10, 19, 20], 10), 3);
+        assert_eq!(super::most_within(&[0, 10, 20], 10), 1);
     }
 }
