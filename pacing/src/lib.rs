@@ -93,8 +93,12 @@ impl LocalSchedule {
     pub fn reserve(&self, increment: Duration, horizon: Duration) -> Reservation {
         let now = self.now();
         let mut next_free = self.lock();
-        let (reservation, after) =
-            Reservation::decide(now, *next_free, micros(increment), micros(horizon));
+        let (reservation, after) = Reservation::decide(
+            now,
+            *next_free,
+            increment_micros(increment),
+            micros(horizon),
+        );
         *next_free = after;
         reservation
     }
@@ -120,6 +124,13 @@ impl LocalSchedule {
 
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// An increment in whole microseconds, rounded up: a schedule may run slower than asked
+/// (by under a microsecond a slot), never faster. Rates above a million a second are held
+/// to a million.
+fn increment_micros(increment: Duration) -> u64 {
+    u64::try_from(increment.as_nanos().div_ceil(1_000)).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -196,6 +207,13 @@ mod tests {
             .unwrap_or(0);
         assert!(slots.len() > 1_000, "{}", slots.len());
         assert_eq!(most as u64, window.div_ceil(increment));
+    }
+
+    #[test]
+    fn increments_round_up_to_whole_microseconds() {
+        assert_eq!(increment_micros(Duration::from_nanos(100)), 1);
+        assert_eq!(increment_micros(Duration::from_nanos(3_333)), 4);
+        assert_eq!(increment_micros(Duration::from_millis(51)), 51_000);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 
-use crate::{Reservation, micros};
+use crate::{Reservation, increment_micros, micros};
 
 /// The arithmetic of [`Reservation::decide`], in Lua.
 static RESERVE: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -57,7 +57,7 @@ pub async fn reserve<C: ConnectionLike>(
 ) -> redis::RedisResult<Reservation> {
     let (granted, wait): (i64, i64) = RESERVE
         .key(key)
-        .arg(micros(increment))
+        .arg(increment_micros(increment))
         .arg(micros(horizon))
         .invoke_async(connection)
         .await?;

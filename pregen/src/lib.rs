@@ -238,6 +238,7 @@ impl Pregen {
             () = shutdown.cancelled() => return Ok(0),
         };
         events::depth(depth);
+        self.issuer.quota_used();
         let rate = self.drain().observe(std::time::Instant::now(), depth);
         if let Some(rate) = rate {
             events::draining(self.issuer.name(), rate, drain::seconds_left(depth, rate));

@@ -158,9 +158,12 @@ impl CallQuota {
         made.len() as f64 / f64::from(self.settings.calls.max(1))
     }
 
-    /// Sets the used-ratio gauge (also done at every call; this is for when calls stop).
-    pub fn report(&self) {
-        events::quota_used(&self.issuer, self.used_ratio());
+    /// [`CallQuota::used_ratio`], also set on the gauge (which each call sets too; this is
+    /// for when calls stop).
+    pub fn report(&self) -> f64 {
+        let ratio = self.used_ratio();
+        events::quota_used(&self.issuer, ratio);
+        ratio
     }
 
     async fn reserve(&self, increment: Duration, horizon: Duration) -> Result<Reservation, String> {

@@ -121,6 +121,13 @@ async fn console_pool_view(
                         std::sync::Arc::new(|| None) as web_console::pages::pool::StoppedProbe
                     })
                 });
+            let used: Option<web_console::pages::pool::UsedProbe> = pregen
+                .filter(|pregen| pregen.issuer().name() == name)
+                .map(|pregen| {
+                    let pregen = pregen.clone();
+                    std::sync::Arc::new(move || pregen.issuer().quota_used())
+                        as web_console::pages::pool::UsedProbe
+                });
             web_console::pages::pool::IssuerInfo {
                 name: name.to_owned(),
                 kind: if remote.is_some() {
@@ -133,6 +140,7 @@ async fn console_pool_view(
                     (quota.calls, Duration::from_millis(quota.window_ms))
                 }),
                 stopped,
+                used,
             }
         })
         .collect();
@@ -269,9 +277,11 @@ impl App {
         }
         // One key checker for every API of the process, so that a key has one rate limit.
         let keys = bindings.as_ref().map(|bindings| {
-            service::Keys::new(bindings.durable().clone()).with_session_idle(Duration::from_secs(
-                u64::from(settings.console.session_idle_minutes) * 60,
-            ))
+            service::Keys::new(bindings.durable().clone())
+                .with_shared_rates(bindings.redis().cloned())
+                .with_session_idle(Duration::from_secs(
+                    u64::from(settings.console.session_idle_minutes) * 60,
+                ))
         });
         if let (true, Some(bindings), Some(keys)) = (parts.binder, &bindings, &keys) {
             router = router.merge(binder::router(Binder::new(

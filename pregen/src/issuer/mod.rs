@@ -88,6 +88,15 @@ impl Issuer {
         }
     }
 
+    /// A remote issuer's calls from this process over the last window, as a share of its
+    /// quota (and the gauge set to it); `None` for the local issuer, which has no quota.
+    pub fn quota_used(&self) -> Option<f64> {
+        match self {
+            Issuer::Local(_) => None,
+            Issuer::Wechat(wechat) => Some(wechat.quota_used()),
+        }
+    }
+
     /// Issues up to `count` codes. Stops starting new ones when `shutdown` fires, and returns
     /// the codes already made (finishing the calls in flight). Codes that failed for a
     /// passing reason are left out and counted; only a misconfiguration is an error.

@@ -178,6 +178,12 @@ impl WechatIssuer {
         }
     }
 
+    /// This process's calls over the last window as a share of the quota; sets the gauge too,
+    /// which calls alone would leave at its last value once they stop.
+    pub fn quota_used(&self) -> f64 {
+        self.quota.report()
+    }
+
     /// Whether a misconfiguration has stopped this issuer.
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)

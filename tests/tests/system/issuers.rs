@@ -255,6 +255,66 @@ async fn workers_that_join_and_die_mid_run_leave_no_quota_unused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sharing_a_quota_stop_calling_while_redis_is_cut_off_and_resume_by_themselves() {
+    let api = WechatApi::start(Behaviour {
+        quota: QUOTA,
+        window_ms: WINDOW_MS,
+        window: WindowKind::Sliding,
+        ..Behaviour::default()
+    })
+    .await;
+    let redis_address = Backends::from_env()
+        .redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let link = tests::FaultyLink::to(redis_address).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("{}:", unique("quota-cut"));
+    let mut settings = settings_for(&api, dir.path(), Some(&prefix));
+    settings.redis.url = Some(SecretString::from(format!("redis://{}", link.address)));
+    let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+    let fills: Vec<_> = (0..2)
+        .map(|_| {
+            let pregen =
+                Pregen::from_settings(PoolWriter::Embedded(pool.clone()), &settings).unwrap();
+            tokio::spawn(async move { pregen.fill(60, 1.0, &CancellationToken::new()).await })
+        })
+        .collect();
+    let second = std::time::Duration::from_secs(1);
+
+    tokio::time::sleep(second).await;
+    link.cut();
+    // Slots reserved before the cut (at most two a worker) are still used.
+    tokio::time::sleep(second / 4).await;
+    let calls_when_cut = api.counts().code_calls;
+    tokio::time::sleep(second * 2).await;
+    let calls_while_cut = api.counts().code_calls - calls_when_cut;
+    link.restore();
+    let mut landed = 0;
+    for fill in fills {
+        landed += fill.await.unwrap().unwrap();
+    }
+
+    let counts = api.counts();
+    assert!(calls_when_cut > 10, "the workers were busy: {counts:?}");
+    assert_eq!(
+        calls_while_cut, 0,
+        "no worker calls on a schedule it cannot see: {counts:?}"
+    );
+    assert_eq!(
+        landed, 120,
+        "the fills finished once Redis was back: {counts:?}"
+    );
+    assert_eq!(counts.over_quota, 0, "{counts:?}");
+    assert!(
+        counts.most_in_any_window(WINDOW_MS) <= QUOTA as usize,
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_at_peak_takes_no_more_than_its_share_of_the_quota() {
     let api = WechatApi::start(Behaviour {
         quota: QUOTA,
@@ -435,6 +495,12 @@ async fn a_listing_app_binds_a_mini_program_code_from_that_issuers_lane() {
     settings.pregen.target_depth = 5;
     settings.pregen.low_water = 0;
     settings.binder.claim_wait_ms = 200;
+    if let Some(IssuerSettings::Wechat(wx)) = settings.pregen.issuers.get_mut("wx") {
+        wx.quota = QuotaSettings {
+            calls: 1_000,
+            window_ms: 60_000,
+        };
+    }
     let app = TestApp::spawn(settings, Parts::ALL).await;
 
     // No issuer named: the default lane, which is the one pregen fills (`wx`).
@@ -476,5 +542,30 @@ async fn a_listing_app_binds_a_mini_program_code_from_that_issuers_lane() {
         5,
         "the API was called only to fill the lane"
     );
+
+    // The operator's view: the console's pool page shows the quota this process used.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = no_redirects
+        .post(app.url("/console/sign-in"))
+        .form(&[("key", app.key.as_deref().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let page = no_redirects
+        .get(app.url("/console/pool"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("1,000 calls per 60 s"), "{page}");
+    assert!(page.contains("0.5 % (5 calls)"), "{page}");
     app.stop().await;
 }

@@ -31,6 +31,8 @@ const DRAIN_WINDOW: Duration = Duration::from_secs(5 * 60);
 pub type DepthProbe = Arc<dyn Fn() -> BoxFuture<'static, Result<u64, String>> + Send + Sync>;
 /// Says why an issuer stopped, or `None` while it works.
 pub type StoppedProbe = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+/// This process's calls to an issuer over the last window, as a share of its quota.
+pub type UsedProbe = Arc<dyn Fn() -> Option<f64> + Send + Sync>;
 
 /// One lane of the pool.
 #[derive(Clone)]
@@ -65,6 +67,8 @@ pub struct IssuerInfo {
     pub quota: Option<(u32, Duration)>,
     /// Only where pregen runs in this process.
     pub stopped: Option<StoppedProbe>,
+    /// Only where pregen runs in this process, for a remote issuer.
+    pub used: Option<UsedProbe>,
 }
 
 /// What the pool page shows; built by the process that serves the console.
@@ -212,6 +216,8 @@ struct IssuerRow {
     name: String,
     kind: &'static str,
     quota: String,
+    /// Share of the quota this process used over the last window.
+    used: String,
     state: String,
     state_class: &'static str,
 }
@@ -335,6 +341,15 @@ pub async fn page(
                         )
                     })
                     .unwrap_or_else(|| "none (drawn here)".to_owned()),
+                used: match (issuer.used.as_ref().and_then(|probe| probe()), issuer.quota) {
+                    (Some(ratio), Some((calls, _))) => format!(
+                        "{:.1} % ({} calls)",
+                        ratio * 100.0,
+                        grouped((ratio * f64::from(calls)).round() as u64)
+                    ),
+                    (_, Some(_)) => "– (pregen runs elsewhere)".to_owned(),
+                    (_, None) => "no quota".to_owned(),
+                },
                 state,
                 state_class,
             }
