@@ -125,6 +125,23 @@ impl RedisTier {
         }
     }
 
+    /// A slot on the schedule `name` ([`pacing`]), shared by every process on this Redis;
+    /// `None` when Redis is unavailable (counted like any failed command).
+    pub async fn reserve_slot(
+        &self,
+        name: &str,
+        increment: Duration,
+        horizon: Duration,
+    ) -> Option<pacing::Reservation> {
+        let mut connection = self.connection().await?;
+        let key = self.prefixed(name);
+        self.command(
+            "reserve",
+            pacing::shared::reserve(&mut connection, &key, increment, horizon),
+        )
+        .await
+    }
+
     /// The JSON value at `key`, or `None` on a miss, when Redis is unavailable, or when the
     /// value does not read as a `T` (then it is removed: the durable store has the truth).
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {

@@ -7,7 +7,13 @@
 //!
 //! Keys are looked up in the binding store and kept in memory for [`KEY_TTL`], unknown ids
 //! included (a flood of made-up keys costs one lookup per id); so a revoked key stops working
-//! within that time. Each key has its own token bucket (`rate_per_sec`, burst of as many).
+//! within that time.
+//!
+//! Each key has a rate (`rate_per_sec`, with a burst of as many). With Redis configured it is
+//! one budget across every process: a GCRA schedule per key in Redis ([`pacing`]), so N
+//! binders do not give a key N times its rate. While Redis fails each process falls back to a
+//! bucket of its own (`governor`), counted in `api_rate_limit_local_total` and logged when it
+//! starts and ends; the next request after Redis's rest (a second) tries it again.
 //!
 //! A console session (`Bearer qrs_…`, see [`records::SessionToken`]) is accepted wherever a
 //! key is: it acts with its key's tenant, scopes and rate bucket, for as long as the key is
@@ -17,6 +23,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -25,7 +32,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::future::Cache;
 
 use crate::Problem;
-use bindings::{ApiKey, ConsoleSession, DurableStore};
+use bindings::{ApiKey, ConsoleSession, DurableStore, RedisTier};
+use pacing::Reservation;
 use records::{KeyToken, Scope, Scopes, SessionToken, Tenant};
 
 /// How long a looked-up key (or the absence of one) is trusted.
@@ -34,6 +42,8 @@ pub const KEY_TTL: Duration = Duration::from_secs(10);
 const BUCKET_IDLE: Duration = Duration::from_secs(600);
 /// How long a console session may go unused before it ends, unless set otherwise.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// How far ahead a batch may book its items' slots on a shared schedule.
+const BATCH_HORIZON: Duration = Duration::from_secs(60);
 /// A session's last use is written at most this often (not at every page).
 const SESSION_TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
@@ -43,16 +53,48 @@ pub struct Caller {
     pub tenant: Tenant,
     pub key_id: String,
     pub scopes: Scopes,
-    /// The key's rate bucket, for requests that do the work of many (a batch).
+    /// The key's rate, for requests that do the work of many (a batch).
+    rate: Rate,
+}
+
+/// Where one key's rate is counted for this request.
+#[derive(Debug, Clone)]
+struct Rate {
+    /// This process's bucket: the rate while Redis is not configured or fails.
     bucket: Arc<DefaultDirectRateLimiter>,
+    /// The schedule in Redis every process shares, when configured.
+    shared: Option<SharedRate>,
+}
+
+#[derive(Debug, Clone)]
+struct SharedRate {
+    redis: RedisTier,
+    name: String,
+    increment: Duration,
 }
 
 impl Caller {
     /// Waits for one more request's worth of the key's rate: a batch pays for each item
     /// after the first (which its request paid for), so a batch is paced to the key's rate
-    /// rather than slipping past it.
+    /// rather than slipping past it, across processes when the rate is shared.
     pub async fn pace(&self) {
-        self.bucket.until_ready().await;
+        if let Some(shared) = &self.rate.shared {
+            loop {
+                match shared
+                    .redis
+                    .reserve_slot(&shared.name, shared.increment, BATCH_HORIZON)
+                    .await
+                {
+                    Some(Reservation::Slot(wait)) => {
+                        tokio::time::sleep(wait).await;
+                        return;
+                    }
+                    Some(Reservation::Full(retry)) => tokio::time::sleep(retry).await,
+                    None => break,
+                }
+            }
+        }
+        self.rate.bucket.until_ready().await;
     }
 }
 
@@ -62,6 +104,11 @@ pub struct Keys {
     store: DurableStore,
     known: Cache<String, Option<Arc<ApiKey>>>,
     buckets: Cache<String, Arc<DefaultDirectRateLimiter>>,
+    /// Where keys' rates are shared across processes, when Redis is configured.
+    shared_rates: Option<RedisTier>,
+    /// Whether the last shared check failed (so that the fallback is logged once, not per
+    /// request).
+    rates_local: Arc<AtomicBool>,
     /// Sessions the console checked a moment ago, by session id.
     sessions: Cache<String, Arc<ConsoleSession>>,
     session_idle: Duration,
@@ -98,8 +145,16 @@ impl Keys {
                 .max_capacity(10_000)
                 .time_to_live(KEY_TTL)
                 .build(),
+            shared_rates: None,
+            rates_local: Arc::new(AtomicBool::new(false)),
             session_idle: DEFAULT_SESSION_IDLE,
         }
+    }
+
+    /// Counts each key's rate in `redis`, one budget for every process that shares it.
+    pub fn with_shared_rates(mut self, redis: Option<RedisTier>) -> Self {
+        self.shared_rates = redis;
+        self
     }
 
     /// Console sessions end after `idle` without use.
@@ -252,12 +307,12 @@ impl Keys {
             )
             .with_detail(format!("this key lacks the `{}` scope", scope.as_str())));
         }
-        let bucket = self.within_rate(&key).await?;
+        let rate = self.within_rate(&key).await?;
         Ok(Caller {
             tenant: key.tenant.clone(),
             key_id: key.key_id.clone(),
             scopes: key.scopes,
-            bucket,
+            rate,
         })
     }
 
@@ -274,7 +329,8 @@ impl Keys {
             })
     }
 
-    async fn within_rate(&self, key: &ApiKey) -> Result<Arc<DefaultDirectRateLimiter>, Problem> {
+    /// One request's worth of `key`'s rate, or a 429 saying when to come back.
+    async fn within_rate(&self, key: &ApiKey) -> Result<Rate, Problem> {
         let rate = NonZeroU32::new(key.rate_per_sec).unwrap_or(NonZeroU32::MIN);
         let bucket = self
             .buckets
@@ -282,21 +338,56 @@ impl Keys {
                 Arc::new(RateLimiter::direct(Quota::per_second(rate)))
             })
             .await;
-        bucket
-            .check()
-            .map(|()| Arc::clone(&bucket))
-            .map_err(|not_until| {
-                metrics::counter!("api_requests_rate_limited_total").increment(1);
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "urn:qrpool:problem:rate-limited",
-                    "Too Many Requests",
-                )
-                .with_detail(format!("this key may make {rate} requests per second"))
-                .retry_after(u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX))
-            })
+        let shared = self.shared_rates.as_ref().map(|redis| SharedRate {
+            redis: redis.clone(),
+            name: format!("rate:{}", key.key_id),
+            increment: Duration::from_secs(1) / rate.get(),
+        });
+        if let Some(schedule) = &shared {
+            // A burst of `rate` requests: each may come up to `rate - 1` slots early.
+            let burst = schedule.increment * (rate.get() - 1);
+            match schedule
+                .redis
+                .reserve_slot(&schedule.name, schedule.increment, burst)
+                .await
+            {
+                Some(Reservation::Slot(_)) => {
+                    if self.rates_local.swap(false, Ordering::Relaxed) {
+                        tracing::info!("API key rates are shared through Redis again");
+                    }
+                    return Ok(Rate { bucket, shared });
+                }
+                Some(Reservation::Full(retry)) => return Err(rate_limited(rate, retry)),
+                None => {
+                    metrics::counter!("api_rate_limit_local_total").increment(1);
+                    if !self.rates_local.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "Redis is unavailable: each process limits API keys on its own \
+                             until it is back (a key may get its rate from each process)"
+                        );
+                    }
+                }
+            }
+        }
+        match bucket.check() {
+            Ok(()) => Ok(Rate { bucket, shared }),
+            Err(not_until) => Err(rate_limited(
+                rate,
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )),
+        }
     }
+}
+
+fn rate_limited(rate: NonZeroU32, wait: Duration) -> Problem {
+    metrics::counter!("api_requests_rate_limited_total").increment(1);
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "urn:qrpool:problem:rate-limited",
+        "Too Many Requests",
+    )
+    .with_detail(format!("this key may make {rate} requests per second"))
+    .retry_after(u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX))
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {

@@ -2,6 +2,8 @@
 //! Embedded backends in a temporary folder; the same checks run whatever the store.
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use bindings::DurableStore;
@@ -245,4 +247,95 @@ async fn a_key_over_its_rate_is_told_when_to_come_back() {
     // Another key is not slowed by this one.
     assert_eq!(bind_as(&app, app.key.as_deref()).await.status(), 201);
     app.stop().await;
+}
+
+/// Statuses of `count` requests with `key`, sent in turn to each app.
+async fn lookups_across(apps: &[&TestApp], key: &str, count: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for turn in 0..count {
+        let app = apps[turn % apps.len()];
+        let response = call(
+            app,
+            reqwest::Method::GET,
+            "/v1/codes/0000000000000000000000",
+            Some(key),
+            None,
+        )
+        .await;
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_rate_is_one_budget_across_processes_and_each_ones_own_while_redis_is_cut_off() {
+    let backends = tests::Backends::from_env();
+    let redis_address = backends
+        .redis_url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let link = tests::FaultyLink::to(redis_address).await;
+    let database = tests::TestDatabase::create(&backends).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("{}:", tests::unique("rates"));
+    let settings = || {
+        let mut settings = embedded_settings(dir.path());
+        settings.store.backend = config::StoreBackend::Postgres;
+        settings.postgres.url = Some(secrecy::SecretString::from(database.url.clone()));
+        settings.pregen.target_depth = 10;
+        settings.pregen.low_water = 0;
+        settings.redis.url = Some(secrecy::SecretString::from(format!(
+            "redis://{}",
+            link.address
+        )));
+        settings.redis.key_prefix = prefix.clone();
+        settings
+    };
+    // Two processes of one deployment: one store, one Redis.
+    let first = TestApp::spawn(settings(), Parts::ALL).await;
+    let second = TestApp::spawn(settings(), Parts::ALL).await;
+    let store = DurableStore::connect(&settings()).await.unwrap();
+    let key = key(&store, "default", "read", 5).await;
+    let passed = |statuses: &[u16]| statuses.iter().filter(|status| **status == 404).count();
+
+    // Twenty requests in well under a second: the burst of five, once, not once per process.
+    let shared = lookups_across(&[&first, &second], &key, 20).await;
+    assert!(
+        (5..=6).contains(&passed(&shared)),
+        "one budget of 5 a second across both: {shared:?}"
+    );
+
+    // Redis cut off: each process limits the key on its own (a burst of five each).
+    link.cut();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let apart = lookups_across(&[&first, &second], &key, 20).await;
+    assert!(
+        (10..=12).contains(&passed(&apart)),
+        "each process's own budget, no request refused for Redis: {apart:?}"
+    );
+    assert!(
+        apart.iter().all(|status| [404, 429].contains(status)),
+        "{apart:?}"
+    );
+
+    // Back: shared again, without a restart, once Redis's rest after the failure is over and
+    // each process's connection is up again (the first command after a cut reconnects).
+    link.restore();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for app in [&first, &second] {
+        for _ in 0..2 {
+            app.get("/v1/codes/0000000000000000000000").await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let again = lookups_across(&[&first, &second], &key, 20).await;
+    assert!(
+        (5..=6).contains(&passed(&again)),
+        "one budget again: {again:?}"
+    );
+    first.stop().await;
+    second.stop().await;
+    database.drop_now().await;
 }
