@@ -287,6 +287,8 @@ async fn lock_file(
 pub struct SqliteStore {
     pub(crate) db: SqlitePool,
     commits: GroupCommit,
+    /// Keeps a restore from replacing the database under this process.
+    _in_use: std::sync::Arc<crate::backup::InUse>,
 }
 
 impl SqliteStore {
@@ -295,6 +297,12 @@ impl SqliteStore {
             path: data_dir.to_owned(),
             source,
         })?;
+        let folder = data_dir.to_owned();
+        let in_use = tokio::task::spawn_blocking(move || crate::backup::InUse::hold(&folder))
+            .await
+            .map_err(|error| {
+                StoreError::Corrupt(format!("the in-use lock task failed: {error}"))
+            })??;
         let options = SqliteConnectOptions::new()
             .filename(data_dir.join("bindings.db"))
             .create_if_missing(true)
@@ -316,7 +324,11 @@ impl SqliteStore {
         .await?;
         // SQLite has one writer at a time: one batch writer, batches as large as they come.
         let commits = GroupCommit::start(SqliteBatches(db.clone()), MAX_BATCH);
-        Ok(SqliteStore { db, commits })
+        Ok(SqliteStore {
+            db,
+            commits,
+            _in_use: std::sync::Arc::new(in_use),
+        })
     }
 
     async fn get(&self, id: RequestId) -> Result<Option<BindingRow>, sqlx::Error> {

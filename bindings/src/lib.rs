@@ -7,6 +7,7 @@
 //!   [`console_sessions`]: the console's signed-in sessions opened with them.
 //! - [`Database`]: that database, for parts that keep tables beside the bindings (links).
 //! - [`versions`]: changing a binding as a new version, keeping the ones before.
+//! - [`backup`]: consistent copies of the embedded store taken while it serves, and restores.
 //! - [`Bindings`]: the tiered lookup: in-process cache → Redis → durable store, refilling
 //!   the faster tiers, with concurrent lookups of one id coalesced into one.
 //!
@@ -14,6 +15,7 @@
 //! and used again as soon as it answers); the durable store failing fails both, cleanly.
 
 pub mod api_keys;
+pub mod backup;
 mod change_events;
 pub mod console_sessions;
 pub mod durable;
@@ -51,6 +53,8 @@ pub enum StoreError {
     Shared(Arc<StoreError>),
     #[error("the binding store is shutting down")]
     Stopped,
+    #[error("the embedded store's folder is being restored or unusable")]
+    InUse(#[from] backup::BackupError),
     #[error("embedded store folder `{path}` cannot be created")]
     DataDir {
         path: std::path::PathBuf,

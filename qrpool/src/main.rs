@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         action: AnalyticsCommand,
     },
+    /// Copies the embedded store (bindings, links, keys) into DIR while qrpool runs.
+    Backup { dir: PathBuf },
+    /// Puts a backup made by `qrpool backup` back; every qrpool on the data folder must be
+    /// stopped. The pool is kept as it is (see docs/operations.md).
+    Restore { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +156,8 @@ async fn main() -> anyhow::Result<()> {
                 AnalyticsCommand::Erase { tenant } => analytics_erase(&settings, &tenant).await,
             };
         }
+        Command::Backup { dir } => return backup(&settings, &dir).await,
+        Command::Restore { dir } => return restore(&settings, &dir).await,
         Command::Migrate => {
             let store = bindings::DurableStore::connect(&settings)
                 .await
@@ -281,6 +288,47 @@ async fn analytics_erase(settings: &Settings, tenant: &str) -> anyhow::Result<()
     println!(
         "Erased the analytics of tenant `{tenant}`: its scans, and {conversions} conversions. \
          Scans made from now on are recorded again."
+    );
+    Ok(())
+}
+
+/// Backups are of the embedded store; PostgreSQL has its own tools.
+fn embedded_only(settings: &Settings, what: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.store.backend == StoreBackend::Embedded,
+        "`qrpool {what}` is for the embedded store; with store.backend = postgres use \
+         PostgreSQL's own (pg_dump, or continuous archiving)"
+    );
+    Ok(())
+}
+
+/// `qrpool backup DIR`.
+async fn backup(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
+    embedded_only(settings, "backup")?;
+    let contents = bindings::backup::back_up(&settings.embedded.data_dir, dir)
+        .await
+        .with_context(|| format!("backing up into {}", dir.display()))?;
+    println!(
+        "Backed up {} bindings and {} API keys (with links, versions and sessions) into {}.",
+        contents.bindings,
+        contents.api_keys,
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `qrpool restore DIR`.
+async fn restore(settings: &Settings, dir: &std::path::Path) -> anyhow::Result<()> {
+    embedded_only(settings, "restore")?;
+    let contents = bindings::backup::restore(&settings.embedded.data_dir, dir)
+        .await
+        .with_context(|| format!("restoring from {}", dir.display()))?;
+    println!(
+        "Restored {} bindings and {} API keys into {}. The pool was kept: the codes waiting in \
+         it were never handed out.",
+        contents.bindings,
+        contents.api_keys,
+        settings.embedded.data_dir.display()
     );
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 mod analytics;
 mod api_keys;
+mod backup;
 mod batch;
 mod binding_store;
 mod changes;
