@@ -12,7 +12,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use records::{LinkKey, Scope};
 use redirect::LinkStore;
-use service::{Keys, Problem};
+use service::{JsonObject, Keys, Problem};
 
 use crate::AnalyticsError;
 use crate::conversions::{Conversion, Conversions, Recorded, link_of_click};
@@ -483,10 +482,10 @@ fn invalid_conversion(detail: &str) -> Problem {
 async fn record_conversion(
     State(service): State<Arc<AnalyticsService>>,
     headers: HeaderMap,
-    body: Result<Json<ReportConversion>, JsonRejection>,
+    body: Result<JsonObject<ReportConversion>, Problem>,
 ) -> Result<Response, Problem> {
     let caller = service.keys.authorize(&headers, Scope::Bind).await?;
-    let Json(report) = body?;
+    let JsonObject(report) = body?;
     let visible = |text: &str, most: usize| {
         (1..=most).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic())
     };

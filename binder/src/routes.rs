@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -28,8 +28,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use records::{Binding, RequestId, Scope};
-use service::Problem;
 use service::image::ImageOptions;
+use service::{JsonObject, Problem};
 
 use crate::claim::{BindRequest, Bound};
 use crate::{Binder, ClaimError};
@@ -170,10 +170,10 @@ impl<'a> CodeView<'a> {
 async fn create_code(
     State(binder): State<Arc<Binder>>,
     headers: HeaderMap,
-    body: Result<Json<CreateCode>, JsonRejection>,
+    body: Result<JsonObject<CreateCode>, Problem>,
 ) -> Result<Response, Problem> {
     let caller = binder.keys.authorize(&headers, Scope::Bind).await?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let idempotency_key = idempotency_key(&headers)?;
     let tags = parse_tags(body.tags)?;
     let Bound { binding, replayed } = binder
@@ -265,10 +265,10 @@ struct BatchLine<'a> {
 async fn create_batch(
     State(binder): State<Arc<Binder>>,
     headers: HeaderMap,
-    body: Result<Json<CreateBatch>, JsonRejection>,
+    body: Result<JsonObject<CreateBatch>, Problem>,
 ) -> Result<Response, Problem> {
     let caller = binder.keys.authorize(&headers, Scope::Bind).await?;
-    let Json(batch) = body?;
+    let JsonObject(batch) = body?;
     tracing::Span::current().record("items", batch.items.len());
     if batch.items.is_empty() || batch.items.len() > MAX_BATCH_ITEMS {
         return Err(Problem::new(
@@ -423,10 +423,10 @@ async fn change_code(
     State(binder): State<Arc<Binder>>,
     headers: HeaderMap,
     Path(request_id): Path<String>,
-    body: Result<Json<ChangeCode>, JsonRejection>,
+    body: Result<JsonObject<ChangeCode>, Problem>,
 ) -> Result<Response, Problem> {
     let caller = binder.keys.authorize(&headers, Scope::Admin).await?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let params = body
         .params
         .map(|params| records::Params::parse(params, &binder.limits))

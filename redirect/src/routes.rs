@@ -29,7 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
 use askama::Template;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -43,7 +43,7 @@ use records::{
     Link, LinkKey, LinkTarget, LinkVersion, RedirectStatus, ScanKind, Scope, Tags, Tenant, Visit,
 };
 use scans::ScanEvents;
-use service::{Keys, Problem, ScanRoute};
+use service::{JsonObject, Keys, Problem, ScanRoute};
 
 use crate::store::{Edit, EditError, LinkStoreError};
 use crate::{Destinations, Redirects};
@@ -516,10 +516,10 @@ fn tags(tags: Vec<String>) -> Result<Tags, Problem> {
 async fn create_link(
     State(service): State<Arc<LinkService>>,
     headers: HeaderMap,
-    body: Result<Json<CreateLink>, JsonRejection>,
+    body: Result<JsonObject<CreateLink>, Problem>,
 ) -> Result<Response, Problem> {
     let caller = service.keys.authorize(&headers, Scope::Admin).await?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     service.check_target(&caller.tenant, &body.target, &body.signatures)?;
     let note = note(body.note)?;
     let tags = tags(body.tags)?;
@@ -619,6 +619,7 @@ struct EditLink {
     target: Option<LinkTarget>,
     status: Option<RedirectStatus>,
     note: Option<String>,
+    #[serde(default, deserialize_with = "service::json::whole_u32_or_null")]
     base_version: Option<u32>,
     #[serde(default)]
     signatures: HashMap<String, String>,
@@ -657,10 +658,10 @@ async fn edit_link(
     State(service): State<Arc<LinkService>>,
     Path(key): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<EditLink>, JsonRejection>,
+    body: Result<JsonObject<EditLink>, Problem>,
 ) -> Result<Response, Problem> {
     let caller = service.keys.authorize(&headers, Scope::Admin).await?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let link = service.owned(&key, &caller.tenant).await?;
     if body.target.is_none() && body.status.is_none() && body.tags.is_none() {
         return Err(invalid("send `target`, `status`, `tags`, or several"));
@@ -686,6 +687,7 @@ async fn edit_link(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Rollback {
+    #[serde(deserialize_with = "service::json::whole_u32")]
     version: u32,
     note: Option<String>,
 }
@@ -694,10 +696,10 @@ async fn rollback_link(
     State(service): State<Arc<LinkService>>,
     Path(key): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<Rollback>, JsonRejection>,
+    body: Result<JsonObject<Rollback>, Problem>,
 ) -> Result<Response, Problem> {
     let caller = service.keys.authorize(&headers, Scope::Admin).await?;
-    let Json(body) = body?;
+    let JsonObject(body) = body?;
     let link = service.owned(&key, &caller.tenant).await?;
     let old = link
         .versions

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod front;
 pub mod image;
+pub mod json;
 pub mod layers;
 pub mod openapi;
 pub mod ops;
@@ -21,6 +22,7 @@ pub mod serve;
 
 pub use auth::{Caller, Keys};
 pub use front::{Front, ScanRoute};
+pub use json::JsonObject;
 pub use ops::{Readiness, ReadinessCheck};
 pub use problem::Problem;
 pub use serve::serve;

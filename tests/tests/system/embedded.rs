@@ -196,7 +196,7 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
 
     let oversized = format!(r#"{{"params": {{"x": "{}"}}}}"#, "a".repeat(70_000));
     let too_big_params = format!(r#"{{"params": {{"x": "{}"}}}}"#, "a".repeat(5_000));
-    let cases: [(&str, String, &str, u16); 7] = [
+    let cases: [(&str, String, &str, u16); 9] = [
         (
             "malformed JSON",
             r#"{"params": "#.into(),
@@ -217,6 +217,14 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
         ),
         ("params missing", "{}".into(), "application/json", 422),
         (
+            // serde would read the fields in order from an array; no client means that.
+            "the body an array of the fields",
+            r#"[{"listing": 1}, null, []]"#.into(),
+            "application/json",
+            422,
+        ),
+        ("no content type", r#"{"params": {}}"#.into(), "", 415),
+        (
             "not JSON at all",
             "params=1".into(),
             "application/x-www-form-urlencoded",
@@ -233,6 +241,7 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
     for (case, body, content_type, status) in cases {
         let response = app.bind_raw(body, content_type).await;
         assert_eq!(response.status(), status, "{case}");
+
         assert_eq!(
             response.headers()["content-type"],
             "application/problem+json",
