@@ -10,6 +10,7 @@
 #
 #   benches/bind-load.sh                       REQUESTS=20000 CONCURRENCY=64 RATE=5000 by default
 #   REQUESTS=5000 CONCURRENCY=32 benches/bind-load.sh
+#   ONLY=kafka QRPOOL_BIN=/tmp/qrpool-before benches/bind-load.sh   step 3 only, another build
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,7 +34,8 @@ trap cleanup EXIT
 
 say "building release binaries"
 cargo build --release --locked --quiet -p qrpool -p benches
-qrpool=$repo/target/release/qrpool
+qrpool=${QRPOOL_BIN:-$repo/target/release/qrpool}
+only=${ONLY:-all}
 load=$repo/target/release/bind-load
 
 # Starts `qrpool up` with the given environment and waits until /readyz answers 200.
@@ -75,13 +77,14 @@ stop_up() {
 
 apt_install bc curl
 
+depth=$((requests + 2 * concurrency + 100))
+kafka_depth=$((depth + rate * 10))
+
+if [ "$only" = all ]; then
 say "time for \`qrpool up\` to serve, embedded defaults (pool filled to 2,000)"
 start_up QRPOOL_EMBEDDED__DATA_DIR="$work/defaults"
 printf 'up ready in %.2f s (%s)\n' "$ready_after" "$(grep -o 'topped the pool up.*' "$work/up.log")"
 stop_up
-
-depth=$((requests + 2 * concurrency + 100))
-kafka_depth=$((depth + rate * 10))
 
 say "binds on the embedded backends ($requests binds, $concurrency concurrent)"
 start_up QRPOOL_EMBEDDED__DATA_DIR="$work/embedded" QRPOOL_PREGEN__TARGET_DEPTH=$depth \
@@ -89,6 +92,7 @@ start_up QRPOOL_EMBEDDED__DATA_DIR="$work/embedded" QRPOOL_PREGEN__TARGET_DEPTH=
 "$load" --base "$base" --key "$key" --requests "$requests" --concurrency "$concurrency" --label "embedded (SQLite)"
 codes_drawn "$requests"
 stop_up
+fi
 
 say "binds on Kafka (tansu) + Redis + PostgreSQL ($requests binds, $concurrency concurrent)"
 start_redis
@@ -117,6 +121,7 @@ codes_drawn "$((requests + rate * 10))"
 commits=$(curl -sf "$base/metrics" | awk '/^bindings_commit_batch_size_count/ { print $2 }')
 printf '%-30s %8s commits for %d binds (warm-up included)\n' "" "$commits" "$((requests + rate * 10 + 2))"
 stop_up
+if [ "$only" = all ]; then
 say "PostgreSQL's own rate of single-row durable inserts (pgbench, $concurrency clients, 10 s): the floor"
 # One autocommit INSERT per transaction, a row the size of a binding: what the database does
 # without qrpool's group commit. The same server, database and fsync settings as above.
@@ -131,5 +136,6 @@ PGPASSWORD=postgres pgbench -n -h 127.0.0.1 -U postgres -c "$concurrency" -j 2 -
 tps=$(awk '/^tps = / { printf "%d", $3 }' "$work/pgbench.log")
 latency=$(awk '/^latency average/ { print $4 }' "$work/pgbench.log")
 printf '%-30s %8s inserts/s   latency average %s ms   (%s clients)\n' "pgbench single-row insert" "$tps" "$latency" "$concurrency"
+fi
 PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE qrpool_$run_id WITH (FORCE)" postgres
 redis-cli --scan --pattern "qrpool-$run_id:*" | xargs -r redis-cli del >/dev/null

@@ -11,7 +11,10 @@
 //!
 //! Each key has a rate (`rate_per_sec`, with a burst of as many). With Redis configured it is
 //! one budget across every process: a GCRA schedule per key in Redis ([`pacing`]), so N
-//! binders do not give a key N times its rate. While Redis fails each process falls back to a
+//! binders do not give a key N times its rate. A process takes a key's slots from Redis a
+//! block at a time (1 % of the rate, at least one), so that a busy key costs one Redis call
+//! per block rather than per request; a block not used within a second is let go, so a key
+//! may get at most 1 % more than its rate per process, never N times it. While Redis fails each process falls back to a
 //! bucket of its own (`governor`), counted in `api_rate_limit_local_total` and logged when it
 //! starts and ends; the next request after Redis's rest (a second) tries it again.
 //!
@@ -44,6 +47,8 @@ const BUCKET_IDLE: Duration = Duration::from_secs(600);
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 /// How far ahead a batch may book its items' slots on a shared schedule.
 const BATCH_HORIZON: Duration = Duration::from_secs(60);
+/// How long a block of a key's shared slots is used before it is let go.
+const LEASE_LIFE: Duration = Duration::from_secs(1);
 /// A session's last use is written at most this often (not at every page).
 const SESSION_TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
@@ -60,17 +65,61 @@ pub struct Caller {
 /// Where one key's rate is counted for this request.
 #[derive(Debug, Clone)]
 struct Rate {
-    /// This process's bucket: the rate while Redis is not configured or fails.
-    bucket: Arc<DefaultDirectRateLimiter>,
+    /// This process's state of the key's rate.
+    key: Arc<KeyRate>,
     /// The schedule in Redis every process shares, when configured.
     shared: Option<SharedRate>,
+}
+
+/// One key's rate in this process, kept while the key is in use.
+#[derive(Debug)]
+struct KeyRate {
+    /// The rate while Redis is not configured or fails.
+    bucket: DefaultDirectRateLimiter,
+    /// Slots of the shared schedule this process holds.
+    lease: tokio::sync::Mutex<Lease>,
+}
+
+#[derive(Debug, Default)]
+struct Lease {
+    remaining: u32,
+    until: Option<tokio::time::Instant>,
 }
 
 #[derive(Debug, Clone)]
 struct SharedRate {
     redis: RedisTier,
     name: String,
+    /// Between two of the key's slots.
     increment: Duration,
+    /// Slots taken from Redis at a time.
+    block: u32,
+}
+
+impl Rate {
+    /// One slot of the shared schedule no further than `horizon` ahead: from this process's
+    /// block when it holds one, else a new block from Redis. `None` when Redis fails (or is
+    /// not configured).
+    async fn shared_slot(&self, horizon: Duration) -> Option<Reservation> {
+        let shared = self.shared.as_ref()?;
+        let mut lease = self.key.lease.lock().await;
+        let now = tokio::time::Instant::now();
+        if lease.remaining > 0 && lease.until.is_some_and(|until| now < until) {
+            lease.remaining -= 1;
+            return Some(Reservation::Slot(Duration::ZERO));
+        }
+        let reservation = shared
+            .redis
+            .reserve_slot(&shared.name, shared.increment * shared.block, horizon)
+            .await?;
+        if let Reservation::Slot(wait) = reservation {
+            *lease = Lease {
+                remaining: shared.block - 1,
+                until: Some(now + wait + LEASE_LIFE),
+            };
+        }
+        Some(reservation)
+    }
 }
 
 impl Caller {
@@ -78,23 +127,17 @@ impl Caller {
     /// after the first (which its request paid for), so a batch is paced to the key's rate
     /// rather than slipping past it, across processes when the rate is shared.
     pub async fn pace(&self) {
-        if let Some(shared) = &self.rate.shared {
-            loop {
-                match shared
-                    .redis
-                    .reserve_slot(&shared.name, shared.increment, BATCH_HORIZON)
-                    .await
-                {
-                    Some(Reservation::Slot(wait)) => {
-                        tokio::time::sleep(wait).await;
-                        return;
-                    }
-                    Some(Reservation::Full(retry)) => tokio::time::sleep(retry).await,
-                    None => break,
+        loop {
+            match self.rate.shared_slot(BATCH_HORIZON).await {
+                Some(Reservation::Slot(wait)) => {
+                    tokio::time::sleep(wait).await;
+                    return;
                 }
+                Some(Reservation::Full(retry)) => tokio::time::sleep(retry).await,
+                None => break,
             }
         }
-        self.rate.bucket.until_ready().await;
+        self.rate.key.bucket.until_ready().await;
     }
 }
 
@@ -103,7 +146,7 @@ impl Caller {
 pub struct Keys {
     store: DurableStore,
     known: Cache<String, Option<Arc<ApiKey>>>,
-    buckets: Cache<String, Arc<DefaultDirectRateLimiter>>,
+    rates: Cache<String, Arc<KeyRate>>,
     /// Where keys' rates are shared across processes, when Redis is configured.
     shared_rates: Option<RedisTier>,
     /// Whether the last shared check failed (so that the fallback is logged once, not per
@@ -137,7 +180,7 @@ impl Keys {
                 .max_capacity(100_000)
                 .time_to_live(KEY_TTL)
                 .build(),
-            buckets: Cache::builder()
+            rates: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(BUCKET_IDLE)
                 .build(),
@@ -331,33 +374,37 @@ impl Keys {
 
     /// One request's worth of `key`'s rate, or a 429 saying when to come back.
     async fn within_rate(&self, key: &ApiKey) -> Result<Rate, Problem> {
-        let rate = NonZeroU32::new(key.rate_per_sec).unwrap_or(NonZeroU32::MIN);
-        let bucket = self
-            .buckets
+        let per_second = NonZeroU32::new(key.rate_per_sec).unwrap_or(NonZeroU32::MIN);
+        let key_rate = self
+            .rates
             .get_with(key.key_id.clone(), async move {
-                Arc::new(RateLimiter::direct(Quota::per_second(rate)))
+                Arc::new(KeyRate {
+                    bucket: RateLimiter::direct(Quota::per_second(per_second)),
+                    lease: tokio::sync::Mutex::new(Lease::default()),
+                })
             })
             .await;
-        let shared = self.shared_rates.as_ref().map(|redis| SharedRate {
-            redis: redis.clone(),
-            name: format!("rate:{}", key.key_id),
-            increment: Duration::from_secs(1) / rate.get(),
-        });
-        if let Some(schedule) = &shared {
+        let increment = Duration::from_secs(1) / per_second.get();
+        let rate = Rate {
+            key: key_rate,
+            shared: self.shared_rates.as_ref().map(|redis| SharedRate {
+                redis: redis.clone(),
+                name: format!("rate:{}", key.key_id),
+                increment,
+                block: (per_second.get() / 100).max(1),
+            }),
+        };
+        if rate.shared.is_some() {
             // A burst of `rate` requests: each may come up to `rate - 1` slots early.
-            let burst = schedule.increment * (rate.get() - 1);
-            match schedule
-                .redis
-                .reserve_slot(&schedule.name, schedule.increment, burst)
-                .await
-            {
+            let burst = increment * (per_second.get() - 1);
+            match rate.shared_slot(burst).await {
                 Some(Reservation::Slot(_)) => {
                     if self.rates_local.swap(false, Ordering::Relaxed) {
                         tracing::info!("API key rates are shared through Redis again");
                     }
-                    return Ok(Rate { bucket, shared });
+                    return Ok(rate);
                 }
-                Some(Reservation::Full(retry)) => return Err(rate_limited(rate, retry)),
+                Some(Reservation::Full(retry)) => return Err(rate_limited(per_second, retry)),
                 None => {
                     metrics::counter!("api_rate_limit_local_total").increment(1);
                     if !self.rates_local.swap(true, Ordering::Relaxed) {
@@ -369,10 +416,10 @@ impl Keys {
                 }
             }
         }
-        match bucket.check() {
-            Ok(()) => Ok(Rate { bucket, shared }),
+        match rate.key.bucket.check() {
+            Ok(()) => Ok(rate),
             Err(not_until) => Err(rate_limited(
-                rate,
+                per_second,
                 not_until.wait_time_from(DefaultClock::default().now()),
             )),
         }
