@@ -41,6 +41,15 @@ impl Backends {
             kafka_brokers: var("QRPOOL_TEST_KAFKA_BROKERS", "127.0.0.1:9092"),
         }
     }
+
+    /// The Redis server's address, for a [`FaultyLink`] in front of it.
+    pub fn redis_address(&self) -> SocketAddr {
+        self.redis_url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("QRPOOL_TEST_REDIS_URL is redis://<ip>:<port>")
+    }
 }
 
 /// The `qrpool` binary of this build (`target/<profile>/qrpool`), for tests that run it as
@@ -247,6 +256,25 @@ impl TestApp {
         token.reveal()
     }
 
+    /// Signs in to the console with `key`; the session cookie (`name=value`).
+    pub async fn console_sign_in(&self, key: &str) -> String {
+        let answer = no_redirects()
+            .post(self.url("/console/sign-in"))
+            .form(&[("key", key)])
+            .send()
+            .await
+            .expect("POST /console/sign-in");
+        assert_eq!(answer.status(), reqwest::StatusCode::SEE_OTHER);
+        let cookie = answer.headers()[reqwest::header::SET_COOKIE]
+            .to_str()
+            .expect("a cookie")
+            .to_owned();
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+            assert!(cookie.contains(attribute), "{cookie}");
+        }
+        cookie.split(';').next().unwrap_or_default().to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -297,6 +325,14 @@ impl TestApp {
             .collect()
             .await
     }
+}
+
+/// A client that follows no redirect and keeps no cookie: each test says what it sends.
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client")
 }
 
 /// Decodes a PNG with a real QR decoder and returns the text of its one code.

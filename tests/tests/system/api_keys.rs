@@ -270,13 +270,7 @@ async fn lookups_across(apps: &[&TestApp], key: &str, count: usize) -> Vec<u16> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keys_rate_is_one_budget_across_processes_and_each_ones_own_while_redis_is_cut_off() {
     let backends = tests::Backends::from_env();
-    let redis_address = backends
-        .redis_url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let link = tests::FaultyLink::to(redis_address).await;
+    let link = tests::FaultyLink::to(backends.redis_address()).await;
     let database = tests::TestDatabase::create(&backends).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}:", tests::unique("rates"));

@@ -15,28 +15,11 @@ use qrpool::Parts;
 use records::Tenant;
 use tests::{Backends, TestApp, TestDatabase, distributed_settings, embedded_settings, unique};
 
-/// A client that follows no redirect and keeps no cookie: each test says what it sends.
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
+use tests::no_redirects as client;
 
 /// Signs in with `key`; the session cookie (`name=value`).
 async fn sign_in(app: &TestApp, key: &str) -> String {
-    let answer = client()
-        .post(app.url("/console/sign-in"))
-        .form(&[("key", key)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
-    let cookie = answer.headers()[SET_COOKIE].to_str().unwrap().to_owned();
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
-        assert!(cookie.contains(attribute), "{cookie}");
-    }
-    cookie.split(';').next().unwrap().to_owned()
+    app.console_sign_in(key).await
 }
 
 /// The overview's status with `cookie`: 200 signed in, 303 to the sign-in page otherwise.

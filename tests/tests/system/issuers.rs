@@ -76,6 +76,17 @@ fn assert_quota_kept_and_used(counts: &Counts, share: f64) {
     );
 }
 
+/// The stand-in at the tests' quota, with `window`.
+async fn stand_in(window: WindowKind) -> WechatApi {
+    WechatApi::start(Behaviour {
+        quota: QUOTA,
+        window_ms: WINDOW_MS,
+        window,
+        ..Behaviour::default()
+    })
+    .await
+}
+
 async fn pooled_codes(pool: EmbeddedPool) -> Vec<records::PoolRecord> {
     let reader = PoolReader::Embedded(pool.lane("wx"));
     let mut records = Vec::new();
@@ -96,13 +107,7 @@ async fn one_worker_keeps_to_a_sliding_quota_and_uses_it() {
 }
 
 async fn one_worker_keeps_to_the_quota_and_uses_it(window: WindowKind) {
-    let api = WechatApi::start(Behaviour {
-        quota: QUOTA,
-        window_ms: WINDOW_MS,
-        window,
-        ..Behaviour::default()
-    })
-    .await;
+    let api = stand_in(window).await;
     let dir = tempfile::tempdir().unwrap();
     let settings = settings_for(&api, dir.path(), None);
     let pool = EmbeddedPool::open(dir.path()).await.unwrap();
@@ -178,13 +183,7 @@ async fn three_workers_share_one_sliding_quota_and_one_token_through_redis() {
 }
 
 async fn three_workers_share_one_quota_and_one_token(window: WindowKind) {
-    let api = WechatApi::start(Behaviour {
-        quota: QUOTA,
-        window_ms: WINDOW_MS,
-        window,
-        ..Behaviour::default()
-    })
-    .await;
+    let api = stand_in(window).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}:", unique("quota"));
     let settings = settings_for(&api, dir.path(), Some(&prefix));
@@ -213,13 +212,7 @@ async fn three_workers_share_one_quota_and_one_token(window: WindowKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_that_join_and_die_mid_run_leave_no_quota_unused() {
-    let api = WechatApi::start(Behaviour {
-        quota: QUOTA,
-        window_ms: WINDOW_MS,
-        window: WindowKind::Sliding,
-        ..Behaviour::default()
-    })
-    .await;
+    let api = stand_in(WindowKind::Sliding).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}:", unique("quota"));
     let settings = settings_for(&api, dir.path(), Some(&prefix));
@@ -256,20 +249,8 @@ async fn workers_that_join_and_die_mid_run_leave_no_quota_unused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_sharing_a_quota_stop_calling_while_redis_is_cut_off_and_resume_by_themselves() {
-    let api = WechatApi::start(Behaviour {
-        quota: QUOTA,
-        window_ms: WINDOW_MS,
-        window: WindowKind::Sliding,
-        ..Behaviour::default()
-    })
-    .await;
-    let redis_address = Backends::from_env()
-        .redis_url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let link = tests::FaultyLink::to(redis_address).await;
+    let api = stand_in(WindowKind::Sliding).await;
+    let link = tests::FaultyLink::to(Backends::from_env().redis_address()).await;
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}:", unique("quota-cut"));
     let mut settings = settings_for(&api, dir.path(), Some(&prefix));
@@ -316,13 +297,7 @@ async fn workers_sharing_a_quota_stop_calling_while_redis_is_cut_off_and_resume_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_at_peak_takes_no_more_than_its_share_of_the_quota() {
-    let api = WechatApi::start(Behaviour {
-        quota: QUOTA,
-        window_ms: WINDOW_MS,
-        window: WindowKind::Sliding,
-        ..Behaviour::default()
-    })
-    .await;
+    let api = stand_in(WindowKind::Sliding).await;
     let dir = tempfile::tempdir().unwrap();
     let settings = settings_for(&api, dir.path(), None);
     let pool = EmbeddedPool::open(dir.path()).await.unwrap();
@@ -544,19 +519,8 @@ async fn a_listing_app_binds_a_mini_program_code_from_that_issuers_lane() {
     );
 
     // The operator's view: the console's pool page shows the quota this process used.
-    let no_redirects = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let signed_in = no_redirects
-        .post(app.url("/console/sign-in"))
-        .form(&[("key", app.key.as_deref().unwrap())])
-        .send()
-        .await
-        .unwrap();
-    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_owned();
-    let page = no_redirects
+    let cookie = app.console_sign_in(app.key.as_deref().unwrap()).await;
+    let page = tests::no_redirects()
         .get(app.url("/console/pool"))
         .header("cookie", cookie)
         .send()
