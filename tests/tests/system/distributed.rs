@@ -12,12 +12,13 @@ use serde_json::Value;
 use qrpool::Parts;
 use tests::{Backends, TestApp, TestDatabase, distributed_settings, unique};
 
-/// Deletes every Redis key under `prefix`: the hot tier forgets everything.
+/// Deletes every binding's hot copy under `prefix` (`<prefix>b:<id>`): the hot tier forgets
+/// every binding (and only bindings: API keys' rate schedules live beside them).
 async fn evict_redis(backends: &Backends, prefix: &str) -> usize {
     let client = redis::Client::open(backends.redis_url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
+        .arg(format!("{prefix}b:*"))
         .query_async(&mut connection)
         .await
         .unwrap();

@@ -1,6 +1,8 @@
 //! Pregen against a remote issuer: the stand-in WeChat-style API (the one stand-in we allow),
 //! real Redis for the shared budget and token, the embedded pool in a temporary folder.
-//! Quota windows are shortened to one second so that several fit in a test.
+//! Quota windows are shortened to two seconds so that several fit in a test; the guard of 2 %
+//! a window (40 ms) is then the most a call's arrival may be delayed, which a loaded test
+//! machine must keep to.
 #![allow(clippy::unwrap_used)]
 
 use qrpool::Parts;
@@ -14,8 +16,8 @@ use pregen::{IssueError, Pregen, PregenError};
 use tests::wechat_api::{APP_ID, APP_SECRET, Behaviour, Counts, PAGE, WechatApi, WindowKind};
 use tests::{Backends, TestApp, decode_qr, embedded_settings, unique};
 
-const QUOTA: u32 = 40;
-const WINDOW_MS: u64 = 1_000;
+const QUOTA: u32 = 80;
+const WINDOW_MS: u64 = 2_000;
 
 fn settings_for(
     api: &WechatApi,
@@ -232,13 +234,13 @@ async fn workers_that_join_and_die_mid_run_leave_no_quota_unused() {
     dies.abort();
     let calls_when_it_died = api.counts().code_calls;
     tokio::time::sleep(second / 2).await;
-    let joins_late = tokio::spawn(worker()(40));
+    let joins_late = tokio::spawn(worker()(80));
     let joined_at = api.counts().code_calls;
     let early = joins_early.await.unwrap().unwrap();
     let late = joins_late.await.unwrap().unwrap();
 
     let counts = api.counts();
-    assert_eq!((early, late), (60, 40), "{counts:?}");
+    assert_eq!((early, late), (60, 80), "{counts:?}");
     assert!(
         calls_when_it_died > 60,
         "the first worker was busy: {counts:?}"
@@ -304,12 +306,12 @@ async fn a_fill_at_peak_takes_no_more_than_its_share_of_the_quota() {
     let pregen = Pregen::from_settings(PoolWriter::Embedded(pool), &settings).unwrap();
 
     let landed = pregen
-        .fill(30, 0.25, &CancellationToken::new())
+        .fill(45, 0.25, &CancellationToken::new())
         .await
         .unwrap();
 
     let counts = api.counts();
-    assert_eq!(landed, 30, "{counts:?}");
+    assert_eq!(landed, 45, "{counts:?}");
     assert_quota_kept_and_used(&counts, 0.25);
 }
 
