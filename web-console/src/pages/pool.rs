@@ -348,7 +348,7 @@ pub async fn page(
                         grouped((ratio * f64::from(calls)).round() as u64)
                     ),
                     (_, Some(_)) => "– (pregen runs elsewhere)".to_owned(),
-                    (_, None) => "no quota".to_owned(),
+                    (_, None) => "–".to_owned(),
                 },
                 state,
                 state_class,
