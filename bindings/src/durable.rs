@@ -310,10 +310,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // Creating the file and turning on WAL take locks SQLite does not wait for: processes
+        // opening a new data folder at once do that one at a time.
+        let creating = lock_file(&data_dir.join("bindings.db")).await?;
         let db = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
-            .await?;
+            .await;
+        drop(creating);
+        let db = db?;
         // Other parts keep tables in this database (links) and record their migrations in
         // the same table: theirs are not ours to miss.
         migrate(

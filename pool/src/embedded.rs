@@ -96,17 +96,22 @@ impl EmbeddedPool {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
-        let db = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
         // Several processes may open a new data folder at once (three `pregen fill`s): the
-        // migrations run under an exclusive lock on a file beside the database, since
-        // SQLite migrations take none of their own.
+        // file's creation, the switch to WAL (locks SQLite does not wait for) and the
+        // migrations (which take none of their own) run under an exclusive lock on a file
+        // beside the database.
         let lock = migration_lock(data_dir.join("pool.db.migrate-lock")).await?;
-        let migrated = sqlx::migrate!("./migrations").run(&db).await;
+        let opened = async {
+            let db = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("./migrations").run(&db).await?;
+            Ok::<_, PoolError>(db)
+        }
+        .await;
         drop(lock);
-        migrated?;
+        let db = opened?;
 
         let pool = EmbeddedPool {
             inner: Arc::new(Inner {
