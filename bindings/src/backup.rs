@@ -66,16 +66,22 @@ pub struct InUse {
 impl InUse {
     /// Waits while a restore runs on `data_dir`, then holds the folder as in use.
     pub fn hold(data_dir: &Path) -> Result<InUse, BackupError> {
-        let path = data_dir.join(IN_USE);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| io(&path, source))?;
+        let (file, path) = in_use_file(data_dir)?;
         file.lock_shared().map_err(|source| io(&path, source))?;
         Ok(InUse { _lock: file })
     }
+}
+
+/// `<data dir>/bindings.db.in-use`, opened (created when missing) for locking.
+fn in_use_file(data_dir: &Path) -> Result<(File, PathBuf), BackupError> {
+    let path = data_dir.join(IN_USE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| io(&path, source))?;
+    Ok((file, path))
 }
 
 /// Copies the live store of `data_dir` into the folder `into` (created when missing; it must
@@ -118,13 +124,7 @@ pub async fn restore(data_dir: &Path, from: &Path) -> Result<Contents, BackupErr
         return Err(BackupError::NoBackup(from.to_owned()));
     }
     std::fs::create_dir_all(data_dir).map_err(|source| io(data_dir, source))?;
-    let lock_path = data_dir.join(IN_USE);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|source| io(&lock_path, source))?;
+    let (lock, lock_path) = in_use_file(data_dir)?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {

@@ -181,16 +181,11 @@ impl CallQuota {
     }
 
     fn made_one(&self) {
-        let ratio = {
-            let mut made = self
-                .made
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            made.push_back(Instant::now());
-            self.forget_old(&mut made);
-            made.len() as f64 / f64::from(self.settings.calls.max(1))
-        };
-        events::quota_used(&self.issuer, ratio);
+        self.made
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_back(Instant::now());
+        self.report();
     }
 
     fn forget_old(&self, made: &mut VecDeque<Instant>) {
