@@ -362,6 +362,10 @@ fn claim_problem(error: ClaimError) -> Problem {
         )
         .with_detail("the pool of pre-generated codes is empty; retry shortly")
         .retry_after(1),
+        ClaimError::Store(error) if error.is_disk_full() => {
+            tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "bind failed: the store's disk is full");
+            Problem::unavailable("the binding store's disk is full")
+        }
         error @ (ClaimError::Pool(_) | ClaimError::Store(_)) => {
             tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "bind failed");
             Problem::unavailable(error.to_string())

@@ -349,51 +349,66 @@ struct SqliteBatches(SqlitePool);
 
 impl WriteBatch for SqliteBatches {
     async fn write_batch(&self, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.0.begin().await?;
-        let mut inserted = Vec::with_capacity(batch.len());
-        for Pending {
-            binding,
-            image,
-            idempotency_key,
-            ..
-        } in batch
-        {
-            let id = binding.request_id.to_text();
-            // No conflict target: a clash on the request id (bound already) or on the
-            // tenant's idempotency key (a retried request) both leave the row out.
-            let new = sqlx::query(
-                "INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key, tags) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+        let mut connection = self.0.acquire().await?;
+        let written = sqlite_write_batch(&mut connection, batch).await;
+        if written.is_err() {
+            // After a failed write (a full disk, say) SQLite may have ended the transaction
+            // itself and the connection may go on holding the write lock, so that every later
+            // write waits out the busy timeout: a new connection starts clean.
+            connection.close_on_drop();
+        }
+        written
+    }
+}
+
+async fn sqlite_write_batch(
+    connection: &mut sqlx::SqliteConnection,
+    batch: &[Pending],
+) -> Result<Vec<bool>, StoreError> {
+    let mut tx = sqlx::Connection::begin(connection).await?;
+    let mut inserted = Vec::with_capacity(batch.len());
+    for Pending {
+        binding,
+        image,
+        idempotency_key,
+        ..
+    } in batch
+    {
+        let id = binding.request_id.to_text();
+        // No conflict target: a clash on the request id (bound already) or on the
+        // tenant's idempotency key (a retried request) both leave the row out.
+        let new = sqlx::query(
+            "INSERT INTO bindings (request_id, tenant, params, content, issuer, version, created_at, expires_at, idempotency_key, tags) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(binding.tenant.as_str())
+        .bind(Json(&binding.params))
+        .bind(&binding.content)
+        .bind(&binding.issuer)
+        .bind(i64::from(binding.version))
+        .bind(binding.created_at)
+        .bind(binding.expires_at)
+        .bind(idempotency_key.as_deref())
+        .bind(stored_tags(&binding.tags))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if new && let Some(image) = image {
+            sqlx::query(
+                "INSERT INTO code_images (request_id, media_type, bytes) VALUES ($1, $2, $3)",
             )
             .bind(id.as_str())
-            .bind(binding.tenant.as_str())
-            .bind(Json(&binding.params))
-            .bind(&binding.content)
-            .bind(&binding.issuer)
-            .bind(i64::from(binding.version))
-            .bind(binding.created_at)
-            .bind(binding.expires_at)
-            .bind(idempotency_key.as_deref())
-            .bind(stored_tags(&binding.tags))
+            .bind(&image.media_type)
+            .bind(&image.bytes)
             .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if new && let Some(image) = image {
-                sqlx::query(
-                    "INSERT INTO code_images (request_id, media_type, bytes) VALUES ($1, $2, $3)",
-                )
-                .bind(id.as_str())
-                .bind(&image.media_type)
-                .bind(&image.bytes)
-                .execute(&mut *tx)
-                .await?;
-            }
-            inserted.push(new);
+            .await?;
         }
-        tx.commit().await?;
-        Ok(inserted)
+        inserted.push(new);
     }
+    tx.commit().await?;
+    Ok(inserted)
 }
 
 /// The PostgreSQL store.

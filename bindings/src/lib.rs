@@ -63,6 +63,28 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the store failed for want of disk space: SQLite's `SQLITE_FULL`, PostgreSQL's
+    /// `disk_full` (53100), or the operating system's "no space left on device".
+    pub fn is_disk_full(&self) -> bool {
+        const SQLITE_FULL: i32 = 13;
+        const ENOSPC: i32 = 28;
+        match self {
+            StoreError::Database(sqlx::Error::Database(error)) => {
+                error.code().is_some_and(|code| {
+                    code == "53100"
+                        || code
+                            .parse::<i32>()
+                            .is_ok_and(|code| code & 0xff == SQLITE_FULL)
+                })
+            }
+            StoreError::Database(sqlx::Error::Io(error)) => error.raw_os_error() == Some(ENOSPC),
+            StoreError::Shared(error) => error.is_disk_full(),
+            _ => false,
+        }
+    }
+}
+
 /// Why a bind did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {

@@ -125,6 +125,17 @@ impl RedisTier {
         }
     }
 
+    /// Whether Redis answers a PING within the command limit, for `/readyz`.
+    pub async fn check(&self) -> Result<(), String> {
+        let mut connection = self
+            .connection()
+            .await
+            .ok_or_else(|| "Redis is unreachable".to_owned())?;
+        self.command::<(), _>("ping", redis::cmd("PING").query_async(&mut connection))
+            .await
+            .ok_or_else(|| "Redis did not answer a PING".to_owned())
+    }
+
     /// A slot on the schedule `name` ([`pacing`]), shared by every process on this Redis;
     /// `None` when Redis is unavailable (counted like any failed command).
     pub async fn reserve_slot(

@@ -126,15 +126,17 @@ impl EmbeddedPool {
     }
 
     pub(crate) async fn push(&self, records: &[PoolRecord]) -> Result<(), PoolError> {
-        let mut tx = self.inner.db.begin().await?;
-        for record in records {
-            sqlx::query("INSERT INTO pool (issuer, record) VALUES (?, ?)")
-                .bind(&record.issuer)
-                .bind(record.encode())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        in_transaction(&self.inner.db, async |tx| {
+            for record in records {
+                sqlx::query("INSERT INTO pool (issuer, record) VALUES (?, ?)")
+                    .bind(&record.issuer)
+                    .bind(record.encode())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await?;
         self.inner.pushed.notify_waiters();
         Ok(())
     }
@@ -280,21 +282,42 @@ impl EmbeddedLane {
     }
 }
 
+/// Runs `write` in one transaction. After a failure the connection is closed rather than
+/// returned to the pool: on a full disk, say, SQLite may end the transaction itself and the
+/// connection go on holding the write lock, so that every later write waits out the busy
+/// timeout; a new connection starts clean.
+async fn in_transaction<T>(
+    db: &SqlitePool,
+    write: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    let mut connection = db.acquire().await?;
+    let result = async {
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+        let value = write(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+    .await;
+    if result.is_err() {
+        connection.close_on_drop();
+    }
+    result
+}
+
 async fn flush(inner: &Inner) -> Result<(), PoolError> {
     let seqs = std::mem::take(&mut *lock(&inner.acked));
     if seqs.is_empty() {
         return Ok(());
     }
-    let result = async {
-        let mut tx = inner.db.begin().await?;
+    let result = in_transaction(&inner.db, async |tx| {
         for acked in &seqs {
             sqlx::query("DELETE FROM pool WHERE seq = ?")
                 .bind(acked.seq)
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await
-    }
+        Ok(())
+    })
     .await;
     if let Err(error) = result {
         // Keep them for the next flush: an acked row left in place would be redelivered.

@@ -230,6 +230,14 @@ impl App {
                 let store = store.clone();
                 Box::pin(async move { store.check().await.map_err(|error| error.to_string()) })
             });
+            // Binds and scans go on without Redis: named when it fails, still ready.
+            if let Some(redis) = bindings.redis() {
+                let redis = redis.clone();
+                readiness = readiness.with_optional("redis", move || {
+                    let redis = redis.clone();
+                    Box::pin(async move { redis.check().await })
+                });
+            }
         }
         if let Some(reader) = readers.first() {
             // Every lane lives on the same brokers (or file): one answers for all.

@@ -7,12 +7,17 @@
 #   start_postgres                PostgreSQL on 127.0.0.1:5432, user postgres/postgres over TCP
 #   start_kafka_protocol_broker   tansu on 127.0.0.1:9092, built once into $QRPOOL_CACHE
 #   python_with_chdb              a Python with chDB (ClickHouse in-process): $chdb_python
+#   fault_test_tools              ip (network namespaces) and iptables, for the fault tests
 #   browser_test_deps DIR         Node.js, Debian's Chromium, and DIR's npm packages (npm ci; no
 #                                 browser is ever downloaded)
 
 cache=${QRPOOL_CACHE:-$HOME/.cache/qrpool}
 tansu_version=0.6.0
-tansu_bin=$cache/tansu-$tansu_version/bin/tansu
+# memory:// for the tests' shared broker (fast, nothing to clean); sqlite:// (libsql) for the
+# tests that restart a broker and need its topics and offsets to outlive it.
+tansu_features=dynostore,libsql
+tansu_root=$cache/tansu-$tansu_version-${tansu_features//,/-}
+tansu_bin=$tansu_root/bin/tansu
 mkdir -p "$cache/logs"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -40,6 +45,11 @@ toolchain() {
     rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
   done
   apt_install build-essential pkg-config zlib1g-dev
+}
+
+# The fault tests put a server in a network namespace and drop its packets (tests/tests/faults).
+fault_test_tools() {
+  apt_install iproute2 iptables
 }
 
 start_redis() {
@@ -71,7 +81,7 @@ start_kafka_protocol_broker() {
   listening 9092 && return 0
   if [ ! -x "$tansu_bin" ]; then
     say "building tansu $tansu_version once into $cache (about 20 minutes on 2 cores)"
-    cargo install --locked --quiet tansu@"$tansu_version" --features dynostore --root "$cache/tansu-$tansu_version"
+    cargo install --locked --quiet tansu@"$tansu_version" --features "$tansu_features" --root "$tansu_root"
   fi
   say "starting tansu (Kafka protocol) on 127.0.0.1:9092"
   nohup "$tansu_bin" broker --storage-engine memory://tansu/ \

@@ -86,13 +86,17 @@ impl Front {
             return None;
         }
         let path = request.uri().path();
-        self.scans.iter().find_map(|route| {
-            let id = path.strip_prefix(route.prefix)?;
-            // Anything but one plain segment is the router's to decode or refuse.
-            let plain = !id.is_empty() && !id.contains(['/', '%']);
-            plain.then(|| (route, id.to_owned()))
-        })
+        self.scans
+            .iter()
+            .find_map(|route| scan_id(path, route.prefix).map(|id| (route, id.to_owned())))
     }
+}
+
+/// The id in `path` when it is `prefix` then one plain segment: not empty, no `/`, nothing
+/// percent-encoded. Anything else is the router's to decode or refuse.
+pub fn scan_id<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let id = path.strip_prefix(prefix)?;
+    (!id.is_empty() && !id.contains(['/', '%'])).then_some(id)
 }
 
 type Answered = Map<BoxFuture<'static, Response>, fn(Response) -> Result<Response, Infallible>>;

@@ -114,6 +114,19 @@ impl TestDatabase {
             .expect("count")
     }
 
+    /// Every bound request id, as the store holds them.
+    pub async fn request_ids(&self) -> std::collections::HashSet<String> {
+        let mut connection = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect");
+        sqlx::query_scalar("SELECT request_id FROM bindings")
+            .fetch_all(&mut connection)
+            .await
+            .expect("read the bindings")
+            .into_iter()
+            .collect()
+    }
+
     pub async fn drop_now(self) {
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
             let _ = sqlx::query(&format!(
@@ -436,4 +449,5 @@ impl TestDatabase {
 }
 
 pub mod chdb;
+pub mod servers;
 pub mod wechat_api;

@@ -3,9 +3,9 @@
 //! demand; none waits past its time limit; `/readyz` says the pool is down; the app still
 //! stops cleanly. The shared broker is untouched.
 //!
-//! Not covered: the broker coming back. tansu keeps topics in memory, so a restarted one has
-//! none, and librdkafka then crashed (SIGSEGV in `rd_kafka_metadata_cache_find`) on its
-//! metadata answers in 2 of 6 runs; a test of recovery needs a broker that keeps its topics.
+//! The broker coming back is `faults`' `kafka_restarted_mid_load…` (a broker that keeps its
+//! topics on disk: this one keeps them in memory, and librdkafka once crashed on the metadata
+//! of a restarted broker that had lost them).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
@@ -15,21 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use qrpool::Parts;
+use tests::servers::tansu_binary;
 use tests::{Backends, TestApp, TestDatabase, distributed_settings, unique};
-
-fn tansu_binary() -> String {
-    let path = std::env::var("QRPOOL_TEST_TANSU").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/qrpool/tansu-0.6.0/bin/tansu",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "no tansu at {path}: scripts/test builds it (or set QRPOOL_TEST_TANSU)"
-    );
-    path
-}
 
 async fn start_broker(port: u16) -> Child {
     let address = format!("tcp://127.0.0.1:{port}");

@@ -1,0 +1,266 @@
+//! Each backend restarted mid-load, as an operator's restart (or an upgrade) does it.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use config::StoreBackend;
+use qrpool::Parts;
+use tests::servers::OwnServer;
+use tests::{Backends, TestApp, TestDatabase, distributed_settings, embedded_settings, unique};
+
+use super::{Load, SERIAL, assert_answers_kept_the_rules, metric, readiness_becomes, summary};
+
+/// How long each backend stays down.
+const DOWN_FOR: Duration = Duration::from_secs(3);
+
+async fn stop(server: &mut OwnServer) {
+    tokio::task::block_in_place(|| server.stop());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_load_refuses_binds_cleanly_and_recovers_by_itself() {
+    let _serial = SERIAL.lock().await;
+    let mut postgres = OwnServer::postgres(None).await;
+    let backends = Backends {
+        postgres_url: postgres.url(),
+        ..Backends::from_env()
+    };
+    let database = TestDatabase::create(&backends).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = embedded_settings(dir.path());
+    settings.store.backend = StoreBackend::Postgres;
+    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    settings.binder.on_demand_local = true;
+    let limit = Duration::from_millis(settings.server.request_timeout_ms + 1_000);
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+
+    let load = Load::binds(&app, 4);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop(&mut postgres).await;
+    let down_at = load.now();
+    tokio::time::sleep(DOWN_FOR).await;
+    let refused_while_down = readiness_becomes(&app, 503, Duration::from_secs(5)).await;
+    assert!(
+        refused_while_down.contains("bindings: unavailable"),
+        "/readyz names the store: {refused_while_down}"
+    );
+    postgres.start().await;
+    let back_at = load.now();
+    let recovered_in = load
+        .first_success_since(back_at, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answers = load.finish().await;
+    println!(
+        "PostgreSQL restarted (down {:?}): binds succeeded again {recovered_in:?} after it was back; {}",
+        back_at - down_at,
+        summary(&answers)
+    );
+
+    let bound = assert_answers_kept_the_rules(&answers, &[201, 503], limit);
+    assert!(
+        answers
+            .iter()
+            .any(|answer| answer.status == 503 && (down_at..back_at).contains(&answer.sent)),
+        "binds were refused while PostgreSQL was down"
+    );
+    let durable = database.request_ids().await;
+    let lost: Vec<_> = bound.difference(&durable).collect();
+    assert!(lost.is_empty(), "every 201 is durable; not: {lost:?}");
+    readiness_becomes(&app, 200, Duration::from_secs(5)).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_load_loses_no_bind_and_scan_and_is_used_again() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = OwnServer::redis(None).await;
+    let backends = Backends::from_env();
+    let database = TestDatabase::create(&backends).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = embedded_settings(dir.path());
+    settings.store.backend = StoreBackend::Postgres;
+    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    settings.redis.url = Some(SecretString::from(redis.url()));
+    let prefix = format!("{}:", unique("qrpool-test"));
+    settings.redis.key_prefix = prefix.clone();
+    settings.binder.on_demand_local = true;
+    let limit = Duration::from_millis(settings.server.request_timeout_ms + 1_000);
+    let app = TestApp::spawn(settings, Parts::ALL).await;
+    let scanned = app.bind_many(20, 4).await;
+
+    let load = Load::binds(&app, 4);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop(&mut redis).await;
+    let down_at = load.now();
+    for body in &scanned {
+        let path = format!("/v1/scene/{}", body["request_id"].as_str().unwrap());
+        assert_eq!(
+            app.get(&path).await.status(),
+            200,
+            "scans resolve while Redis is down"
+        );
+    }
+    tokio::time::sleep(DOWN_FOR).await;
+    redis.start().await;
+    let back_at = load.now();
+    // Used again: a bind after the restart finds its way into the new, empty Redis.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let recovered_in = loop {
+        let since = load.now();
+        let fresh: Vec<String> = load
+            .answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|answer| answer.status == 201 && answer.sent >= back_at)
+            .filter_map(|answer| answer.request_id.clone())
+            .collect();
+        let mut found = None;
+        for id in fresh {
+            let exists: i64 = redis::cmd("EXISTS")
+                .arg(format!("{prefix}b:{id}"))
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            if exists == 1 {
+                found = Some(since - back_at);
+                break;
+            }
+        }
+        if let Some(recovered_in) = found {
+            break recovered_in;
+        }
+        assert!(
+            load.now() - back_at < Duration::from_secs(30),
+            "binds reach Redis again within 30 s of its return"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answers = load.finish().await;
+    println!(
+        "Redis restarted (down {:?}): binds reached it again within {recovered_in:?}; {}",
+        back_at - down_at,
+        summary(&answers)
+    );
+
+    let bound = assert_answers_kept_the_rules(&answers, &[201], limit);
+    let durable = database.request_ids().await;
+    assert!(bound.is_subset(&durable), "every 201 is durable");
+    for body in &scanned {
+        let path = format!("/v1/scene/{}", body["request_id"].as_str().unwrap());
+        assert_eq!(app.get(&path).await.status(), 200);
+    }
+    readiness_becomes(&app, 200, Duration::from_secs(5)).await;
+    app.stop().await;
+    database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_restarted_mid_load_binds_go_on_and_the_pool_resumes_with_its_depth_exact() {
+    let _serial = SERIAL.lock().await;
+    let mut broker = OwnServer::kafka(None).await;
+    let backends = Backends {
+        kafka_brokers: broker.url(),
+        ..Backends::from_env()
+    };
+    let database = TestDatabase::create(&backends).await;
+    let topic = unique("qrpool-pool");
+    let prefix = format!("{}:", unique("qrpool-test"));
+    let settings = || {
+        let mut settings = distributed_settings(&backends, &database, &topic, &prefix);
+        settings.pregen.target_depth = 300;
+        settings.pregen.low_water = 150;
+        settings.binder.on_demand_local = true;
+        settings.binder.claim_wait_ms = 500;
+        settings.server.request_timeout_ms = 5_000;
+        settings
+    };
+    let limit = Duration::from_millis(settings().server.request_timeout_ms + 1_000);
+    let app = TestApp::spawn(settings(), Parts::ALL).await;
+    let joined = tokio::time::Instant::now();
+    while metric(&app, "pool_rebalances_total").await < 1.0 {
+        assert!(
+            joined.elapsed() < Duration::from_secs(30),
+            "the binder joined its group"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let load = Load::binds(&app, 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop(&mut broker).await;
+    let down_at = load.now();
+    tokio::time::sleep(DOWN_FOR).await;
+    let while_down = readiness_becomes(&app, 503, Duration::from_secs(10)).await;
+    assert!(
+        while_down.contains("pool: unavailable"),
+        "/readyz names the pool: {while_down}"
+    );
+    broker.start().await;
+    let back_at = load.now();
+    readiness_becomes(&app, 200, Duration::from_secs(60)).await;
+    let ready_in = load.now() - back_at;
+    // Back on the pool: once the binder has its partitions again, no code is drawn on demand.
+    let resumed_in = loop {
+        let before = metric(&app, "binder_on_demand_codes_total").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if metric(&app, "binder_on_demand_codes_total").await == before {
+            break load.now() - back_at - Duration::from_secs(2);
+        }
+        assert!(
+            load.now() - back_at < Duration::from_secs(90),
+            "binds take codes from Kafka again within 90 s"
+        );
+    };
+    let answers = load.finish().await;
+    println!(
+        "Kafka broker restarted (down {:?}): ready again {ready_in:?} after, binds from the pool again within {resumed_in:?}; {}",
+        back_at - down_at,
+        summary(&answers)
+    );
+
+    let bound = assert_answers_kept_the_rules(&answers, &[201], limit);
+    let durable = database.request_ids().await;
+    assert!(bound.is_subset(&durable), "every 201 is durable");
+
+    // The depth the pool reports is what is really left in it: a binder of its own drains
+    // exactly that many codes, none of them bound before.
+    app.stop().await;
+    let writer = pool::KafkaWriter::connect(&settings().kafka).await.unwrap();
+    let reported = pool::PoolWriter::Kafka(writer)
+        .depth(config::LOCAL_ISSUER)
+        .await
+        .unwrap();
+    let mut drain_settings = settings();
+    drain_settings.binder.on_demand_local = false;
+    drain_settings.binder.claim_wait_ms = 8_000;
+    drain_settings.server.request_timeout_ms = 30_000;
+    let drainer = TestApp::spawn(drain_settings, Parts::BINDER).await;
+    let mut drained = HashSet::new();
+    loop {
+        let response = drainer.bind(&serde_json::json!({"params": {}})).await;
+        if response.status() != 201 {
+            assert_eq!(response.status(), 503, "dry at last");
+            break;
+        }
+        let body: serde_json::Value = response.json().await.unwrap();
+        let id = body["request_id"].as_str().unwrap().to_owned();
+        assert!(
+            !bound.contains(&id),
+            "a code bound under load came again: {id}"
+        );
+        assert!(drained.insert(id.clone()), "a code came twice: {id}");
+    }
+    drainer.stop().await;
+    assert_eq!(
+        drained.len() as u64,
+        reported,
+        "the reported depth is what was left"
+    );
+    database.drop_now().await;
+}
