@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The soak: `qrpool up` on Kafka (a tansu of its own) + Redis + PostgreSQL under a steady mix
+# of binds, scans of codes, scans of links, link edits and analytics queries for 30 minutes,
+# at half the capacity a 20-second probe of the same mix measures first. The harness
+# (benches/src/bin/soak.rs) prints a line a minute and a verdict: resident memory after the
+# warm-up grows at most 10 %, open descriptors stay flat, every minute's p99 is within 1.5x
+# the first five minutes', no request fails, no scan event is dropped. Non-zero exit when one
+# of those fails.
+#
+#   benches/soak.sh                          30 minutes, 5 of them warm-up
+#   MINUTES=6 WARMUP=2 benches/soak.sh       a short one
+#   RATE=2000 benches/soak.sh                a fixed rate instead of half the probe's
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=../scripts/lib/services.sh
+source "$repo/scripts/lib/services.sh"
+cd "$repo"
+
+minutes=${MINUTES:-30}
+warmup=${WARMUP:-5}
+probe=${PROBE_SECS:-20}
+port=${PORT:-18090}
+kafka_port=${KAFKA_PORT:-19092}
+base=http://127.0.0.1:$port
+work=$(mktemp -d)
+pid=
+broker=
+run_id=soak_$(date +%s)_$$
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  if [ -n "$broker" ]; then kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; fi
+  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS qrpool_$run_id WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "qrpool-$run_id:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+apt_install curl
+start_redis
+start_postgres
+start_kafka_protocol_broker # builds tansu once, if it is missing
+say "building release binaries"
+cargo build --release --locked --quiet -p qrpool -p benches
+qrpool=${QRPOOL_BIN:-$repo/target/release/qrpool}
+
+# A broker of the soak's own: what the run stores is dropped with it, and no test shares it.
+"$tansu_bin" broker --storage-engine memory://tansu/ \
+  --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+  >"$work/tansu.log" 2>&1 &
+broker=$!
+wait_for_port "$kafka_port" "the soak's tansu"
+
+PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE qrpool_$run_id" postgres
+cat >"$work/qrpool.toml" <<'TOML'
+[redirect.allowed_hosts]
+bench = ["shop.example"]
+TOML
+settings=(
+  QRPOOL_CONFIG="$work/qrpool.toml"
+  QRPOOL_POOL__BACKEND=kafka QRPOOL_STORE__BACKEND=postgres
+  QRPOOL_POSTGRES__URL="postgres://postgres:postgres@127.0.0.1:5432/qrpool_$run_id"
+  QRPOOL_REDIS__URL=redis://127.0.0.1:6379 QRPOOL_REDIS__KEY_PREFIX="qrpool-$run_id:"
+  QRPOOL_KAFKA__BROKERS="127.0.0.1:$kafka_port"
+  QRPOOL_KAFKA__POOL_TOPIC="qrpool-$run_id" QRPOOL_KAFKA__GROUP_ID="qrpool-$run_id"
+  QRPOOL_KAFKA__EVENTS_TOPIC="qrpool-$run_id.scans"
+  QRPOOL_KAFKA__SESSION_TIMEOUT_MS=6000
+  QRPOOL_EMBEDDED__DATA_DIR="$work/data"
+  QRPOOL_PREGEN__TARGET_DEPTH=60000 QRPOOL_PREGEN__LOW_WATER=30000
+)
+key=$(env "${settings[@]}" "$qrpool" keys create --tenant bench --scope bind,read,admin --rate 10000000 2>/dev/null)
+say "starting qrpool up (Kafka on :$kafka_port, Redis, PostgreSQL)"
+env "${settings[@]}" QRPOOL_SERVER__LISTEN=127.0.0.1:$port QRPOOL_TELEMETRY__FILTER=warn \
+  "$qrpool" up >"$work/up.log" 2>&1 &
+pid=$!
+for ((i = 0; i < 2400; i++)); do
+  curl -sf "$base/readyz" >/dev/null 2>&1 && break
+  kill -0 "$pid" 2>/dev/null || { cat "$work/up.log" >&2; exit 1; }
+  sleep 0.05
+done
+curl -sf "$base/readyz" >/dev/null || { echo "qrpool did not become ready" >&2; exit 1; }
+
+rate_args=(--probe-secs "$probe")
+[ -n "${RATE:-}" ] && rate_args=(--rate "$RATE")
+say "soak: $minutes minutes ($warmup of warm-up)"
+status=0
+"$repo/target/release/soak" --base "$base" --key "$key" --pid "$pid" "${rate_args[@]}" \
+  --minutes "$minutes" --warmup-minutes "$warmup" || status=$?
+if grep -qE ' (ERROR|WARN) ' "$work/up.log"; then
+  say "what qrpool logged at warn and above"
+  grep -E ' (ERROR|WARN) ' "$work/up.log" | sed -E 's/^[^ ]+ +//; s/depth=[0-9]+/depth=…/' | cut -c1-300 |
+    sort | uniq -c | sort -rn | head -n 20
+fi
+exit "$status"

@@ -1,0 +1,560 @@
+//! The soak harness: a mix of what production sends (binds, scans of codes, scans of links,
+//! link edits, analytics queries) for a long time, with a line a minute and a verdict at the
+//! end. Run by `benches/soak.sh`, which starts qrpool on Kafka + Redis + PostgreSQL.
+//!
+//! Two steps. `--probe-secs N` first: closed load (every connection sends its next request as
+//! soon as the last is answered) for N seconds gives the capacity of the mix on this machine.
+//! Then open load at `--rate` requests/s for `--minutes`: request i is due at start + i / rate,
+//! whatever the answers do, and its latency counts from when it was due (a stall shows in the
+//! percentiles instead of slowing the schedule). The mix is the same in both: of every 1,000
+//! requests, 300 binds, 550 scans of bound codes, 140 scans of links, 9 link edits, 1 query.
+//!
+//! The verdict, after the warm-up (`--warmup-minutes`, 5): resident memory of the qrpool
+//! process (`--pid`) grows at most 10 %, its open descriptors stay within 16 of the
+//! warm-up's, each minute's p99 is within 1.5x the first five minutes', no request failed,
+//! and `scan_events_dropped_total` is 0. It exits non-zero when one of those fails.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Where qrpool serves (`http://host:port`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    base: String,
+    /// An API key with the bind, read and admin scopes.
+    #[arg(long, env = "QRPOOL_KEY")]
+    key: String,
+    /// The qrpool process, whose memory and descriptors are watched.
+    #[arg(long)]
+    pid: u32,
+    /// Seconds of closed load to measure the mix's capacity; 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    probe_secs: u64,
+    /// Requests/s of the soak; by default half the probe's capacity.
+    #[arg(long)]
+    rate: Option<u32>,
+    #[arg(long, default_value_t = 30)]
+    minutes: u64,
+    #[arg(long, default_value_t = 5)]
+    warmup_minutes: u64,
+    /// Connections, each with one request in flight.
+    #[arg(long, default_value_t = 128)]
+    connections: usize,
+    /// Links made at the start, scanned and edited throughout.
+    #[arg(long, default_value_t = 200)]
+    links: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Bind,
+    Scan,
+    LinkScan,
+    LinkEdit,
+    Query,
+}
+
+impl Kind {
+    /// Request i's kind: of every 1,000, 300 binds, 550 scans, 140 link scans, 9 edits and 1
+    /// query, spread through the thousand (7,919 is prime to 1,000) rather than in runs.
+    fn of(i: usize) -> Kind {
+        match (i % 1000) * 7919 % 1000 {
+            0 => Kind::Query,
+            1..=9 => Kind::LinkEdit,
+            10..=309 => Kind::Bind,
+            310..=449 => Kind::LinkScan,
+            _ => Kind::Scan,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Bind => "bind",
+            Kind::Scan => "scan",
+            Kind::LinkScan => "link scan",
+            Kind::LinkEdit => "link edit",
+            Kind::Query => "query",
+        }
+    }
+}
+
+/// What the harness needs to make requests: the server, the key, bound codes and links.
+struct Target {
+    address: String,
+    host: HeaderValue,
+    base_path: String,
+    authorization: HeaderValue,
+    /// The most recent bound request ids (a ring), scanned as phones would.
+    codes: Mutex<Vec<String>>,
+    links: Vec<String>,
+    edits: AtomicUsize,
+}
+
+const RECENT_CODES: usize = 20_000;
+
+impl Target {
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let stream = tokio::net::TcpStream::connect(&self.address)
+            .await
+            .with_context(|| format!("connecting to {}", self.address))?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// Sends one request; its body, or what went wrong (a status other than `expect`).
+    async fn send(
+        &self,
+        sender: &mut SendRequest<Full<Bytes>>,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        expect: fn(u16) -> bool,
+    ) -> Result<Bytes, String> {
+        let uri: Uri = format!("{}{path}", self.base_path)
+            .parse()
+            .map_err(|error: hyper::http::uri::InvalidUri| error.to_string())?;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(HOST, self.host.clone())
+            .header(AUTHORIZATION, self.authorization.clone());
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|error| error.to_string())?;
+        sender.ready().await.map_err(|error| error.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|error| error.to_string())?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|error| error.to_string())?
+            .to_bytes();
+        if !expect(status) {
+            return Err(format!(
+                "{path}: status {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        Ok(body)
+    }
+
+    /// Binds a code and keeps its id for the scans.
+    async fn bind(&self, sender: &mut SendRequest<Full<Bytes>>, i: usize) -> Result<(), String> {
+        let body = format!(r#"{{"params":{{"listing":"L-{i}","channel":"soak"}}}}"#);
+        let answer = self
+            .send(sender, Method::POST, "/v1/codes", Some(body), |s| s == 201)
+            .await?;
+        let id = request_id_of(&answer).ok_or("a 201 without a request_id")?;
+        let mut codes = self.codes.lock().map_err(|_| "poisoned")?;
+        if codes.len() < RECENT_CODES {
+            codes.push(id);
+        } else {
+            codes[i % RECENT_CODES] = id;
+        }
+        Ok(())
+    }
+
+    async fn request(&self, sender: &mut SendRequest<Full<Bytes>>, i: usize) -> Result<(), String> {
+        match Kind::of(i) {
+            Kind::Bind => self.bind(sender, i).await,
+            Kind::Scan => {
+                let id = {
+                    let codes = self.codes.lock().map_err(|_| "poisoned")?;
+                    codes[i % codes.len()].clone()
+                };
+                self.send(sender, Method::GET, &format!("/m/{id}"), None, |s| s == 200)
+                    .await
+                    .map(drop)
+            }
+            Kind::LinkScan => {
+                let key = &self.links[i % self.links.len()];
+                self.send(sender, Method::GET, &format!("/r/{key}"), None, |s| {
+                    (300..400).contains(&s)
+                })
+                .await
+                .map(drop)
+            }
+            Kind::LinkEdit => {
+                // Each edit takes the next link in turn, so that two edits of one link rarely
+                // overlap; when they do, the later is answered 409 and, as the answer says,
+                // retried (once) like a marketer's browser would.
+                let turn = self.edits.fetch_add(1, Ordering::Relaxed);
+                let key = &self.links[turn % self.links.len()];
+                let path = format!("/v1/links/{key}");
+                let body = format!(
+                    r#"{{"target":{{"destination":"https://shop.example/p/{}"}}}}"#,
+                    i % 97
+                );
+                let first = self
+                    .send(sender, Method::PATCH, &path, Some(body.clone()), |s| {
+                        s == 200 || s == 409
+                    })
+                    .await?;
+                if first.starts_with(br#"{"type":"urn:qrpool:problem:conflict""#) {
+                    self.send(sender, Method::PATCH, &path, Some(body), |s| s == 200)
+                        .await?;
+                }
+                Ok(())
+            }
+            Kind::Query => self
+                .send(
+                    sender,
+                    Method::GET,
+                    "/v1/analytics/scans?group_by=country",
+                    None,
+                    |s| s == 200,
+                )
+                .await
+                .map(drop),
+        }
+    }
+}
+
+/// The `request_id` of a bind's answer, read without a JSON parser (the harness shares the
+/// machine with what it measures).
+fn request_id_of(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find(r#""request_id":""#)? + r#""request_id":""#.len();
+    let end = start + text[start..].find('"')?;
+    Some(text[start..end].to_owned())
+}
+
+/// What one minute saw.
+#[derive(Default)]
+struct Window {
+    latencies: BTreeMap<Kind, Vec<Duration>>,
+    errors: Vec<String>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1);
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+/// Resident memory (KiB) and open descriptors of `pid`.
+fn process_use(pid: u32) -> anyhow::Result<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status (is qrpool running?)"))?;
+    let rss = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    Ok((rss, fds))
+}
+
+/// Runs the mix from `connections` connections until `until`; open load when `interval`.
+async fn run(
+    target: &Arc<Target>,
+    connections: usize,
+    interval: Option<Duration>,
+    until: Instant,
+    window: &Arc<Mutex<Window>>,
+) -> anyhow::Result<usize> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let mut sender = target.connect().await?;
+        let (target, next, window) = (Arc::clone(target), Arc::clone(&next), Arc::clone(window));
+        clients.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let due = match interval {
+                    Some(interval) => started + interval * u32::try_from(i).unwrap_or(u32::MAX),
+                    None => Instant::now(),
+                };
+                if due >= until {
+                    return;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                let result = target.request(&mut sender, i).await;
+                let took = due.elapsed();
+                let failed = {
+                    let Ok(mut seen) = window.lock() else { return };
+                    match result {
+                        Ok(()) => {
+                            seen.latencies.entry(Kind::of(i)).or_default().push(took);
+                            false
+                        }
+                        Err(error) => {
+                            seen.errors.push(error);
+                            true
+                        }
+                    }
+                };
+                if failed {
+                    // The connection may be gone; the next request gets a new one.
+                    match target.connect().await {
+                        Ok(fresh) => sender = fresh,
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+    }
+    while let Some(joined) = clients.join_next().await {
+        joined?;
+    }
+    Ok(next.load(Ordering::Relaxed))
+}
+
+async fn scan_events_dropped(base: &str) -> anyhow::Result<f64> {
+    let text = reqwest_free_get(base, "/metrics").await?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with("scan_events_dropped_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// A GET on a connection of its own (for /metrics, once a minute).
+async fn reqwest_free_get(base: &str, path: &str) -> anyhow::Result<String> {
+    let uri: Uri = base.parse()?;
+    let authority = uri.authority().context("no host")?.clone();
+    let stream = tokio::net::TcpStream::connect(format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    ))
+    .await?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(HOST, authority.as_str())
+        .body(Full::new(Bytes::new()))?;
+    let body = sender
+        .send_request(request)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Makes the links and a first few codes the scans need.
+async fn prepare(args: &Args) -> anyhow::Result<Target> {
+    let base: Uri = args.base.parse().context("--base is not a URL")?;
+    if base.scheme_str() != Some("http") {
+        bail!("--base must be an http:// URL");
+    }
+    let authority = base.authority().context("--base has no host")?.clone();
+    let mut target = Target {
+        address: format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        ),
+        host: HeaderValue::from_str(authority.as_str())?,
+        base_path: base.path().trim_end_matches('/').to_owned(),
+        authorization: HeaderValue::from_str(&format!("Bearer {}", args.key))?,
+        codes: Mutex::new(Vec::new()),
+        links: Vec::new(),
+        edits: AtomicUsize::new(0),
+    };
+    let mut sender = target.connect().await?;
+    for n in 0..args.links {
+        let body = format!(r#"{{"target":{{"destination":"https://shop.example/p/{n}"}}}}"#);
+        let answer = target
+            .send(&mut sender, Method::POST, "/v1/links", Some(body), |s| {
+                s == 201
+            })
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let text = String::from_utf8_lossy(&answer);
+        let start = text.find(r#""key":""#).context("a link without a key")? + 7;
+        let end = start + text[start..].find('"').context("a key")?;
+        target.links.push(text[start..end].to_owned());
+    }
+    for n in 0..100 {
+        target
+            .bind(&mut sender, n)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(target)
+}
+
+fn print_window(label: &str, window: &Window, elapsed: Duration, use_now: (u64, usize)) -> Duration {
+    let mut all: Vec<Duration> = window.latencies.values().flatten().copied().collect();
+    all.sort_unstable();
+    let per_kind: Vec<String> = window
+        .latencies
+        .iter()
+        .map(|(kind, latencies)| {
+            let mut sorted = latencies.clone();
+            sorted.sort_unstable();
+            format!(
+                "{} {:.1}",
+                kind.name(),
+                percentile(&sorted, 0.99).as_secs_f64() * 1e3
+            )
+        })
+        .collect();
+    let p99 = percentile(&all, 0.99);
+    println!(
+        "{label:>6} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>7.2} ms  errors {:>3}  rss {:>7.1} MiB  fds {:>4}   p99 by kind (ms): {}",
+        all.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&all, 0.50).as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        window.errors.len(),
+        use_now.0 as f64 / 1024.0,
+        use_now.1,
+        per_kind.join(", ")
+    );
+    p99
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let target = Arc::new(prepare(&args).await?);
+    let window = Arc::new(Mutex::new(Window::default()));
+
+    let rate = match (args.rate, args.probe_secs) {
+        (Some(rate), _) => rate,
+        (None, 0) => bail!("give --rate, or --probe-secs to measure the capacity first"),
+        (None, seconds) => {
+            let started = Instant::now();
+            let done = run(
+                &target,
+                args.connections,
+                None,
+                started + Duration::from_secs(seconds),
+                &window,
+            )
+            .await?;
+            let elapsed = started.elapsed();
+            let seen = std::mem::take(&mut *window.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+            print_window("probe", &seen, elapsed, process_use(args.pid)?);
+            if let Some(first) = seen.errors.first() {
+                bail!("{} requests of the probe failed; the first: {first}", seen.errors.len());
+            }
+            let capacity = done as f64 / elapsed.as_secs_f64();
+            println!("capacity of the mix: {capacity:.0} requests/s (closed load, {} connections); the soak runs at half", args.connections);
+            (capacity / 2.0) as u32
+        }
+    };
+    println!(
+        "soak: {rate} requests/s for {} minutes, warm-up {} minutes",
+        args.minutes, args.warmup_minutes
+    );
+
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.minutes * 60);
+    let load = tokio::spawn({
+        let (target, window) = (Arc::clone(&target), Arc::clone(&window));
+        let interval = Duration::from_secs(1) / rate.max(1);
+        async move { run(&target, args.connections, Some(interval), until, &window).await }
+    });
+
+    let mut first_five: Vec<Duration> = Vec::new();
+    let mut after_warmup: Option<(u64, usize)> = None;
+    let mut rss_peak = 0_u64;
+    let mut fds_peak = 0_usize;
+    let mut worst_ratio = 0.0_f64;
+    let mut errors = Vec::new();
+    let mut minute = 0_u64;
+    let mut p99s = Vec::new();
+    while minute < args.minutes {
+        tokio::time::sleep_until((started + Duration::from_secs((minute + 1) * 60)).into()).await;
+        minute += 1;
+        let seen = std::mem::take(&mut *window.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+        let use_now = process_use(args.pid)?;
+        let p99 = print_window(&format!("min {minute}"), &seen, Duration::from_secs(60), use_now);
+        errors.extend(seen.errors.iter().take(5).cloned());
+        errors.extend(std::iter::repeat_n(String::new(), seen.errors.len().saturating_sub(5)));
+        if minute <= 5 {
+            first_five.extend(seen.latencies.values().flatten());
+        } else {
+            p99s.push(p99);
+        }
+        if minute == args.warmup_minutes {
+            after_warmup = Some(use_now);
+        } else if minute > args.warmup_minutes {
+            rss_peak = rss_peak.max(use_now.0);
+            fds_peak = fds_peak.max(use_now.1);
+        }
+    }
+    load.await??;
+
+    first_five.sort_unstable();
+    let baseline = percentile(&first_five, 0.99);
+    for p99 in &p99s {
+        worst_ratio = worst_ratio.max(p99.as_secs_f64() / baseline.as_secs_f64().max(1e-9));
+    }
+    let dropped = scan_events_dropped(&args.base).await?;
+    let (rss_base, fds_base) = after_warmup.context("the soak is longer than its warm-up")?;
+    let growth = rss_peak as f64 / rss_base as f64 - 1.0;
+    let mut failed = Vec::new();
+    println!();
+    let mut verdict = |ok: bool, line: String| {
+        println!("{} {line}", if ok { "PASS" } else { "FAIL" });
+        if !ok {
+            failed.push(line);
+        }
+    };
+    verdict(
+        growth <= 0.10,
+        format!(
+            "resident memory after warm-up: {:.1} MiB, at most {:.1} MiB later ({:+.1} %; limit +10 %)",
+            rss_base as f64 / 1024.0,
+            rss_peak as f64 / 1024.0,
+            growth * 100.0
+        ),
+    );
+    verdict(
+        fds_peak <= fds_base + 16,
+        format!("open descriptors after warm-up: {fds_base}, at most {fds_peak} later (limit +16)"),
+    );
+    verdict(
+        worst_ratio <= 1.5,
+        format!(
+            "p99 of the first five minutes {:.2} ms; worst minute after {:.2}x (limit 1.5x)",
+            baseline.as_secs_f64() * 1e3,
+            worst_ratio
+        ),
+    );
+    verdict(
+        errors.is_empty(),
+        format!(
+            "{} requests failed{}",
+            errors.len(),
+            errors
+                .first()
+                .map(|first| format!("; the first: {first}"))
+                .unwrap_or_default()
+        ),
+    );
+    verdict(
+        dropped == 0.0,
+        format!("scan events dropped: {}", dropped as u64),
+    );
+    if !failed.is_empty() {
+        bail!("the soak failed {} of its checks", failed.len());
+    }
+    Ok(())
+}
