@@ -3,7 +3,7 @@
 # of binds, scans of codes, scans of links, link edits and analytics queries for 30 minutes,
 # at half the capacity a 20-second probe of the same mix measures first. The harness
 # (benches/src/bin/soak.rs) prints a line a minute and a verdict: resident memory after the
-# warm-up grows at most 10 %, open descriptors stay flat, every minute's p99 is within 1.5x
+# warm-up never goes 10 % above the warm-up's highest, open descriptors stay flat, every minute's p99 is within 1.5x
 # the first five minutes', no request fails, no scan event is dropped. Non-zero exit when one
 # of those fails.
 #

@@ -10,8 +10,8 @@
 //! requests, 300 binds, 550 scans of bound codes, 140 scans of links, 9 link edits, 1 query.
 //!
 //! The verdict, after the warm-up (`--warmup-minutes`, 5): resident memory of the qrpool
-//! process (`--pid`) grows at most 10 %, its open descriptors stay within 16 of the
-//! warm-up's, each minute's p99 is within 1.5x the first five minutes', no request failed,
+//! process (`--pid`) never goes more than 10 % above the warm-up's highest, its open
+//! descriptors stay within 16 of the warm-up's, each minute's p99 is within 1.5x the first five minutes', no request failed,
 //! and `scan_events_dropped_total` is 0. It exits non-zero when one of those fails.
 
 use std::collections::BTreeMap;
@@ -473,6 +473,10 @@ async fn main() -> anyhow::Result<()> {
 
     let mut first_five: Vec<Duration> = Vec::new();
     let mut after_warmup: Option<(u64, usize)> = None;
+    // The allocator's resident set moves by 10-15 % minute to minute under this load, so
+    // growth is the highest after the warm-up over the highest during it: a leak keeps
+    // climbing past the warm-up's peak, a fluctuation does not.
+    let mut warmup_rss_peak = 0_u64;
     let mut rss_peak = 0_u64;
     let mut fds_peak = 0_usize;
     let mut worst_ratio = 0.0_f64;
@@ -492,9 +496,10 @@ async fn main() -> anyhow::Result<()> {
         } else {
             p99s.push(p99);
         }
-        if minute == args.warmup_minutes {
+        if minute <= args.warmup_minutes {
+            warmup_rss_peak = warmup_rss_peak.max(use_now.0);
             after_warmup = Some(use_now);
-        } else if minute > args.warmup_minutes {
+        } else {
             rss_peak = rss_peak.max(use_now.0);
             fds_peak = fds_peak.max(use_now.1);
         }
@@ -507,8 +512,8 @@ async fn main() -> anyhow::Result<()> {
         worst_ratio = worst_ratio.max(p99.as_secs_f64() / baseline.as_secs_f64().max(1e-9));
     }
     let dropped = scan_events_dropped(&args.base).await?;
-    let (rss_base, fds_base) = after_warmup.context("the soak is longer than its warm-up")?;
-    let growth = rss_peak as f64 / rss_base as f64 - 1.0;
+    let (_, fds_base) = after_warmup.context("the soak is longer than its warm-up")?;
+    let growth = rss_peak as f64 / warmup_rss_peak as f64 - 1.0;
     let mut failed = Vec::new();
     println!();
     let mut verdict = |ok: bool, line: String| {
@@ -520,8 +525,8 @@ async fn main() -> anyhow::Result<()> {
     verdict(
         growth <= 0.10,
         format!(
-            "resident memory after warm-up: {:.1} MiB, at most {:.1} MiB later ({:+.1} %; limit +10 %)",
-            rss_base as f64 / 1024.0,
+            "resident memory: at most {:.1} MiB in the warm-up, at most {:.1} MiB after ({:+.1} %; limit +10 %)",
+            warmup_rss_peak as f64 / 1024.0,
             rss_peak as f64 / 1024.0,
             growth * 100.0
         ),
