@@ -288,6 +288,20 @@ impl TestApp {
         cookie.split(';').next().unwrap_or_default().to_owned()
     }
 
+    /// The sum of every series of metric `name` in `/metrics` (all label sets).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("/metrics answers");
+        text.lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -46,14 +46,6 @@ async fn start_broker(port: u16) -> Child {
     panic!("the private broker did not listen on {port}");
 }
 
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binds_go_on_while_kafka_is_down_and_the_app_still_stops_cleanly() {
     let backends = Backends::from_env();
@@ -77,7 +69,7 @@ async fn binds_go_on_while_kafka_is_down_and_the_app_still_stops_cleanly() {
 
     // Let the binder join its group and prefetch the pool.
     let joined = Instant::now();
-    while metric(&app, "pool_rebalances_total").await < 1.0 {
+    while app.metric("pool_rebalances_total").await < 1.0 {
         assert!(
             joined.elapsed() < Duration::from_secs(30),
             "the binder joined its group"
@@ -104,7 +96,7 @@ async fn binds_go_on_while_kafka_is_down_and_the_app_still_stops_cleanly() {
         slowest < Duration::from_secs(5),
         "no bind waited past its limit: {slowest:?}"
     );
-    let on_demand = metric(&app, "binder_on_demand_codes_total").await;
+    let on_demand = app.metric("binder_on_demand_codes_total").await;
     assert!(
         (20.0..60.0).contains(&on_demand),
         "the prefetched codes first (at most 40), then codes drawn on demand: {on_demand}"

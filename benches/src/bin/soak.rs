@@ -398,7 +398,12 @@ async fn prepare(args: &Args) -> anyhow::Result<Target> {
     Ok(target)
 }
 
-fn print_window(label: &str, window: &Window, elapsed: Duration, use_now: (u64, usize)) -> Duration {
+fn print_window(
+    label: &str,
+    window: &Window,
+    elapsed: Duration,
+    use_now: (u64, usize),
+) -> Duration {
     let mut all: Vec<Duration> = window.latencies.values().flatten().copied().collect();
     all.sort_unstable();
     let per_kind: Vec<String> = window
@@ -448,13 +453,20 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             let elapsed = started.elapsed();
-            let seen = std::mem::take(&mut *window.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+            let seen =
+                std::mem::take(&mut *window.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
             print_window("probe", &seen, elapsed, process_use(args.pid)?);
             if let Some(first) = seen.errors.first() {
-                bail!("{} requests of the probe failed; the first: {first}", seen.errors.len());
+                bail!(
+                    "{} requests of the probe failed; the first: {first}",
+                    seen.errors.len()
+                );
             }
             let capacity = done as f64 / elapsed.as_secs_f64();
-            println!("capacity of the mix: {capacity:.0} requests/s (closed load, {} connections); the soak runs at half", args.connections);
+            println!(
+                "capacity of the mix: {capacity:.0} requests/s (closed load, {} connections); the soak runs at half",
+                args.connections
+            );
             (capacity / 2.0) as u32
         }
     };
@@ -488,9 +500,17 @@ async fn main() -> anyhow::Result<()> {
         minute += 1;
         let seen = std::mem::take(&mut *window.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
         let use_now = process_use(args.pid)?;
-        let p99 = print_window(&format!("min {minute}"), &seen, Duration::from_secs(60), use_now);
+        let p99 = print_window(
+            &format!("min {minute}"),
+            &seen,
+            Duration::from_secs(60),
+            use_now,
+        );
         errors.extend(seen.errors.iter().take(5).cloned());
-        errors.extend(std::iter::repeat_n(String::new(), seen.errors.len().saturating_sub(5)));
+        errors.extend(std::iter::repeat_n(
+            String::new(),
+            seen.errors.len().saturating_sub(5),
+        ));
         if minute <= 5 {
             first_five.extend(seen.latencies.values().flatten());
         } else {

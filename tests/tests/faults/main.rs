@@ -15,6 +15,7 @@ mod network_cut;
 mod restarts;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,10 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use tests::TestApp;
+use secrecy::SecretString;
+
+use config::{Settings, StoreBackend};
+use tests::{TestApp, TestDatabase, embedded_settings};
 
 /// One fault at a time: the process's metrics are shared by its tests, and a fault's timing
 /// should not depend on another test's load on the same two cores.
@@ -183,6 +187,46 @@ fn assert_answers_kept_the_rules(
     distinct
 }
 
+/// Some bind sent between `from` and `to` was refused: the fault was real.
+fn assert_refused_between(answers: &[Answer], from: Duration, to: Duration) {
+    assert!(
+        answers
+            .iter()
+            .any(|answer| answer.status == 503 && (from..to).contains(&answer.sent)),
+        "binds were refused while the backend was away"
+    );
+}
+
+/// Every bind answered 201 is in `database`.
+async fn assert_durable(bound: &HashSet<String>, database: &TestDatabase) {
+    let durable = database.request_ids().await;
+    let lost: Vec<_> = bound.difference(&durable).collect();
+    assert!(lost.is_empty(), "every 201 is durable; not: {lost:?}");
+}
+
+/// Binds on `database` (PostgreSQL), the pool embedded in `dir`, Redis when given; a dry
+/// lane draws codes on demand, so that only the fault can refuse a bind.
+fn postgres_settings(
+    dir: &Path,
+    database: &TestDatabase,
+    redis: Option<(String, &str)>,
+) -> Settings {
+    let mut settings = embedded_settings(dir);
+    settings.store.backend = StoreBackend::Postgres;
+    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    if let Some((url, prefix)) = redis {
+        settings.redis.url = Some(SecretString::from(url));
+        settings.redis.key_prefix = prefix.to_owned();
+    }
+    settings.binder.on_demand_local = true;
+    settings
+}
+
+/// Each request's time limit, and a second for the trip.
+fn limit_of(settings: &Settings) -> Duration {
+    Duration::from_millis(settings.server.request_timeout_ms + 1_000)
+}
+
 /// How the answers fell out, for the test's output.
 fn summary(answers: &[Answer]) -> String {
     let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
@@ -209,12 +253,4 @@ async fn readiness_becomes(app: &TestApp, status: u16, limit: Duration) -> Strin
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
-
-use config::StoreBackend;
 use qrpool::Parts;
 use tests::servers::{Netns, OwnServer, is_root};
-use tests::{Backends, TestApp, TestDatabase, embedded_settings, unique};
+use tests::{Backends, TestApp, TestDatabase, unique};
 
-use super::{Load, SERIAL, assert_answers_kept_the_rules, readiness_becomes, summary};
+use super::{
+    Load, SERIAL, assert_answers_kept_the_rules, assert_durable, assert_refused_between, limit_of,
+    postgres_settings, readiness_becomes, summary,
+};
 
 /// How long the backend's packets are dropped: longer than any request's time limit.
 const CUT_FOR: Duration = Duration::from_secs(8);
@@ -32,11 +32,8 @@ async fn postgres_cut_off_requests_end_in_time_readyz_names_it_and_all_resumes()
     };
     let database = TestDatabase::create(&backends).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = embedded_settings(dir.path());
-    settings.store.backend = StoreBackend::Postgres;
-    settings.postgres.url = Some(SecretString::from(database.url.clone()));
-    settings.binder.on_demand_local = true;
-    let limit = Duration::from_millis(settings.server.request_timeout_ms + 1_000);
+    let settings = postgres_settings(dir.path(), &database, None);
+    let limit = limit_of(&settings);
     let app = TestApp::spawn(settings, Parts::ALL).await;
     let scanned = app.bind_many(10, 2).await;
 
@@ -76,15 +73,8 @@ async fn postgres_cut_off_requests_end_in_time_readyz_names_it_and_all_resumes()
     );
 
     let bound = assert_answers_kept_the_rules(&answers, &[201, 503], limit);
-    assert!(
-        answers
-            .iter()
-            .any(|answer| answer.status == 503 && (cut_at..lifted_at).contains(&answer.sent)),
-        "binds were refused while cut off"
-    );
-    let durable = database.request_ids().await;
-    let lost: Vec<_> = bound.difference(&durable).collect();
-    assert!(lost.is_empty(), "every 201 is durable; not: {lost:?}");
+    assert_refused_between(&answers, cut_at, lifted_at);
+    assert_durable(&bound, &database).await;
     app.stop().await;
 }
 
@@ -100,14 +90,9 @@ async fn redis_cut_off_binds_and_scans_go_on_in_time_readyz_says_so_and_redis_is
     let backends = Backends::from_env();
     let database = TestDatabase::create(&backends).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = embedded_settings(dir.path());
-    settings.store.backend = StoreBackend::Postgres;
-    settings.postgres.url = Some(SecretString::from(database.url.clone()));
-    settings.redis.url = Some(SecretString::from(redis.url()));
     let prefix = format!("{}:", unique("qrpool-test"));
-    settings.redis.key_prefix = prefix.clone();
-    settings.binder.on_demand_local = true;
-    let limit = Duration::from_millis(settings.server.request_timeout_ms + 1_000);
+    let settings = postgres_settings(dir.path(), &database, Some((redis.url(), &prefix)));
+    let limit = limit_of(&settings);
     let app = TestApp::spawn(settings, Parts::ALL).await;
     let scanned = app.bind_many(10, 2).await;
 
@@ -156,8 +141,7 @@ async fn redis_cut_off_binds_and_scans_go_on_in_time_readyz_says_so_and_redis_is
     );
 
     let bound = assert_answers_kept_the_rules(&answers, &[201], limit);
-    let durable = database.request_ids().await;
-    assert!(bound.is_subset(&durable), "every 201 is durable");
+    assert_durable(&bound, &database).await;
     app.stop().await;
     database.drop_now().await;
 }

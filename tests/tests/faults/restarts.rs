@@ -3,14 +3,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use secrecy::SecretString;
-
-use config::StoreBackend;
 use qrpool::Parts;
 use tests::servers::OwnServer;
-use tests::{Backends, TestApp, TestDatabase, distributed_settings, embedded_settings, unique};
+use tests::{Backends, TestApp, TestDatabase, distributed_settings, unique};
 
-use super::{Load, SERIAL, assert_answers_kept_the_rules, metric, readiness_becomes, summary};
+use super::{
+    Load, SERIAL, assert_answers_kept_the_rules, assert_durable, assert_refused_between, limit_of,
+    postgres_settings, readiness_becomes, summary,
+};
 
 /// How long each backend stays down.
 const DOWN_FOR: Duration = Duration::from_secs(3);
@@ -29,11 +29,8 @@ async fn postgres_restarted_mid_load_refuses_binds_cleanly_and_recovers_by_itsel
     };
     let database = TestDatabase::create(&backends).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = embedded_settings(dir.path());
-    settings.store.backend = StoreBackend::Postgres;
-    settings.postgres.url = Some(SecretString::from(database.url.clone()));
-    settings.binder.on_demand_local = true;
-    let limit = Duration::from_millis(settings.server.request_timeout_ms + 1_000);
+    let settings = postgres_settings(dir.path(), &database, None);
+    let limit = limit_of(&settings);
     let app = TestApp::spawn(settings, Parts::ALL).await;
 
     let load = Load::binds(&app, 4);
@@ -60,15 +57,8 @@ async fn postgres_restarted_mid_load_refuses_binds_cleanly_and_recovers_by_itsel
     );
 
     let bound = assert_answers_kept_the_rules(&answers, &[201, 503], limit);
-    assert!(
-        answers
-            .iter()
-            .any(|answer| answer.status == 503 && (down_at..back_at).contains(&answer.sent)),
-        "binds were refused while PostgreSQL was down"
-    );
-    let durable = database.request_ids().await;
-    let lost: Vec<_> = bound.difference(&durable).collect();
-    assert!(lost.is_empty(), "every 201 is durable; not: {lost:?}");
+    assert_refused_between(&answers, down_at, back_at);
+    assert_durable(&bound, &database).await;
     readiness_becomes(&app, 200, Duration::from_secs(5)).await;
     app.stop().await;
 }
@@ -80,14 +70,9 @@ async fn redis_restarted_mid_load_loses_no_bind_and_scan_and_is_used_again() {
     let backends = Backends::from_env();
     let database = TestDatabase::create(&backends).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = embedded_settings(dir.path());
-    settings.store.backend = StoreBackend::Postgres;
-    settings.postgres.url = Some(SecretString::from(database.url.clone()));
-    settings.redis.url = Some(SecretString::from(redis.url()));
     let prefix = format!("{}:", unique("qrpool-test"));
-    settings.redis.key_prefix = prefix.clone();
-    settings.binder.on_demand_local = true;
-    let limit = Duration::from_millis(settings.server.request_timeout_ms + 1_000);
+    let settings = postgres_settings(dir.path(), &database, Some((redis.url(), &prefix)));
+    let limit = limit_of(&settings);
     let app = TestApp::spawn(settings, Parts::ALL).await;
     let scanned = app.bind_many(20, 4).await;
 
@@ -149,8 +134,7 @@ async fn redis_restarted_mid_load_loses_no_bind_and_scan_and_is_used_again() {
     );
 
     let bound = assert_answers_kept_the_rules(&answers, &[201], limit);
-    let durable = database.request_ids().await;
-    assert!(bound.is_subset(&durable), "every 201 is durable");
+    assert_durable(&bound, &database).await;
     for body in &scanned {
         let path = format!("/v1/scene/{}", body["request_id"].as_str().unwrap());
         assert_eq!(app.get(&path).await.status(), 200);
@@ -180,10 +164,10 @@ async fn kafka_restarted_mid_load_binds_go_on_and_the_pool_resumes_with_its_dept
         settings.server.request_timeout_ms = 5_000;
         settings
     };
-    let limit = Duration::from_millis(settings().server.request_timeout_ms + 1_000);
+    let limit = limit_of(&settings());
     let app = TestApp::spawn(settings(), Parts::ALL).await;
     let joined = tokio::time::Instant::now();
-    while metric(&app, "pool_rebalances_total").await < 1.0 {
+    while app.metric("pool_rebalances_total").await < 1.0 {
         assert!(
             joined.elapsed() < Duration::from_secs(30),
             "the binder joined its group"
@@ -207,9 +191,9 @@ async fn kafka_restarted_mid_load_binds_go_on_and_the_pool_resumes_with_its_dept
     let ready_in = load.now() - back_at;
     // Back on the pool: once the binder has its partitions again, no code is drawn on demand.
     let resumed_in = loop {
-        let before = metric(&app, "binder_on_demand_codes_total").await;
+        let before = app.metric("binder_on_demand_codes_total").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        if metric(&app, "binder_on_demand_codes_total").await == before {
+        if app.metric("binder_on_demand_codes_total").await == before {
             break load.now() - back_at - Duration::from_secs(2);
         }
         assert!(
@@ -225,8 +209,7 @@ async fn kafka_restarted_mid_load_binds_go_on_and_the_pool_resumes_with_its_dept
     );
 
     let bound = assert_answers_kept_the_rules(&answers, &[201], limit);
-    let durable = database.request_ids().await;
-    assert!(bound.is_subset(&durable), "every 201 is durable");
+    assert_durable(&bound, &database).await;
 
     // The depth the pool reports is what is really left in it: a binder of its own drains
     // exactly that many codes, none of them bound before.
