@@ -212,7 +212,15 @@ impl Binder {
                 Err(BindError::Store(error)) => return Err(error.into()),
             }
         }
-        Err(ClaimError::PoolDry)
+        // Every code taken was bound already (a burst of redeliveries after a broker restart
+        // or a crash): for this request the lane is as good as dry.
+        match on_demand {
+            Some(local) => self.bind_on_demand(local, &request, params).await,
+            None => {
+                events::pool_dry();
+                Err(ClaimError::PoolDry)
+            }
+        }
     }
 
     /// Draws a new local code now and binds it: the pool is only a head start for these.
