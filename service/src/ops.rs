@@ -121,8 +121,7 @@ pub fn router(readiness: Readiness) -> Router {
 }
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> impl IntoResponse {
-    let (status, body) = readiness.report().await;
-    (status, body)
+    readiness.report().await
 }
 
 impl Readiness {
