@@ -398,12 +398,10 @@ impl OwnServer {
                 self.child = None;
                 panic!("{:?} exited at start: {status}", self.kind);
             }
-            let ready = tokio::time::timeout(
-                Duration::from_millis(500),
-                tokio::net::TcpStream::connect(address),
-            )
-            .await;
-            if matches!(ready, Ok(Ok(_))) {
+            if tokio::time::timeout(Duration::from_secs(2), self.answers())
+                .await
+                .unwrap_or(false)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -412,7 +410,36 @@ impl OwnServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("{:?} did not listen on {address} within 60 s", self.kind);
+        panic!("{:?} did not answer on {address} within 60 s", self.kind);
+    }
+
+    /// Whether the server answers as a client needs it to. A listening port is not enough:
+    /// PostgreSQL accepts connections while it is still starting up and refuses them with
+    /// "the database system is starting up" (57P03).
+    async fn answers(&self) -> bool {
+        match self.kind {
+            Kind::Postgres => {
+                use sqlx::Connection as _;
+                match sqlx::PgConnection::connect(&self.url()).await {
+                    Ok(connection) => {
+                        let _ = connection.close().await;
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            Kind::Redis => match redis::Client::open(self.url()) {
+                Ok(client) => match client.get_multiplexed_async_connection().await {
+                    Ok(mut connection) => redis::cmd("PING")
+                        .query_async::<String>(&mut connection)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            },
+            Kind::Tansu => tokio::net::TcpStream::connect(self.address()).await.is_ok(),
+        }
     }
 
     /// Stops the server as an operator's restart does (Redis and tansu: SIGTERM; PostgreSQL:
