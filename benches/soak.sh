@@ -10,6 +10,7 @@
 #   benches/soak.sh                          30 minutes, 5 of them warm-up
 #   MINUTES=6 WARMUP=2 benches/soak.sh       a short one
 #   RATE=2000 benches/soak.sh                a fixed rate instead of half the probe's
+#   BROKER_STORAGE=memory benches/soak.sh    the broker on tansu's memory engine
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-apt_install curl
+apt_install curl procps
 start_redis
 start_postgres
 start_kafka_protocol_broker # builds tansu once, if it is missing
@@ -45,8 +46,16 @@ cargo build --release --locked --quiet -p qrpool -p benches
 qrpool=${QRPOOL_BIN:-$repo/target/release/qrpool}
 
 # A broker of the soak's own: what the run stores is dropped with it, and no test shares it.
-"$tansu_bin" broker --storage-engine memory://tansu/ \
-  --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+# On SQLite by default: tansu's memory engine lists every batch a partition ever stored on
+# each fetch, so its cost grows with the log and after a quarter of an hour it takes the
+# machine's CPU from qrpool (docs/performance.md#soak). BROKER_STORAGE=memory shows that.
+case ${BROKER_STORAGE:-sqlite} in
+  sqlite) storage=sqlite://tansu.db ;; # in the broker's working folder, $work
+  memory) storage=memory://tansu/ ;;
+  *) echo "BROKER_STORAGE is sqlite or memory" >&2; exit 2 ;;
+esac
+(cd "$work" && exec "$tansu_bin" broker --storage-engine "$storage" \
+  --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port") \
   >"$work/tansu.log" 2>&1 &
 broker=$!
 wait_for_port "$kafka_port" "the soak's tansu"
@@ -80,12 +89,40 @@ for ((i = 0; i < 2400; i++)); do
 done
 curl -sf "$base/readyz" >/dev/null || { echo "qrpool did not become ready" >&2; exit 1; }
 
+# Where the machine's time and memory go, a line a minute: every process on it shares two
+# cores, so a stall of qrpool's answers may be another process's doing (the broker's, the
+# database's, the harness's own).
+sample_processes() {
+  local previous now
+  previous=$(ps -eo comm=,cputimes= | awk '{cpu[$1] += $2} END {for (c in cpu) print c, cpu[c]}')
+  printf '%-6s %8s %8s %8s %8s %8s %10s %10s %10s %6s\n' minute qrpool% tansu% postgres% redis% soak% \
+    qrpool_MiB tansu_MiB pg_MiB load
+  for ((minute = 1; ; minute++)); do
+    sleep 60
+    now=$(ps -eo comm=,cputimes=,rss= | awk '{cpu[$1] += $2; rss[$1] += $3}
+      END {for (c in cpu) print c, cpu[c], rss[c]}')
+    awk -v minute="$minute" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" '
+      NR == FNR {before[$1] = $2; next}
+      {used[$1] = ($2 - before[$1]) / 60 * 100; rss[$1] = $3 / 1024}
+      END {printf "%-6s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %10.0f %10.0f %6s\n", minute,
+        used["qrpool"], used["tansu"], used["postgres"], used["redis-server"], used["soak"],
+        rss["qrpool"], rss["tansu"], rss["postgres"], loadavg}' \
+      <(echo "$previous") <(echo "$now")
+    previous=$now
+  done
+}
+sample_processes >"$work/processes.log" 2>&1 &
+sampler=$!
+
 rate_args=(--probe-secs "$probe")
 [ -n "${RATE:-}" ] && rate_args=(--rate "$RATE")
 say "soak: $minutes minutes ($warmup of warm-up)"
 status=0
 "$repo/target/release/soak" --base "$base" --key "$key" --pid "$pid" "${rate_args[@]}" \
   --minutes "$minutes" --warmup-minutes "$warmup" || status=$?
+kill "$sampler" 2>/dev/null || true
+say "CPU (% of one core) and resident memory by process, a line a minute"
+cat "$work/processes.log"
 if grep -qE ' (ERROR|WARN) ' "$work/up.log"; then
   say "what qrpool logged at warn and above"
   grep -E ' (ERROR|WARN) ' "$work/up.log" | sed -E 's/^[^ ]+ +//; s/depth=[0-9]+/depth=…/' | cut -c1-300 |

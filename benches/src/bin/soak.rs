@@ -3,7 +3,8 @@
 //! end. Run by `benches/soak.sh`, which starts qrpool on Kafka + Redis + PostgreSQL.
 //!
 //! Two steps. `--probe-secs N` first: closed load (every connection sends its next request as
-//! soon as the last is answered) for N seconds gives the capacity of the mix on this machine.
+//! soon as the last is answered) for N seconds to settle, then N seconds more give the
+//! capacity of the mix on this machine.
 //! Then open load at `--rate` requests/s for `--minutes`: request i is due at start + i / rate,
 //! whatever the answers do, and its latency counts from when it was due (a stall shows in the
 //! percentiles instead of slowing the schedule). The mix is the same in both: of every 1,000
@@ -443,6 +444,19 @@ async fn main() -> anyhow::Result<()> {
         (Some(rate), _) => rate,
         (None, 0) => bail!("give --rate, or --probe-secs to measure the capacity first"),
         (None, seconds) => {
+            // The same load for as long again first, not counted: by then the pool has been
+            // drawn down and pregen refills it, as it must all through the soak. A probe on a
+            // full pool measures binds without their rendering (the first soak ran at "half
+            // the capacity" on a machine it kept at 90 % busy).
+            run(
+                &target,
+                args.connections,
+                None,
+                Instant::now() + Duration::from_secs(seconds),
+                &window,
+            )
+            .await?;
+            *window.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Window::default();
             let started = Instant::now();
             let done = run(
                 &target,
