@@ -95,18 +95,20 @@ curl -sf "$base/readyz" >/dev/null || { echo "qrpool did not become ready" >&2; 
 sample_processes() {
   local previous now
   previous=$(ps -eo comm=,cputimes= | awk '{cpu[$1] += $2} END {for (c in cpu) print c, cpu[c]}')
-  printf '%-6s %8s %8s %8s %8s %8s %10s %10s %10s %6s\n' minute qrpool% tansu% postgres% redis% soak% \
-    qrpool_MiB tansu_MiB pg_MiB load
+  printf '%-6s %8s %8s %8s %8s %8s %10s %10s %10s %10s %6s\n' minute qrpool% tansu% postgres% redis% soak% \
+    qrpool_MiB huge_MiB tansu_MiB pg_MiB load
   for ((minute = 1; ; minute++)); do
     sleep 60
     now=$(ps -eo comm=,cputimes=,rss= | awk '{cpu[$1] += $2; rss[$1] += $3}
       END {for (c in cpu) print c, cpu[c], rss[c]}')
-    awk -v minute="$minute" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" '
+    # Of qrpool's resident memory, how much is in transparent huge pages.
+    huge=$(awk '/^AnonHugePages:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
+    awk -v minute="$minute" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" -v huge="${huge:-0}" '
       NR == FNR {before[$1] = $2; next}
       {used[$1] = ($2 - before[$1]) / 60 * 100; rss[$1] = $3 / 1024}
-      END {printf "%-6s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %10.0f %10.0f %6s\n", minute,
+      END {printf "%-6s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %10.0f %10.0f %10.0f %6s\n", minute,
         used["qrpool"], used["tansu"], used["postgres"], used["redis-server"], used["soak"],
-        rss["qrpool"], rss["tansu"], rss["postgres"], loadavg}' \
+        rss["qrpool"], huge / 1024, rss["tansu"], rss["postgres"], loadavg}' \
       <(echo "$previous") <(echo "$now")
     previous=$now
   done

@@ -449,6 +449,36 @@ impl Link {
             .rev()
             .find(|version| version.target.is_effective(at))
     }
+
+    /// This link as scans from `now` on see it: without the versions that can never serve
+    /// again, those older than the newest one effective from `now` for good, and those whose
+    /// window has ended. The current version stays, whatever its window, so that the result
+    /// still says which version an edit starts from. [`Link::effective`] answers the same for
+    /// every time from `now` on.
+    ///
+    /// Caches hold this: a link edited every few seconds for months has thousands of
+    /// versions, and each scan that missed the cache would otherwise read all of them.
+    #[must_use]
+    pub fn servable_from(mut self, now: DateTime<Utc>) -> Link {
+        let serves_for_good = |target: &LinkTarget| {
+            target.effective_start.is_none_or(|start| start <= now)
+                && target.effective_end.is_none()
+        };
+        let floor = self
+            .versions
+            .iter()
+            .rposition(|version| serves_for_good(&version.target))
+            .unwrap_or(0);
+        let last = self.versions.len().saturating_sub(1);
+        let mut index = 0;
+        self.versions.retain(|version| {
+            let keep = index == last
+                || (index >= floor && version.target.effective_end.is_none_or(|end| now < end));
+            index += 1;
+            keep
+        });
+        self
+    }
 }
 
 #[cfg(test)]
@@ -643,6 +673,52 @@ mod tests {
         }
         // 7,000 expected; 6,850..7,150 is about 3.3 standard deviations each side.
         assert!((6_850..7_150).contains(&a), "{a} of 10,000 in variant a");
+    }
+
+    #[test]
+    fn a_link_edited_many_times_keeps_only_what_can_still_serve() {
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
+        let version = |n: u32, json: serde_json::Value| LinkVersion {
+            version: n,
+            target: target(json),
+            created_at: at("2026-11-01T00:00:00Z"),
+            created_by: "k".into(),
+            note: None,
+        };
+        let mut versions: Vec<LinkVersion> = (1..=500)
+            .map(|n| version(n, serde_json::json!({"destination": format!("https://v{n}.example")})))
+            .collect();
+        versions.push(version(
+            501,
+            serde_json::json!({"destination": "https://xmas.example",
+                "effective_start": "2026-12-20T00:00:00Z", "effective_end": "2026-12-25T00:00:00Z"}),
+        ));
+        versions.push(version(
+            502,
+            serde_json::json!({"destination": "https://over.example",
+                "effective_start": "2026-11-01T00:00:00Z", "effective_end": "2026-11-02T00:00:00Z"}),
+        ));
+        let link = Link {
+            v: Link::LAYOUT,
+            key: LinkKey::generate(),
+            tenant: Tenant::parse("acme").unwrap(),
+            status: RedirectStatus::Found,
+            created_at: at("2026-11-01T00:00:00Z"),
+            deleted_at: None,
+            tags: Tags::default(),
+            versions,
+        };
+        let servable = link.servable_from(at("2026-12-02T00:00:00Z"));
+        let kept: Vec<u32> = servable.versions.iter().map(|v| v.version).collect();
+        assert_eq!(
+            kept,
+            [500, 501, 502],
+            "the newest for good, the campaign to come, and the current one (ended)"
+        );
+        let serving = |when: &str| servable.effective(at(when)).map(|v| v.version);
+        assert_eq!(serving("2026-12-02T00:00:00Z"), Some(500));
+        assert_eq!(serving("2026-12-21T00:00:00Z"), Some(501));
+        assert_eq!(serving("2027-01-01T00:00:00Z"), Some(500));
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Properties of what crosses our boundaries, checked on generated inputs (proptest): the
 //! parsers never panic and read back what they write, a target template never lets params
-//! change where a scan lands, and a link's choice of destination is one of its own. The same
+//! change where a scan lands, a link's choice of destination is one of its own, and a link
+//! without its spent versions serves as the whole link does. The same
 //! properties run for longer as cargo-fuzz targets (`fuzz/`, `scripts/fuzz`).
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use records::link::{LinkTarget, Visit};
-use records::{DeviceClass, LinkKey, Params, ParamsLimits, PoolRecord, RequestId, TargetTemplate};
+use records::link::{Link, LinkTarget, LinkVersion, RedirectStatus, Visit};
+use records::{
+    DeviceClass, LinkKey, Params, ParamsLimits, PoolRecord, RequestId, Tags, TargetTemplate, Tenant,
+};
 
 /// Any JSON value, nested a few levels.
 fn any_json() -> impl Strategy<Value = Value> {
@@ -150,5 +153,52 @@ proptest! {
         if visitor.is_some() {
             prop_assert_eq!(target.serve(&key, &visit).destination, served.destination);
         }
+    }
+
+    #[test]
+    fn a_link_without_its_spent_versions_serves_as_the_whole_link_does(
+        windows in prop::collection::vec((prop::option::of(0i64..100), prop::option::of(1i64..60)), 1..12),
+        now in 0i64..120,
+    ) {
+        let hour = |n: i64| chrono::DateTime::UNIX_EPOCH + chrono::Duration::hours(n);
+        let versions: Vec<LinkVersion> = windows
+            .iter()
+            .zip(1u32..)
+            .map(|(&(start, length), version)| {
+                let end = length.map(|length| hour(start.unwrap_or(0) + length));
+                LinkVersion {
+                    version,
+                    target: serde_json::from_value(json!({
+                        "destination": format!("https://v{version}.example/"),
+                        "effective_start": start.map(hour),
+                        "effective_end": end,
+                    }))
+                    .unwrap(),
+                    created_at: hour(0),
+                    created_by: "k".into(),
+                    note: None,
+                }
+            })
+            .collect();
+        let link = Link {
+            v: Link::LAYOUT,
+            key: LinkKey::parse("abcdefghij").unwrap(),
+            tenant: Tenant::parse("acme").unwrap(),
+            status: RedirectStatus::Found,
+            created_at: hour(0),
+            deleted_at: None,
+            tags: Tags::default(),
+            versions,
+        };
+        let servable = link.clone().servable_from(hour(now));
+        for later in now..200 {
+            prop_assert_eq!(
+                servable.effective(hour(later)).map(|v| v.version),
+                link.effective(hour(later)).map(|v| v.version),
+                "at hour {}", later
+            );
+        }
+        prop_assert_eq!(servable.current(), link.current(), "an edit starts from the same version");
+        prop_assert!(servable.versions.len() <= link.versions.len());
     }
 }

@@ -7,7 +7,9 @@
 //! - [`Redirects`]: the tiered lookup a scan goes through — in-process cache, then Redis, then
 //!   the database — with concurrent misses on one key coalesced into one database read, a
 //!   short negative cache for unknown keys, and change events that drop every process's copy
-//!   of a link that changed;
+//!   of a link that changed. The caches hold a link without the versions that can never serve
+//!   again ([`Link::servable_from`]), so a link edited thousands of times costs a scan no more
+//!   than a new one;
 //! - [`routes`]: `GET /r/{key}` for scanners and the links admin API for marketers;
 //! - [`allow`]: which destinations a tenant may send scanners to (no open redirect).
 
@@ -77,7 +79,8 @@ impl Redirects {
         redis.prefixed(&format!("l:{key}"))
     }
 
-    /// The link behind `key`, deleted ones included; `None` when there is none.
+    /// The link behind `key` as scans from now on see it ([`Link::servable_from`]: its spent
+    /// versions left out), deleted ones included; `None` when there is none.
     pub async fn resolve(&self, key: &LinkKey) -> Result<Option<Arc<Link>>, Arc<LinkStoreError>> {
         // Every cached scan counts one: the handle is found once, not built from labels.
         static LOCAL_HITS: LazyLock<metrics::Counter> =
@@ -137,6 +140,7 @@ impl Redirects {
             }
             return Err(Lookup::Missing);
         };
+        let link = link.servable_from(chrono::Utc::now());
         if let Some(redis) = &self.redis {
             redis
                 .set_json(&Self::redis_key(redis, key), &link, self.ttl_secs)
@@ -166,14 +170,13 @@ impl Redirects {
         let link = self.store.get(key).await;
         match &link {
             Ok(Some(found)) => {
-                self.local
-                    .insert(key.clone(), Arc::new(found.clone()))
-                    .await;
+                let servable = found.clone().servable_from(chrono::Utc::now());
                 if let Some(redis) = &self.redis {
                     redis
-                        .set_json(&Self::redis_key(redis, key), found, self.ttl_secs)
+                        .set_json(&Self::redis_key(redis, key), &servable, self.ttl_secs)
                         .await;
                 }
+                self.local.insert(key.clone(), Arc::new(servable)).await;
             }
             Ok(None) | Err(_) => self.local.invalidate(key).await,
         }

@@ -7,7 +7,8 @@
 //! capacity of the mix on this machine.
 //! Then open load at `--rate` requests/s for `--minutes`: request i is due at start + i / rate,
 //! whatever the answers do, and its latency counts from when it was due (a stall shows in the
-//! percentiles instead of slowing the schedule). The mix is the same in both: of every 1,000
+//! percentiles instead of slowing the schedule), each kind of request on connections of its
+//! own, as different clients send them. The mix is the same in both: of every 1,000
 //! requests, 300 binds, 550 scans of bound codes, 140 scans of links, 9 link edits, 1 query.
 //!
 //! The verdict, after the warm-up (`--warmup-minutes`, 5): resident memory of the qrpool
@@ -266,7 +267,28 @@ fn process_use(pid: u32) -> anyhow::Result<(u64, usize)> {
     Ok((rss, fds))
 }
 
-/// Runs the mix from `connections` connections until `until`; open load when `interval`.
+/// The connections of one kind of client and the requests they send: `nth(j)` is the index
+/// (in the mix, and so in the schedule) of the j-th request they send.
+struct Lane {
+    /// Offsets in the thousand of this lane's kinds, ascending.
+    offsets: Vec<usize>,
+    connections: usize,
+    sent: AtomicUsize,
+}
+
+impl Lane {
+    fn nth(&self, j: usize) -> usize {
+        j / self.offsets.len() * 1000 + self.offsets[j % self.offsets.len()]
+    }
+}
+
+/// Runs the mix from `connections` connections until `until`.
+///
+/// Closed load (`interval` `None`): every connection sends any kind, in the mix's order, its
+/// next request as soon as the last is answered. Open load: request i is due at
+/// `interval * i`, and each kind goes out on connections of its own (a share of
+/// `connections` by its share of the mix, at least 8), as phones, listing apps and
+/// marketers are different clients: a slow bind holds up the next bind, never a scan.
 async fn run(
     target: &Arc<Target>,
     connections: usize,
@@ -274,52 +296,89 @@ async fn run(
     until: Instant,
     window: &Arc<Mutex<Window>>,
 ) -> anyhow::Result<usize> {
-    let next = Arc::new(AtomicUsize::new(0));
+    let kinds = [
+        Kind::Bind,
+        Kind::Scan,
+        Kind::LinkScan,
+        Kind::LinkEdit,
+        Kind::Query,
+    ];
+    let lanes: Vec<Arc<Lane>> = match interval {
+        None => vec![Arc::new(Lane {
+            offsets: (0..1000).collect(),
+            connections,
+            sent: AtomicUsize::new(0),
+        })],
+        Some(_) => kinds
+            .iter()
+            .map(|&kind| {
+                let offsets: Vec<usize> = (0..1000).filter(|&i| Kind::of(i) == kind).collect();
+                Arc::new(Lane {
+                    connections: (connections * offsets.len() / 1000).max(8),
+                    offsets,
+                    sent: AtomicUsize::new(0),
+                })
+            })
+            .collect(),
+    };
     let started = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..connections {
-        let mut sender = target.connect().await?;
-        let (target, next, window) = (Arc::clone(target), Arc::clone(&next), Arc::clone(window));
-        clients.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let due = match interval {
-                    Some(interval) => started + interval * u32::try_from(i).unwrap_or(u32::MAX),
-                    None => Instant::now(),
-                };
-                if due >= until {
-                    return;
-                }
-                tokio::time::sleep_until(due.into()).await;
-                let result = target.request(&mut sender, i).await;
-                let took = due.elapsed();
-                let failed = {
-                    let Ok(mut seen) = window.lock() else { return };
-                    match result {
-                        Ok(()) => {
-                            seen.latencies.entry(Kind::of(i)).or_default().push(took);
-                            false
+    for lane in &lanes {
+        for _ in 0..lane.connections {
+            let mut sender = target.connect().await?;
+            let (target, lane, window) =
+                (Arc::clone(target), Arc::clone(lane), Arc::clone(window));
+            clients.spawn(async move {
+                loop {
+                    let i = lane.nth(lane.sent.fetch_add(1, Ordering::Relaxed));
+                    let due = match interval {
+                        Some(interval) => {
+                            started + interval * u32::try_from(i).unwrap_or(u32::MAX)
                         }
-                        Err(error) => {
-                            seen.errors.push(error);
-                            true
+                        None => Instant::now(),
+                    };
+                    if due >= until {
+                        return;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                    let result = target.request(&mut sender, i).await;
+                    let took = due.elapsed();
+                    let failed = {
+                        let Ok(mut seen) = window.lock() else { return };
+                        match result {
+                            Ok(()) => {
+                                seen.latencies.entry(Kind::of(i)).or_default().push(took);
+                                false
+                            }
+                            Err(error) => {
+                                seen.errors.push(error);
+                                true
+                            }
+                        }
+                    };
+                    if failed {
+                        // The connection may be gone; the next request gets a new one.
+                        match target.connect().await {
+                            Ok(fresh) => sender = fresh,
+                            Err(_) => return,
                         }
                     }
-                };
-                if failed {
-                    // The connection may be gone; the next request gets a new one.
-                    match target.connect().await {
-                        Ok(fresh) => sender = fresh,
-                        Err(_) => return,
-                    }
                 }
-            }
-        });
+            });
+        }
     }
     while let Some(joined) = clients.join_next().await {
         joined?;
     }
-    Ok(next.load(Ordering::Relaxed))
+    // What was sent: each lane's count, less the one each connection drew past `until`.
+    Ok(lanes
+        .iter()
+        .map(|lane| {
+            lane.sent
+                .load(Ordering::Relaxed)
+                .saturating_sub(lane.connections)
+        })
+        .sum())
 }
 
 async fn scan_events_dropped(base: &str) -> anyhow::Result<f64> {
