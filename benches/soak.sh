@@ -105,7 +105,8 @@ sample_processes() {
     huge=$(awk '/^AnonHugePages:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
     awk -v minute="$minute" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" -v huge="${huge:-0}" '
       NR == FNR {before[$1] = $2; next}
-      {used[$1] = ($2 - before[$1]) / 60 * 100; rss[$1] = $3 / 1024}
+      # A process that exited took its time with it: a group never counts below 0.
+      {used[$1] = ($2 - before[$1]) / 60 * 100; if (used[$1] < 0) used[$1] = 0; rss[$1] = $3 / 1024}
       END {printf "%-6s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %10.0f %10.0f %10.0f %6s\n", minute,
         used["qrpool"], used["tansu"], used["postgres"], used["redis-server"], used["soak"],
         rss["qrpool"], huge / 1024, rss["tansu"], rss["postgres"], loadavg}' \

@@ -686,7 +686,12 @@ mod tests {
             note: None,
         };
         let mut versions: Vec<LinkVersion> = (1..=500)
-            .map(|n| version(n, serde_json::json!({"destination": format!("https://v{n}.example")})))
+            .map(|n| {
+                version(
+                    n,
+                    serde_json::json!({"destination": format!("https://v{n}.example")}),
+                )
+            })
             .collect();
         versions.push(version(
             501,

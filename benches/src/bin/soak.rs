@@ -326,15 +326,12 @@ async fn run(
     for lane in &lanes {
         for _ in 0..lane.connections {
             let mut sender = target.connect().await?;
-            let (target, lane, window) =
-                (Arc::clone(target), Arc::clone(lane), Arc::clone(window));
+            let (target, lane, window) = (Arc::clone(target), Arc::clone(lane), Arc::clone(window));
             clients.spawn(async move {
                 loop {
                     let i = lane.nth(lane.sent.fetch_add(1, Ordering::Relaxed));
                     let due = match interval {
-                        Some(interval) => {
-                            started + interval * u32::try_from(i).unwrap_or(u32::MAX)
-                        }
+                        Some(interval) => started + interval * u32::try_from(i).unwrap_or(u32::MAX),
                         None => Instant::now(),
                     };
                     if due >= until {

@@ -796,7 +796,9 @@ async fn a_burst_of_codes_bound_already_is_skipped_and_the_bind_still_gets_a_fre
     pool.push(&redelivered).await.unwrap();
     let skipped_before = app.metric("binder_redelivered_codes_skipped_total").await;
 
-    let response = app.bind(&json!({"params": {"listing": "after-redelivery"}})).await;
+    let response = app
+        .bind(&json!({"params": {"listing": "after-redelivery"}}))
+        .await;
     assert_eq!(response.status(), 201, "codes can still be drawn");
     let body: Value = response.json().await.unwrap();
     let fresh = body["request_id"].as_str().unwrap();
@@ -805,7 +807,10 @@ async fn a_burst_of_codes_bound_already_is_skipped_and_the_bind_still_gets_a_fre
         "the bind got a code nobody had: {fresh}"
     );
     let skipped = app.metric("binder_redelivered_codes_skipped_total").await - skipped_before;
-    assert!(skipped >= 64.0, "one request skips its limit first: {skipped}");
+    assert!(
+        skipped >= 64.0,
+        "one request skips its limit first: {skipped}"
+    );
     assert_eq!(
         pool.depth(config::LOCAL_ISSUER).await.unwrap(),
         100 - 64,
