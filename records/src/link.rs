@@ -675,16 +675,35 @@ mod tests {
         assert!((6_850..7_150).contains(&a), "{a} of 10,000 in variant a");
     }
 
-    #[test]
-    fn a_link_edited_many_times_keeps_only_what_can_still_serve() {
-        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
-        let version = |n: u32, json: serde_json::Value| LinkVersion {
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    fn version(n: u32, json: serde_json::Value) -> LinkVersion {
+        LinkVersion {
             version: n,
             target: target(json),
             created_at: at("2026-11-01T00:00:00Z"),
             created_by: "k".into(),
             note: None,
-        };
+        }
+    }
+
+    fn link_of(versions: Vec<LinkVersion>) -> Link {
+        Link {
+            v: Link::LAYOUT,
+            key: LinkKey::generate(),
+            tenant: Tenant::parse("acme").unwrap(),
+            status: RedirectStatus::Found,
+            created_at: at("2026-11-01T00:00:00Z"),
+            deleted_at: None,
+            tags: Tags::default(),
+            versions,
+        }
+    }
+
+    #[test]
+    fn a_link_edited_many_times_keeps_only_what_can_still_serve() {
         let mut versions: Vec<LinkVersion> = (1..=500)
             .map(|n| {
                 version(
@@ -703,17 +722,7 @@ mod tests {
             serde_json::json!({"destination": "https://over.example",
                 "effective_start": "2026-11-01T00:00:00Z", "effective_end": "2026-11-02T00:00:00Z"}),
         ));
-        let link = Link {
-            v: Link::LAYOUT,
-            key: LinkKey::generate(),
-            tenant: Tenant::parse("acme").unwrap(),
-            status: RedirectStatus::Found,
-            created_at: at("2026-11-01T00:00:00Z"),
-            deleted_at: None,
-            tags: Tags::default(),
-            versions,
-        };
-        let servable = link.servable_from(at("2026-12-02T00:00:00Z"));
+        let servable = link_of(versions).servable_from(at("2026-12-02T00:00:00Z"));
         let kept: Vec<u32> = servable.versions.iter().map(|v| v.version).collect();
         assert_eq!(
             kept,
@@ -728,34 +737,17 @@ mod tests {
 
     #[test]
     fn the_newest_effective_version_serves() {
-        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
-        let version = |n: u32, json: serde_json::Value| LinkVersion {
-            version: n,
-            target: target(json),
-            created_at: at("2026-11-01T00:00:00Z"),
-            created_by: "k".into(),
-            note: None,
-        };
-        let link = Link {
-            v: Link::LAYOUT,
-            key: LinkKey::generate(),
-            tenant: Tenant::parse("acme").unwrap(),
-            status: RedirectStatus::Found,
-            created_at: at("2026-11-01T00:00:00Z"),
-            deleted_at: None,
-            tags: Tags::default(),
-            versions: vec![
-                version(
-                    1,
-                    serde_json::json!({"destination": "https://always.example"}),
-                ),
-                version(
-                    2,
-                    serde_json::json!({"destination": "https://xmas.example",
+        let link = link_of(vec![
+            version(
+                1,
+                serde_json::json!({"destination": "https://always.example"}),
+            ),
+            version(
+                2,
+                serde_json::json!({"destination": "https://xmas.example",
                     "effective_start": "2026-12-01T00:00:00Z", "effective_end": "2026-12-25T00:00:00Z"}),
-                ),
-            ],
-        };
+            ),
+        ]);
         let serving = |when: &str| link.effective(at(when)).map(|v| v.version);
         assert_eq!(serving("2026-11-30T23:59:59Z"), Some(1));
         assert_eq!(serving("2026-12-01T00:00:00Z"), Some(2));

@@ -12,6 +12,7 @@
 
 mod disk_full;
 mod network_cut;
+mod redelivery;
 mod restarts;
 
 use std::collections::HashSet;
