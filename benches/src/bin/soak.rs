@@ -325,43 +325,11 @@ async fn run(
     let mut clients = tokio::task::JoinSet::new();
     for lane in &lanes {
         for _ in 0..lane.connections {
-            let mut sender = target.connect().await?;
+            let sender = target.connect().await?;
             let (target, lane, window) = (Arc::clone(target), Arc::clone(lane), Arc::clone(window));
-            clients.spawn(async move {
-                loop {
-                    let i = lane.nth(lane.sent.fetch_add(1, Ordering::Relaxed));
-                    let due = match interval {
-                        Some(interval) => started + interval * u32::try_from(i).unwrap_or(u32::MAX),
-                        None => Instant::now(),
-                    };
-                    if due >= until {
-                        return;
-                    }
-                    tokio::time::sleep_until(due.into()).await;
-                    let result = target.request(&mut sender, i).await;
-                    let took = due.elapsed();
-                    let failed = {
-                        let Ok(mut seen) = window.lock() else { return };
-                        match result {
-                            Ok(()) => {
-                                seen.latencies.entry(Kind::of(i)).or_default().push(took);
-                                false
-                            }
-                            Err(error) => {
-                                seen.errors.push(error);
-                                true
-                            }
-                        }
-                    };
-                    if failed {
-                        // The connection may be gone; the next request gets a new one.
-                        match target.connect().await {
-                            Ok(fresh) => sender = fresh,
-                            Err(_) => return,
-                        }
-                    }
-                }
-            });
+            clients.spawn(drive(
+                target, lane, sender, interval, started, until, window,
+            ));
         }
     }
     while let Some(joined) = clients.join_next().await {
@@ -376,6 +344,52 @@ async fn run(
                 .saturating_sub(lane.connections)
         })
         .sum())
+}
+
+/// One connection of `lane`: takes the lane's next request, sends it when due (at once in
+/// closed load), records its latency or error, and stops at `until`.
+async fn drive(
+    target: Arc<Target>,
+    lane: Arc<Lane>,
+    mut sender: SendRequest<Full<Bytes>>,
+    interval: Option<Duration>,
+    started: Instant,
+    until: Instant,
+    window: Arc<Mutex<Window>>,
+) {
+    loop {
+        let i = lane.nth(lane.sent.fetch_add(1, Ordering::Relaxed));
+        let due = match interval {
+            Some(interval) => started + interval * u32::try_from(i).unwrap_or(u32::MAX),
+            None => Instant::now(),
+        };
+        if due >= until {
+            return;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let result = target.request(&mut sender, i).await;
+        let took = due.elapsed();
+        let failed = {
+            let Ok(mut seen) = window.lock() else { return };
+            match result {
+                Ok(()) => {
+                    seen.latencies.entry(Kind::of(i)).or_default().push(took);
+                    false
+                }
+                Err(error) => {
+                    seen.errors.push(error);
+                    true
+                }
+            }
+        };
+        if failed {
+            // The connection may be gone; the next request gets a new one.
+            match target.connect().await {
+                Ok(fresh) => sender = fresh,
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 async fn scan_events_dropped(base: &str) -> anyhow::Result<f64> {
