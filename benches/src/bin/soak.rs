@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -247,6 +247,22 @@ fn request_id_of(body: &[u8]) -> Option<String> {
 struct Window {
     latencies: BTreeMap<Kind, Vec<Duration>>,
     errors: Vec<String>,
+    /// The minute's slowest request, and the wall-clock time it was due: a stall lines up
+    /// with what the machine's other processes did then (a checkpoint, the broker's log).
+    slowest: Option<(Duration, Kind, SystemTime)>,
+}
+
+/// `HH:MM:SS` UTC of `time`, as PostgreSQL's log and `date -u` print it.
+fn clock(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() % 86_400);
+    format!(
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -374,6 +390,9 @@ async fn drive(
             match result {
                 Ok(()) => {
                     seen.latencies.entry(Kind::of(i)).or_default().push(took);
+                    if seen.slowest.is_none_or(|(slowest, _, _)| took > slowest) {
+                        seen.slowest = Some((took, Kind::of(i), SystemTime::now() - took));
+                    }
                     false
                 }
                 Err(error) => {
@@ -491,8 +510,19 @@ fn print_window(
         })
         .collect();
     let p99 = percentile(&all, 0.99);
+    let slowest = window
+        .slowest
+        .map(|(took, kind, due)| {
+            format!(
+                "   slowest: {} {:.0} ms at {}",
+                kind.name(),
+                took.as_secs_f64() * 1e3,
+                clock(due)
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "{label:>6} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>7.2} ms  errors {:>3}  rss {:>7.1} MiB  fds {:>4}   p99 by kind (ms): {}",
+        "{label:>6} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>7.2} ms  errors {:>3}  rss {:>7.1} MiB  fds {:>4}   p99 by kind (ms): {}{slowest}",
         all.len() as f64 / elapsed.as_secs_f64(),
         percentile(&all, 0.50).as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
