@@ -665,3 +665,101 @@ async fn a_link_change_reaches_another_process_through_redis_and_purges_keep_the
     scans.stop().await;
     database.drop_now().await;
 }
+
+/// A link edited again and again: each edit is a version on record, but the copy scans read
+/// (Redis's, shared by every process) holds only the version that serves, so a scan's miss
+/// does not grow with the link's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_serve() {
+    let backends = Backends::from_env();
+    let database = TestDatabase::create(&backends).await;
+    let prefix = unique("edited");
+    let topic = unique("unused");
+    let settings = || {
+        with_links(distributed_settings(
+            &backends,
+            &database,
+            &topic,
+            &format!("{prefix}:"),
+        ))
+    };
+    let admin = TestApp::spawn(settings(), Parts::MIDDLE_PAGE).await;
+    let settings_now = settings();
+    let key_text = TestApp::make_key(&settings_now, &Tenant::default(), "read admin").await;
+    let client = reqwest::Client::new();
+    let link: Value = client
+        .post(admin.url("/v1/links"))
+        .bearer_auth(&key_text)
+        .json(&json!({"target": {"destination": "https://shop.example/0"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = link["key"].as_str().unwrap().to_owned();
+    const EDITS: usize = 30;
+    for edit in 1..=EDITS {
+        let changed = client
+            .patch(admin.url(&format!("/v1/links/{key}")))
+            .bearer_auth(&key_text)
+            .json(&json!({"target": {"destination": format!("https://shop.example/{edit}")}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(changed.status(), 200, "{}", changed.text().await.unwrap());
+    }
+
+    // Every version stays on record for the admin API and the audit.
+    let durable = bindings::DurableStore::connect(&settings_now)
+        .await
+        .unwrap();
+    let store = redirect::LinkStore::open(durable.database()).await.unwrap();
+    let parsed = records::LinkKey::parse(&key).unwrap();
+    let on_record = store.get(&parsed).await.unwrap().unwrap();
+    assert_eq!(on_record.versions.len(), EDITS + 1);
+
+    let redis = redis::Client::open(backends.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let shared_copy = || {
+        let mut redis = redis.clone();
+        let redis_key = format!("{prefix}:l:{key}");
+        async move {
+            let text: Option<String> = redis::cmd("GET")
+                .arg(&redis_key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            serde_json::from_str::<records::Link>(&text.expect("the link is in Redis")).unwrap()
+        }
+    };
+    // Written through by the last edit.
+    let copy = shared_copy().await;
+    let held: Vec<u32> = copy
+        .versions
+        .iter()
+        .map(|version| version.version)
+        .collect();
+    assert_eq!(held.len(), 1, "Redis holds versions {held:?}");
+    assert_eq!(copy.versions, on_record.versions[EDITS..]);
+
+    // A process that has never seen the link fills Redis from the database the same way.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:l:{key}"))
+        .query_async(&mut redis.clone())
+        .await
+        .unwrap();
+    let scans = TestApp::spawn(settings(), Parts::MIDDLE_PAGE).await;
+    assert_eq!(
+        scan(&scans, &key, &[]).await,
+        (302, format!("https://shop.example/{EDITS}"))
+    );
+    assert_eq!(shared_copy().await.versions.len(), 1);
+
+    admin.stop().await;
+    scans.stop().await;
+    database.drop_now().await;
+}
