@@ -11,6 +11,9 @@
 #   MINUTES=6 WARMUP=2 benches/soak.sh       a short one
 #   RATE=2000 benches/soak.sh                a fixed rate instead of half the probe's
 #   BROKER_STORAGE=memory benches/soak.sh    the broker on tansu's memory engine
+#   BROKER_DIR=/dev/shm benches/soak.sh      the broker's SQLite files in a folder of their own
+#                                            under /dev/shm, off PostgreSQL's disk (in
+#                                            production the broker has disks of its own)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +28,7 @@ port=${PORT:-18090}
 kafka_port=${KAFKA_PORT:-19092}
 base=http://127.0.0.1:$port
 work=$(mktemp -d)
+broker_dir=$(mktemp -d -p "${BROKER_DIR:-$work}" broker.XXXXXX)
 pid=
 broker=
 run_id=soak_$(date +%s)_$$
@@ -33,7 +37,7 @@ cleanup() {
   if [ -n "$broker" ]; then kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; fi
   PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS qrpool_$run_id WITH (FORCE)" postgres >/dev/null 2>&1 || true
   redis-cli --scan --pattern "qrpool-$run_id:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
-  rm -rf "$work"
+  rm -rf "$work" "$broker_dir"
 }
 trap cleanup EXIT
 
@@ -50,11 +54,11 @@ qrpool=${QRPOOL_BIN:-$repo/target/release/qrpool}
 # each fetch, so its cost grows with the log and after a quarter of an hour it takes the
 # machine's CPU from qrpool (docs/performance.md#soak). BROKER_STORAGE=memory shows that.
 case ${BROKER_STORAGE:-sqlite} in
-  sqlite) storage=sqlite://tansu.db ;; # in the broker's working folder, $work
+  sqlite) storage=sqlite://tansu.db ;; # in the broker's working folder, $broker_dir
   memory) storage=memory://tansu/ ;;
   *) echo "BROKER_STORAGE is sqlite or memory" >&2; exit 2 ;;
 esac
-(cd "$work" && exec "$tansu_bin" broker --storage-engine "$storage" \
+(mkdir -p "$broker_dir" && cd "$broker_dir" && exec "$tansu_bin" broker --storage-engine "$storage" \
   --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port") \
   >"$work/tansu.log" 2>&1 &
 broker=$!
@@ -120,7 +124,7 @@ sample_processes() {
     # Of qrpool's resident memory, how much is in transparent huge pages.
     huge=$(awk '/^AnonHugePages:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
     dirty=$(awk '/^Dirty:/ {print int($2 / 1024)}' /proc/meminfo)
-    broker_files=$(du -cm "$work"/tansu.db* 2>/dev/null | tail -n 1 | cut -f1)
+    broker_files=$(du -cm "$broker_dir"/tansu.db* 2>/dev/null | tail -n 1 | cut -f1)
     awk -v minute="$minute" -v clock="$(date -u +%H:%M:%S)" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" \
       -v huge="${huge:-0}" -v broker="${broker_files:-0}" -v dirty="${dirty:-0}" -v disk="$disk_before $disk_now" \
       -v ckpt="$ckpt_before $ckpt_now" '
