@@ -572,37 +572,63 @@ async fn a_tenant_never_sees_nor_changes_another_tenants_links() {
     app.stop().await;
 }
 
+/// Links on PostgreSQL with Redis, in a database and under a key prefix of their own, for
+/// the tests where more than one process shares them.
+struct SharedLinks {
+    backends: Backends,
+    database: TestDatabase,
+    prefix: String,
+    topic: String,
+}
+
+impl SharedLinks {
+    async fn new(label: &str) -> SharedLinks {
+        let backends = Backends::from_env();
+        let database = TestDatabase::create(&backends).await;
+        SharedLinks {
+            prefix: unique(label),
+            topic: unique("unused"),
+            database,
+            backends,
+        }
+    }
+
+    fn settings(&self) -> config::Settings {
+        with_links(distributed_settings(
+            &self.backends,
+            &self.database,
+            &self.topic,
+            &format!("{}:", self.prefix),
+        ))
+    }
+
+    /// A process serving links, an admin key of the default tenant, and a link made through
+    /// it that sends scanners to `destination`: (process, key, link key).
+    async fn admin_with_link(&self, destination: &str) -> (TestApp, String, String) {
+        let admin = TestApp::spawn(self.settings(), Parts::MIDDLE_PAGE).await;
+        let key_text = TestApp::make_key(&self.settings(), &Tenant::default(), "read admin").await;
+        let link: Value = reqwest::Client::new()
+            .post(admin.url("/v1/links"))
+            .bearer_auth(&key_text)
+            .json(&json!({"target": {"destination": destination}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let key = link["key"].as_str().unwrap().to_owned();
+        (admin, key_text, key)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_change_reaches_another_process_through_redis_and_purges_keep_the_audit() {
-    let backends = Backends::from_env();
-    let database = TestDatabase::create(&backends).await;
-    let prefix = unique("links");
-    let topic = unique("unused");
-    let settings = || {
-        with_links(distributed_settings(
-            &backends,
-            &database,
-            &topic,
-            &format!("{prefix}:"),
-        ))
-    };
-    let admin = TestApp::spawn(settings(), Parts::MIDDLE_PAGE).await;
-    let scans = TestApp::spawn(settings(), Parts::MIDDLE_PAGE).await;
-    let settings = settings();
-    let key_text = TestApp::make_key(&settings, &Tenant::default(), "read admin").await;
+    let links = SharedLinks::new("links").await;
+    let (admin, key_text, key) = links.admin_with_link("https://shop.example/old").await;
+    let scans = TestApp::spawn(links.settings(), Parts::MIDDLE_PAGE).await;
+    let settings = links.settings();
     let client = reqwest::Client::new();
-
-    let link: Value = client
-        .post(admin.url("/v1/links"))
-        .bearer_auth(&key_text)
-        .json(&json!({"target": {"destination": "https://shop.example/old"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = link["key"].as_str().unwrap().to_owned();
     // The second process caches the link at its first scan.
     assert_eq!(scan(&scans, &key, &[]).await.1, "https://shop.example/old");
     let changed = client
@@ -663,7 +689,7 @@ async fn a_link_change_reaches_another_process_through_redis_and_purges_keep_the
 
     admin.stop().await;
     scans.stop().await;
-    database.drop_now().await;
+    links.database.drop_now().await;
 }
 
 /// A link edited again and again: each edit is a version on record, but the copy scans read
@@ -671,33 +697,9 @@ async fn a_link_change_reaches_another_process_through_redis_and_purges_keep_the
 /// does not grow with the link's history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_serve() {
-    let backends = Backends::from_env();
-    let database = TestDatabase::create(&backends).await;
-    let prefix = unique("edited");
-    let topic = unique("unused");
-    let settings = || {
-        with_links(distributed_settings(
-            &backends,
-            &database,
-            &topic,
-            &format!("{prefix}:"),
-        ))
-    };
-    let admin = TestApp::spawn(settings(), Parts::MIDDLE_PAGE).await;
-    let settings_now = settings();
-    let key_text = TestApp::make_key(&settings_now, &Tenant::default(), "read admin").await;
+    let links = SharedLinks::new("edited").await;
+    let (admin, key_text, key) = links.admin_with_link("https://shop.example/0").await;
     let client = reqwest::Client::new();
-    let link: Value = client
-        .post(admin.url("/v1/links"))
-        .bearer_auth(&key_text)
-        .json(&json!({"target": {"destination": "https://shop.example/0"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = link["key"].as_str().unwrap().to_owned();
     const EDITS: usize = 30;
     for edit in 1..=EDITS {
         let changed = client
@@ -711,7 +713,7 @@ async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_s
     }
 
     // Every version stays on record for the admin API and the audit.
-    let durable = bindings::DurableStore::connect(&settings_now)
+    let durable = bindings::DurableStore::connect(&links.settings())
         .await
         .unwrap();
     let store = redirect::LinkStore::open(durable.database()).await.unwrap();
@@ -719,14 +721,14 @@ async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_s
     let on_record = store.get(&parsed).await.unwrap().unwrap();
     assert_eq!(on_record.versions.len(), EDITS + 1);
 
-    let redis = redis::Client::open(backends.redis_url.as_str())
+    let redis = redis::Client::open(links.backends.redis_url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
     let shared_copy = || {
         let mut redis = redis.clone();
-        let redis_key = format!("{prefix}:l:{key}");
+        let redis_key = format!("{}:l:{key}", links.prefix);
         async move {
             let text: Option<String> = redis::cmd("GET")
                 .arg(&redis_key)
@@ -748,11 +750,11 @@ async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_s
 
     // A process that has never seen the link fills Redis from the database the same way.
     let _: () = redis::cmd("DEL")
-        .arg(format!("{prefix}:l:{key}"))
+        .arg(format!("{}:l:{key}", links.prefix))
         .query_async(&mut redis.clone())
         .await
         .unwrap();
-    let scans = TestApp::spawn(settings(), Parts::MIDDLE_PAGE).await;
+    let scans = TestApp::spawn(links.settings(), Parts::MIDDLE_PAGE).await;
     assert_eq!(
         scan(&scans, &key, &[]).await,
         (302, format!("https://shop.example/{EDITS}"))
@@ -761,5 +763,5 @@ async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_s
 
     admin.stop().await;
     scans.stop().await;
-    database.drop_now().await;
+    links.database.drop_now().await;
 }
