@@ -58,7 +58,7 @@ case ${BROKER_STORAGE:-sqlite} in
   memory) storage=memory://tansu/ ;;
   *) echo "BROKER_STORAGE is sqlite or memory" >&2; exit 2 ;;
 esac
-(mkdir -p "$broker_dir" && cd "$broker_dir" && exec "$tansu_bin" broker --storage-engine "$storage" \
+(cd "$broker_dir" && exec "$tansu_bin" broker --storage-engine "$storage" \
   --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port") \
   >"$work/tansu.log" 2>&1 &
 broker=$!
@@ -98,50 +98,52 @@ curl -sf "$base/readyz" >/dev/null || { echo "qrpool did not become ready" >&2; 
 # broker's, the database's, the harness's own). The disk columns: MiB written that minute,
 # the mean time a write waited for it (ms), the page cache's dirty pages then (MiB: a large
 # backlog flushed at once makes every fsync behind it wait), the broker's SQLite files
-# (database and write-ahead log, MiB), and PostgreSQL's checkpoints with the time they spent writing and syncing (ms).
+# (database and write-ahead log, MiB); then PostgreSQL's WAL (MiB written, flushes: each
+# group commit of binds is one) and its checkpoints with the time they spent writing and
+# syncing (ms).
 disk=$(basename "$(df --output=source "$work" | tail -n 1)")
 disk_writes() { awk -v disk="$disk" '$3 == disk {print $10 / 2048, $8, $11; found = 1}
   END {if (!found) print 0, 0, 0}' /proc/diskstats; }
-checkpoints() {
-  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -Atc "SELECT checkpoints_timed + checkpoints_req,
-    checkpoint_write_time, checkpoint_sync_time FROM pg_stat_bgwriter" postgres 2>/dev/null | tr '|' ' ' ||
-    echo 0 0 0
+postgres_writes() {
+  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -Atc "SELECT wal_bytes / 1048576, wal_sync,
+    checkpoints_timed + checkpoints_req, checkpoint_write_time, checkpoint_sync_time
+    FROM pg_stat_wal, pg_stat_bgwriter" postgres 2>/dev/null | tr '|' ' ' || echo 0 0 0 0 0
 }
 sample_processes() {
-  local previous now disk_before disk_now ckpt_before ckpt_now huge broker_files dirty
+  local previous now disk_before disk_now pg_before pg_now huge broker_files dirty
   previous=$(ps -eo comm=,cputimes= | awk '{cpu[$1] += $2} END {for (c in cpu) print c, cpu[c]}')
   disk_before=$(disk_writes)
-  ckpt_before=$(checkpoints)
-  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %8s %8s %9s %9s %10s %6s %9s %9s %5s\n' minute clock qrpool% tansu% \
-    postgres% redis% soak% qrpool_MiB huge_MiB tansu_MiB pg_MiB disk_MiB write_ms dirty_MiB broker_MiB ckpts \
-    ckpt_w_ms ckpt_s_ms load
+  pg_before=$(postgres_writes)
+  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %8s %8s %9s %9s %10s %7s %11s %6s %9s %9s %5s\n' minute clock qrpool% tansu% \
+    postgres% redis% soak% qrpool_MiB huge_MiB tansu_MiB pg_MiB disk_MiB write_ms dirty_MiB broker_MiB wal_MiB \
+    wal_flushes ckpts ckpt_w_ms ckpt_s_ms load
   for ((minute = 1; ; minute++)); do
     sleep 60
     now=$(ps -eo comm=,cputimes=,rss= | awk '{cpu[$1] += $2; rss[$1] += $3}
       END {for (c in cpu) print c, cpu[c], rss[c]}')
     disk_now=$(disk_writes)
-    ckpt_now=$(checkpoints)
+    pg_now=$(postgres_writes)
     # Of qrpool's resident memory, how much is in transparent huge pages.
     huge=$(awk '/^AnonHugePages:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
     dirty=$(awk '/^Dirty:/ {print int($2 / 1024)}' /proc/meminfo)
     broker_files=$(du -cm "$broker_dir"/tansu.db* 2>/dev/null | tail -n 1 | cut -f1)
     awk -v minute="$minute" -v clock="$(date -u +%H:%M:%S)" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" \
       -v huge="${huge:-0}" -v broker="${broker_files:-0}" -v dirty="${dirty:-0}" -v disk="$disk_before $disk_now" \
-      -v ckpt="$ckpt_before $ckpt_now" '
+      -v pg="$pg_before $pg_now" '
       NR == FNR {before[$1] = $2; next}
       # A process that exited took its time with it: a group never counts below 0.
       {used[$1] = ($2 - before[$1]) / 60 * 100; if (used[$1] < 0) used[$1] = 0; rss[$1] = $3 / 1024}
       END {
-        split(disk, d, " "); split(ckpt, c, " ")
+        split(disk, d, " "); split(pg, c, " ")
         writes = d[5] - d[2]
         wait_ms = 0
         if (writes > 0) wait_ms = (d[6] - d[3]) / writes
-        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9.0f %8.0f %8.0f %9.1f %9s %10s %6s %9.0f %9.0f %5s\n",
+        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9.0f %8.0f %8.0f %9.1f %9s %10s %7.0f %11.0f %6s %9.0f %9.0f %5s\n",
           minute, clock, used["qrpool"], used["tansu"], used["postgres"], used["redis-server"], used["soak"],
-          rss["qrpool"], huge / 1024, rss["tansu"], rss["postgres"], d[4] - d[1],
-          wait_ms, dirty, broker, c[4] - c[1], c[5] - c[2], c[6] - c[3], loadavg}' \
+          rss["qrpool"], huge / 1024, rss["tansu"], rss["postgres"], d[4] - d[1], wait_ms, dirty, broker,
+          c[6] - c[1], c[7] - c[2], c[8] - c[3], c[9] - c[4], c[10] - c[5], loadavg}' \
       <(echo "$previous") <(echo "$now")
-    previous=$now disk_before=$disk_now ckpt_before=$ckpt_now
+    previous=$now disk_before=$disk_now pg_before=$pg_now
   done
 }
 soak_started=$(date -u '+%Y-%m-%d %H:%M:%S')

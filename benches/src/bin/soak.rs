@@ -252,19 +252,6 @@ struct Window {
     slowest: Option<(Duration, Kind, SystemTime)>,
 }
 
-/// `HH:MM:SS` UTC of `time`, as PostgreSQL's log and `date -u` print it.
-fn clock(time: SystemTime) -> String {
-    let seconds = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs() % 86_400);
-    format!(
-        "{:02}:{:02}:{:02}",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    )
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1);
     sorted.get(index).copied().unwrap_or_default()
@@ -517,7 +504,7 @@ fn print_window(
                 "   slowest: {} {:.0} ms at {}",
                 kind.name(),
                 took.as_secs_f64() * 1e3,
-                clock(due)
+                chrono::DateTime::<chrono::Utc>::from(due).format("%H:%M:%S")
             )
         })
         .unwrap_or_default();

@@ -726,9 +726,9 @@ async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_s
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    let redis_key = format!("{}:l:{key}", links.prefix);
     let shared_copy = || {
-        let mut redis = redis.clone();
-        let redis_key = format!("{}:l:{key}", links.prefix);
+        let (mut redis, redis_key) = (redis.clone(), redis_key.clone());
         async move {
             let text: Option<String> = redis::cmd("GET")
                 .arg(&redis_key)
@@ -750,7 +750,7 @@ async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_s
 
     // A process that has never seen the link fills Redis from the database the same way.
     let _: () = redis::cmd("DEL")
-        .arg(format!("{}:l:{key}", links.prefix))
+        .arg(&redis_key)
         .query_async(&mut redis.clone())
         .await
         .unwrap();
