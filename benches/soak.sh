@@ -14,6 +14,8 @@
 #   BROKER_DIR=/dev/shm benches/soak.sh      the broker's SQLite files in a folder of their own
 #                                            under /dev/shm, off PostgreSQL's disk (in
 #                                            production the broker has disks of its own)
+#   DATA_DIR=/dev/shm benches/soak.sh        qrpool's data folder (the analytics store) there too
+#   PGPORT=5433 benches/soak.sh              another PostgreSQL on loopback (user postgres)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +31,7 @@ kafka_port=${KAFKA_PORT:-19092}
 base=http://127.0.0.1:$port
 work=$(mktemp -d)
 broker_dir=$(mktemp -d -p "${BROKER_DIR:-$work}" broker.XXXXXX)
+data_dir=$(mktemp -d -p "${DATA_DIR:-$work}" data.XXXXXX)
 pid=
 broker=
 run_id=soak_$(date +%s)_$$
@@ -37,7 +40,7 @@ cleanup() {
   if [ -n "$broker" ]; then kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; fi
   PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS qrpool_$run_id WITH (FORCE)" postgres >/dev/null 2>&1 || true
   redis-cli --scan --pattern "qrpool-$run_id:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
-  rm -rf "$work" "$broker_dir"
+  rm -rf "$work" "$broker_dir" "$data_dir"
 }
 trap cleanup EXIT
 
@@ -72,13 +75,13 @@ TOML
 settings=(
   QRPOOL_CONFIG="$work/qrpool.toml"
   QRPOOL_POOL__BACKEND=kafka QRPOOL_STORE__BACKEND=postgres
-  QRPOOL_POSTGRES__URL="postgres://postgres:postgres@127.0.0.1:5432/qrpool_$run_id"
+  QRPOOL_POSTGRES__URL="postgres://postgres:postgres@127.0.0.1:${PGPORT:-5432}/qrpool_$run_id"
   QRPOOL_REDIS__URL=redis://127.0.0.1:6379 QRPOOL_REDIS__KEY_PREFIX="qrpool-$run_id:"
   QRPOOL_KAFKA__BROKERS="127.0.0.1:$kafka_port"
   QRPOOL_KAFKA__POOL_TOPIC="qrpool-$run_id" QRPOOL_KAFKA__GROUP_ID="qrpool-$run_id"
   QRPOOL_KAFKA__EVENTS_TOPIC="qrpool-$run_id.scans"
   QRPOOL_KAFKA__SESSION_TIMEOUT_MS=6000
-  QRPOOL_EMBEDDED__DATA_DIR="$work/data"
+  QRPOOL_EMBEDDED__DATA_DIR="$data_dir"
   QRPOOL_PREGEN__TARGET_DEPTH=60000 QRPOOL_PREGEN__LOW_WATER=30000
 )
 key=$(env "${settings[@]}" "$qrpool" keys create --tenant bench --scope bind,read,admin --rate 10000000 2>/dev/null)

@@ -3,6 +3,8 @@
 //! - [`FileFeed`] (embedded): every `analytics.flush_secs`, an ingest round from the daily
 //!   event files into Parquet; every minute, merges and retention. Runs inside the process
 //!   that writes the event files (`qrpool up`, or `qrpool middle-page` on the embedded pool).
+//!   On the Kafka pool the events come from the topic through a
+//!   [`TopicRelay`](crate::TopicRelay) in the process that serves the analytics API.
 //! - [`KafkaFeed`] (ClickHouse): `qrpool analytics ingest`, a consumer group on the events
 //!   topic that inserts batches and commits offsets only after ClickHouse took them. A
 //!   crash between the two delivers the batch again; the event ids make that harmless.
@@ -10,7 +12,9 @@
 //! Both export `analytics_lag_seconds`: how old the oldest event of the last batch was when
 //! it became queryable.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -26,6 +30,7 @@ use crate::AnalyticsError;
 use crate::clickhouse::{ClickHouseStore, cutoff};
 use crate::embedded::EmbeddedStore;
 use crate::embedded::ingest::{Ingest, Round};
+use crate::relay::Appending;
 
 /// How often merges and retention run.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(60);
@@ -46,6 +51,8 @@ pub struct FileFeed {
     events_dir: PathBuf,
     every: Duration,
     retention_days: u32,
+    /// Held while a round reads the files, when a [`TopicRelay`](crate::TopicRelay) writes them.
+    appending: Option<Appending>,
 }
 
 impl FileFeed {
@@ -61,7 +68,15 @@ impl FileFeed {
             events_dir: events_dir.to_owned(),
             every: Duration::from_secs(settings.analytics.flush_secs),
             retention_days: settings.analytics.retention_days,
+            appending: None,
         })
+    }
+
+    /// Reads the files only while `appending` is free: they are a relay's
+    /// ([`TopicRelay::appending`](crate::TopicRelay::appending)).
+    pub fn appended_under(mut self, appending: Appending) -> FileFeed {
+        self.appending = Some(appending);
+        self
     }
 
     /// Ingests until `stop`, then gives itself back for the last round ([`FileFeed::finish`]).
@@ -100,7 +115,13 @@ impl FileFeed {
     }
 
     async fn round(&mut self) -> Option<Round> {
-        let round = self.blocking(Ingest::round).await?;
+        let appending = self.appending.clone();
+        let round = self
+            .blocking(move |ingest| {
+                let _held = appending.as_ref().map(Appending::hold);
+                ingest.round()
+            })
+            .await?;
         metrics::counter!("analytics_ingested_events_total").increment(round.events);
         metrics::counter!("analytics_ingest_skipped_total").increment(round.skipped);
         record_lag(round.oldest);
@@ -194,17 +215,17 @@ fn maintain(
 /// `qrpool analytics ingest`: the events topic into ClickHouse.
 #[derive(Debug)]
 pub struct KafkaFeed {
-    consumer: StreamConsumerHandle,
+    consumer: ConsumerHandle,
     store: ClickHouseStore,
     batch: usize,
     every: Duration,
     retention_days: u32,
 }
 
-/// The consumer, wrapped so that the feed can be `Debug`.
-struct StreamConsumerHandle(StreamConsumer);
+/// A consumer, wrapped so that what holds it can be `Debug`.
+pub(crate) struct ConsumerHandle(pub(crate) Arc<StreamConsumer>);
 
-impl std::fmt::Debug for StreamConsumerHandle {
+impl std::fmt::Debug for ConsumerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StreamConsumer")
     }
@@ -231,7 +252,7 @@ impl KafkaFeed {
             .subscribe(&[&settings.kafka.events_topic])
             .map_err(AnalyticsError::Kafka)?;
         Ok(KafkaFeed {
-            consumer: StreamConsumerHandle(consumer),
+            consumer: ConsumerHandle(Arc::new(consumer)),
             store,
             batch: settings.analytics.clickhouse.batch,
             every: Duration::from_secs(settings.analytics.flush_secs),
@@ -257,7 +278,17 @@ impl KafkaFeed {
                     }
                 }
             }
-            let (events, offsets, skipped) = self.next_batch(&stop).await?;
+            let Batch {
+                events,
+                next,
+                skipped,
+            } = read_batch(&self.consumer, self.batch, self.every, &stop).await?;
+            let mut offsets = TopicPartitionList::new();
+            for ((topic, partition), offset) in next {
+                offsets
+                    .add_partition_offset(&topic, partition, Offset::Offset(offset))
+                    .map_err(AnalyticsError::Kafka)?;
+            }
             metrics::counter!("analytics_ingest_skipped_total").increment(skipped);
             if !events.is_empty() {
                 self.insert(&events, &stop).await?;
@@ -296,47 +327,54 @@ impl KafkaFeed {
             }
         }
     }
+}
 
-    /// Up to `batch` events, or what came within `every` of the first; the offsets to commit
-    /// after them, and how many messages were no events.
-    async fn next_batch(
-        &self,
-        stop: &CancellationToken,
-    ) -> Result<(Vec<ScanEvent>, TopicPartitionList, u64), AnalyticsError> {
-        let mut events = Vec::new();
-        let mut skipped = 0;
-        let mut next: std::collections::BTreeMap<(String, i32), i64> = Default::default();
-        let deadline = tokio::time::sleep(self.every);
-        tokio::pin!(deadline);
-        while events.len() < self.batch {
-            let message = tokio::select! {
-                () = stop.cancelled() => break,
-                () = &mut deadline => break,
-                message = self.consumer.0.recv() => message,
-            };
-            let message = match message {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, "reading the events topic failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            next.insert(
-                (message.topic().to_owned(), message.partition()),
-                message.offset() + 1,
-            );
-            match message.payload().map(ScanEvent::from_json) {
-                Some(Ok(event)) if event.tenant.is_some() => events.push(event),
-                _ => skipped += 1,
+/// What [`read_batch`] read.
+pub(crate) struct Batch {
+    /// The messages that were scan events of a tenant.
+    pub(crate) events: Vec<ScanEvent>,
+    /// By topic and partition: the offset after the last message read.
+    pub(crate) next: BTreeMap<(String, i32), i64>,
+    /// Messages that were no events, or events of no tenant (a scan of an unknown code).
+    pub(crate) skipped: u64,
+}
+
+/// Up to `most` events from `consumer`, or what came within `every` (or until `stop`).
+pub(crate) async fn read_batch(
+    consumer: &ConsumerHandle,
+    most: usize,
+    every: Duration,
+    stop: &CancellationToken,
+) -> Result<Batch, AnalyticsError> {
+    let mut batch = Batch {
+        events: Vec::new(),
+        next: BTreeMap::new(),
+        skipped: 0,
+    };
+    let deadline = tokio::time::sleep(every);
+    tokio::pin!(deadline);
+    while batch.events.len() < most {
+        let message = tokio::select! {
+            () = stop.cancelled() => break,
+            () = &mut deadline => break,
+            message = consumer.0.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "reading the events topic failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
+        };
+        batch.next.insert(
+            (message.topic().to_owned(), message.partition()),
+            message.offset() + 1,
+        );
+        match message.payload().map(ScanEvent::from_json) {
+            Some(Ok(event)) if event.tenant.is_some() => batch.events.push(event),
+            _ => batch.skipped += 1,
         }
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            offsets
-                .add_partition_offset(&topic, partition, Offset::Offset(offset))
-                .map_err(AnalyticsError::Kafka)?;
-        }
-        Ok((events, offsets, skipped))
     }
+    Ok(batch)
 }

@@ -2,7 +2,8 @@
 //!
 //! - [`query`]: the questions ([`ScansQuery`]) and answers ([`Answer`]) every engine shares.
 //! - [`embedded`]: the default store — Parquet files by day and tenant in the data folder,
-//!   fed from the daily event files by an in-process ingest, queried in process.
+//!   fed from the daily event files by an in-process ingest, queried in process; on the
+//!   Kafka pool a [`relay`] writes those files from the events topic.
 //! - [`reference`]: the plainly right answer from events in memory, that tests hold the
 //!   engines to; [`synthetic`]: realistic made-up events for tests and benchmarks.
 //!
@@ -16,6 +17,7 @@ pub mod experiment;
 pub mod feed;
 pub mod query;
 pub mod reference;
+pub mod relay;
 pub mod routes;
 pub mod store;
 pub mod synthetic;
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use feed::{FileFeed, KafkaFeed};
 pub use query::{Answer, Dimension, Granularity, Row, ScansQuery, Totals};
+pub use relay::TopicRelay;
 pub use routes::{AnalyticsService, router};
 pub use store::Store;
 

@@ -170,6 +170,8 @@ pub struct App {
     link_purge: Option<LinkPurge>,
     /// Ingests the event files into the embedded analytics store, when they are written here.
     analytics_feed: Option<analytics::FileFeed>,
+    /// Writes those files from the events topic, on Kafka when the analytics API is served here.
+    analytics_relay: Option<analytics::TopicRelay>,
     grace: Duration,
     /// Threads answering requests, 0 for the shared runtime (see [`service::serve`]).
     http_threads: usize,
@@ -302,12 +304,33 @@ impl App {
         let mut scan_writer = None;
         let mut link_purge = None;
         let mut analytics_feed = None;
+        let mut analytics_relay = None;
         if let (true, Some(bindings), Some(keys)) = (parts.binder, &bindings, &keys)
             && settings.analytics.enabled
         {
             let store = analytics::Store::open(settings)
                 .await
                 .context("opening the analytics store")?;
+            // On Kafka the scan events are on the events topic: the embedded store this API
+            // reads is filled from there, here.
+            if let (PoolBackend::Kafka, analytics::Store::Embedded(embedded)) =
+                (settings.pool.backend, &store)
+            {
+                pool::kafka::ensure_topic(&settings.kafka, &settings.kafka.events_topic)
+                    .await
+                    .context("creating the scan events topic")?;
+                let events_dir = settings.embedded.data_dir.join("scans");
+                let relay = analytics::TopicRelay::open(settings, embedded.root(), &events_dir)
+                    .context("opening the relay of scan events into the analytics store")?;
+                let ingest_store = analytics::embedded::EmbeddedStore::open(embedded.root())
+                    .context("opening the analytics store")?;
+                analytics_feed = Some(
+                    analytics::FileFeed::open(ingest_store, &events_dir, settings)
+                        .context("opening the analytics ingest")?
+                        .appended_under(relay.appending()),
+                );
+                analytics_relay = Some(relay);
+            }
             let checked = store.clone();
             readiness = readiness.with("analytics", move || {
                 let store = checked.clone();
@@ -440,6 +463,7 @@ impl App {
             scan_writer,
             link_purge,
             analytics_feed,
+            analytics_relay,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             http_threads: settings.server.http_threads(parts.binder),
             connection_limits: settings.server.connection_limits(),
@@ -482,6 +506,7 @@ impl App {
             scan_writer,
             link_purge,
             analytics_feed,
+            analytics_relay,
             grace,
             http_threads,
             connection_limits,
@@ -499,6 +524,8 @@ impl App {
         });
         let analytics_feed =
             analytics_feed.map(|feed| tokio::spawn(feed.run(shutdown.child_token())));
+        let analytics_relay =
+            analytics_relay.map(|relay| tokio::spawn(relay.run(shutdown.child_token())));
         let served = service::serve(
             listener,
             front,
@@ -528,6 +555,9 @@ impl App {
                 Some(writer) => writer.finish().await,
                 None => Ok(()),
             };
+            if let Some(relay) = analytics_relay {
+                relay.await.context("the scan events relay task panicked")?;
+            }
             // The events written at shutdown are ingested too, once the writer is done.
             if let Some(feed) = analytics_feed {
                 feed.await

@@ -75,10 +75,12 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{suffix:016x}")
 }
 
-/// A fresh PostgreSQL database for one test; dropped by [`TestDatabase::drop_now`].
+/// A fresh PostgreSQL database for one test, dropped by [`TestDatabase::drop_now`]; and the
+/// test's own data folder (the analytics store on Kafka), removed when it is dropped.
 #[derive(Debug)]
 pub struct TestDatabase {
     pub url: String,
+    pub data_dir: tempfile::TempDir,
     name: String,
     admin_url: String,
 }
@@ -99,6 +101,7 @@ impl TestDatabase {
             .expect("a database URL has a path");
         TestDatabase {
             url: format!("{base}/{name}"),
+            data_dir: tempfile::tempdir().expect("a temporary folder"),
             name,
             admin_url: backends.postgres_url.clone(),
         }
@@ -151,7 +154,8 @@ pub fn embedded_settings(data_dir: &Path) -> Settings {
     settings
 }
 
-/// Settings for Kafka + Redis + PostgreSQL, each private to the calling test.
+/// Settings for Kafka + Redis + PostgreSQL, each private to the calling test (topics named
+/// after `topic`, the database's data folder).
 pub fn distributed_settings(
     backends: &Backends,
     database: &TestDatabase,
@@ -167,6 +171,8 @@ pub fn distributed_settings(
     settings.kafka.brokers = backends.kafka_brokers.clone();
     settings.kafka.pool_topic = topic.to_owned();
     settings.kafka.group_id = format!("{topic}-binders");
+    settings.kafka.events_topic = format!("{topic}.scans");
+    settings.embedded.data_dir = database.data_dir.path().to_owned();
     settings.kafka.partitions = 4;
     settings.kafka.session_timeout_ms = 6_000;
     settings.binder.on_demand_local = false;

@@ -398,11 +398,15 @@ async fn drive(
     }
 }
 
-async fn scan_events_dropped(base: &str) -> anyhow::Result<f64> {
+/// The sum of the samples of metric `name`, as `/metrics` shows it now.
+async fn metric(base: &str, name: &str) -> anyhow::Result<f64> {
     let text = reqwest_free_get(base, "/metrics").await?;
     Ok(text
         .lines()
-        .filter(|line| line.starts_with("scan_events_dropped_total"))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
 }
@@ -632,7 +636,16 @@ async fn main() -> anyhow::Result<()> {
     for p99 in &p99s {
         worst_ratio = worst_ratio.max(p99.as_secs_f64() / baseline.as_secs_f64().max(1e-9));
     }
-    let dropped = scan_events_dropped(&args.base).await?;
+    let dropped = metric(&args.base, "scan_events_dropped_total").await?;
+    // Not a check of the soak's, but what its analytics queries read: the events the store
+    // took (from the files, or relayed from the events topic on Kafka) and how far behind.
+    println!(
+        "\nanalytics: {} scan events written, {} ingested into the store ({} relayed from the events topic); lag of the last round {:.1} s",
+        metric(&args.base, "scan_events_written_total").await? as u64,
+        metric(&args.base, "analytics_ingested_events_total").await? as u64,
+        metric(&args.base, "analytics_relayed_events_total").await? as u64,
+        metric(&args.base, "analytics_lag_seconds").await?,
+    );
     let (_, fds_base) = after_warmup.context("the soak is longer than its warm-up")?;
     let growth = rss_peak as f64 / warmup_rss_peak as f64 - 1.0;
     let mut failed = Vec::new();

@@ -1,7 +1,8 @@
 //! Scan analytics as tenants use them: scans from phones in several countries through a
 //! trusted proxy, read back by country, browser, print or click, campaign and tag, as JSON and
 //! CSV; an A/B link with conversions read out with its lift; and, on Kafka, the events topic
-//! fed into ClickHouse (chDB) by the ingest, answering the same questions.
+//! relayed into the embedded store, or fed into ClickHouse (chDB) by the ingest, answering
+//! the same questions.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -446,6 +447,47 @@ async fn an_ab_link_with_conversions_reads_out_its_lift() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_the_embedded_store_is_filled_from_the_events_topic_once_across_restarts() {
+    let backends = Backends::from_env();
+    let database = TestDatabase::create(&backends).await;
+    let topic = unique("analytics_relay");
+    let prefix = format!("{}:", unique("r"));
+    // `analytics.backend` left as it comes: embedded.
+    let settings = || behind_a_proxy(distributed_settings(&backends, &database, &topic, &prefix));
+    let app = TestApp::spawn(settings(), Parts::ALL).await;
+    let key = scan_from_three_countries(&app).await;
+    let by_country = until_scanned(&app, &key, "group_by=country", 6).await;
+    let countries = groups(&by_country);
+    assert_eq!(countries.get("GB"), Some(&(3, 1)), "{by_country}");
+    assert_eq!(countries.get("US"), Some(&(2, 1)), "{by_country}");
+    assert_eq!(countries.get("SE"), Some(&(1, 1)), "{by_country}");
+    assert_eq!(
+        analytics(&app, &key, "bots=include").await["totals"]["scans"],
+        7
+    );
+    assert!(app.metric("analytics_relayed_events_total").await >= 7.0);
+    app.stop().await;
+
+    // Started again on the same data folder: the relay goes on from its checkpoint, so what it
+    // appended before is not appended twice, and what came while it was down arrives.
+    let app = TestApp::spawn(settings(), Parts::ALL).await;
+    let key = app.key.clone().unwrap();
+    let code: Value = app.bind(&json!({"params": {}})).await.json().await.unwrap();
+    let path = format!("/m/{}?qr=1", code["request_id"].as_str().unwrap());
+    assert_eq!(
+        scan(&app, &path, PIXEL_CHROME, LINKOPING).await.status(),
+        200
+    );
+    let by_country = until_scanned(&app, &key, "group_by=country", 7).await;
+    assert_eq!(groups(&by_country).get("SE"), Some(&(2, 2)), "{by_country}");
+    // Three more ingest rounds: still 7, nothing came twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(analytics(&app, &key, "").await["totals"]["scans"], 7);
+    app.stop().await;
+    database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kafka_scans_reach_clickhouse_through_the_ingest_and_read_back_alike() {
     let chdb = Chdb::start();
     let backends = Backends::from_env();
@@ -455,7 +497,6 @@ async fn on_kafka_scans_reach_clickhouse_through_the_ingest_and_read_back_alike(
     let make_settings = || {
         let mut settings =
             behind_a_proxy(distributed_settings(&backends, &database, &topic, &prefix));
-        settings.kafka.events_topic = format!("{topic}.scans");
         settings.analytics.backend = config::AnalyticsBackend::Clickhouse;
         settings.analytics.clickhouse.url = chdb.url.clone();
         settings.analytics.clickhouse.database = "qrpool_e2e".into();
@@ -519,7 +560,6 @@ async fn while_clickhouse_is_away_the_api_says_so_and_the_ingest_catches_up_when
     let make_settings = || {
         let mut settings =
             behind_a_proxy(distributed_settings(&backends, &database, &topic, &prefix));
-        settings.kafka.events_topic = format!("{topic}.scans");
         settings.analytics.backend = config::AnalyticsBackend::Clickhouse;
         settings.analytics.clickhouse.url = chdb.url.clone();
         settings.analytics.clickhouse.database = "qrpool_down".into();

@@ -129,6 +129,11 @@ async fn a_binder_killed_mid_load_loses_no_binding_and_binds_no_code_twice() {
         ("QRPOOL_KAFKA__BROKERS", backends.kafka_brokers.clone()),
         ("QRPOOL_KAFKA__POOL_TOPIC", topic.clone()),
         ("QRPOOL_KAFKA__GROUP_ID", format!("{topic}-binders")),
+        ("QRPOOL_KAFKA__EVENTS_TOPIC", format!("{topic}.scans")),
+        (
+            "QRPOOL_EMBEDDED__DATA_DIR",
+            database.data_dir.path().display().to_string(),
+        ),
         ("QRPOOL_KAFKA__PARTITIONS", "4".into()),
         ("QRPOOL_KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
         ("QRPOOL_PREGEN__TARGET_DEPTH", "4000".into()),
