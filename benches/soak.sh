@@ -16,6 +16,7 @@
 #                                            production the broker has disks of its own)
 #   DATA_DIR=/dev/shm benches/soak.sh        qrpool's data folder (the analytics store) there too
 #   PGPORT=5433 benches/soak.sh              another PostgreSQL on loopback (user postgres)
+#   QUERY_CACHE_MB=32 benches/soak.sh        the analytics query cache's budget (MiB; 512 by default)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -84,6 +85,9 @@ settings=(
   QRPOOL_EMBEDDED__DATA_DIR="$data_dir"
   QRPOOL_PREGEN__TARGET_DEPTH=60000 QRPOOL_PREGEN__LOW_WATER=30000
 )
+# The analytics queries' column cache grows to its budget as the store does, by design (512 MiB
+# unless QUERY_CACHE_MB says otherwise).
+if [ -n "${QUERY_CACHE_MB:-}" ]; then settings+=(QRPOOL_ANALYTICS__QUERY_CACHE_MB="$QUERY_CACHE_MB"); fi
 key=$(env "${settings[@]}" "$qrpool" keys create --tenant bench --scope bind,read,admin --rate 10000000 2>/dev/null)
 say "starting qrpool up (Kafka on :$kafka_port, Redis, PostgreSQL)"
 env "${settings[@]}" QRPOOL_SERVER__LISTEN=127.0.0.1:$port QRPOOL_TELEMETRY__FILTER=warn \
