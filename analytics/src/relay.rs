@@ -452,6 +452,17 @@ mod tests {
         event
     }
 
+    /// Files in a new folder, after one batch of `k1` (day 1) that read partition 0 up to `next`.
+    fn after_one_batch(next: i64) -> (tempfile::TempDir, PathBuf, Files) {
+        let folder = tempfile::tempdir().unwrap();
+        let events_dir = folder.path().join("scans");
+        let mut files = Files::open(folder.path(), &events_dir, "scans").unwrap();
+        files
+            .append(&[event(1, "k1")], &BTreeMap::from([(0, next)]))
+            .unwrap();
+        (folder, events_dir, files)
+    }
+
     fn lines(path: &Path) -> Vec<String> {
         std::fs::read_to_string(path)
             .unwrap_or_default()
@@ -520,12 +531,7 @@ mod tests {
 
     #[test]
     fn a_batch_that_cannot_be_written_leaves_nothing_behind() {
-        let folder = tempfile::tempdir().unwrap();
-        let events_dir = folder.path().join("scans");
-        let mut files = Files::open(folder.path(), &events_dir, "scans").unwrap();
-        files
-            .append(&[event(1, "k1")], &BTreeMap::from([(0, 1)]))
-            .unwrap();
+        let (_folder, events_dir, mut files) = after_one_batch(1);
         // The second day's file cannot be made (a folder stands in its way), after the first
         // day's lines were appended.
         std::fs::create_dir(events_dir.join("2026-12-02.jsonl")).unwrap();
@@ -537,12 +543,7 @@ mod tests {
 
     #[test]
     fn another_topic_is_read_from_its_start() {
-        let folder = tempfile::tempdir().unwrap();
-        let events_dir = folder.path().join("scans");
-        let mut files = Files::open(folder.path(), &events_dir, "scans").unwrap();
-        files
-            .append(&[event(1, "k1")], &BTreeMap::from([(0, 5)]))
-            .unwrap();
+        let (folder, events_dir, _files) = after_one_batch(5);
         let other = Files::open(folder.path(), &events_dir, "other.scans").unwrap();
         assert!(other.checkpoint.offsets.is_empty());
         assert_eq!(

@@ -446,6 +446,15 @@ async fn an_ab_link_with_conversions_reads_out_its_lift() {
     app.stop().await;
 }
 
+/// Waits for [`scan_from_three_countries`]'s scans and reads them back by country.
+async fn read_back_by_country(app: &TestApp, key: &str) {
+    let by_country = until_scanned(app, key, "group_by=country", 6).await;
+    let countries = groups(&by_country);
+    assert_eq!(countries.get("GB"), Some(&(3, 1)), "{by_country}");
+    assert_eq!(countries.get("US"), Some(&(2, 1)), "{by_country}");
+    assert_eq!(countries.get("SE"), Some(&(1, 1)), "{by_country}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kafka_the_embedded_store_is_filled_from_the_events_topic_once_across_restarts() {
     let backends = Backends::from_env();
@@ -456,11 +465,7 @@ async fn on_kafka_the_embedded_store_is_filled_from_the_events_topic_once_across
     let settings = || behind_a_proxy(distributed_settings(&backends, &database, &topic, &prefix));
     let app = TestApp::spawn(settings(), Parts::ALL).await;
     let key = scan_from_three_countries(&app).await;
-    let by_country = until_scanned(&app, &key, "group_by=country", 6).await;
-    let countries = groups(&by_country);
-    assert_eq!(countries.get("GB"), Some(&(3, 1)), "{by_country}");
-    assert_eq!(countries.get("US"), Some(&(2, 1)), "{by_country}");
-    assert_eq!(countries.get("SE"), Some(&(1, 1)), "{by_country}");
+    read_back_by_country(&app, &key).await;
     assert_eq!(
         analytics(&app, &key, "bots=include").await["totals"]["scans"],
         7
@@ -516,11 +521,7 @@ async fn on_kafka_scans_reach_clickhouse_through_the_ingest_and_read_back_alike(
     let feeding = tokio::spawn(feed.run(stop.clone()));
 
     let key = scan_from_three_countries(&app).await;
-    let by_country = until_scanned(&app, &key, "group_by=country", 6).await;
-    let countries = groups(&by_country);
-    assert_eq!(countries.get("GB"), Some(&(3, 1)), "{by_country}");
-    assert_eq!(countries.get("US"), Some(&(2, 1)), "{by_country}");
-    assert_eq!(countries.get("SE"), Some(&(1, 1)), "{by_country}");
+    read_back_by_country(&app, &key).await;
     assert_eq!(
         analytics(&app, &key, "tag=spring").await["totals"]["scans"],
         5
