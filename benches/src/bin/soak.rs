@@ -9,7 +9,9 @@
 //! whatever the answers do, and its latency counts from when it was due (a stall shows in the
 //! percentiles instead of slowing the schedule), each kind of request on connections of its
 //! own, as different clients send them. The mix is the same in both: of every 1,000
-//! requests, 300 binds, 550 scans of bound codes, 140 scans of links, 9 link edits, 1 query.
+//! requests, 300 binds, 550 scans of bound codes, 140 scans of links, 9 link edits, 1 query;
+//! except that in the soak the queries keep a rate of their own (`--queries-per-minute`, 30),
+//! as dashboards are not asked once per thousand scans and each reads the whole store.
 //!
 //! The verdict, after the warm-up (`--warmup-minutes`, 5): resident memory of the qrpool
 //! process (`--pid`) never goes more than 10 % above the warm-up's highest, its open
@@ -57,6 +59,10 @@ struct Args {
     /// Links made at the start, scanned and edited throughout.
     #[arg(long, default_value_t = 200)]
     links: usize,
+    /// Analytics queries a minute in the soak, on a schedule of their own: a few marketers'
+    /// dashboards, whatever the scan rate (each reads every scan of the tenant so far).
+    #[arg(long, default_value_t = 30)]
+    queries_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -277,6 +283,8 @@ struct Lane {
     offsets: Vec<usize>,
     connections: usize,
     sent: AtomicUsize,
+    /// In open load, the lane's own schedule: its n-th request is due at `every * n`.
+    every: Option<Duration>,
 }
 
 impl Lane {
@@ -292,10 +300,12 @@ impl Lane {
 /// `interval * i`, and each kind goes out on connections of its own (a share of
 /// `connections` by its share of the mix, at least 8), as phones, listing apps and
 /// marketers are different clients: a slow bind holds up the next bind, never a scan.
+/// Queries, in open load, are due every `query_every` instead of at their share of the mix.
 async fn run(
     target: &Arc<Target>,
     connections: usize,
     interval: Option<Duration>,
+    query_every: Duration,
     until: Instant,
     window: &Arc<Mutex<Window>>,
 ) -> anyhow::Result<usize> {
@@ -311,15 +321,23 @@ async fn run(
             offsets: (0..1000).collect(),
             connections,
             sent: AtomicUsize::new(0),
+            every: None,
         })],
         Some(_) => kinds
             .iter()
             .map(|&kind| {
                 let offsets: Vec<usize> = (0..1000).filter(|&i| Kind::of(i) == kind).collect();
+                // Two connections carry the queries: on more, each would sit idle past the
+                // server's keep-alive limit (`server.header_read_timeout_ms`) between them.
+                let lane_connections = match kind {
+                    Kind::Query => 2,
+                    _ => (connections * offsets.len() / 1000).max(8),
+                };
                 Arc::new(Lane {
-                    connections: (connections * offsets.len() / 1000).max(8),
+                    connections: lane_connections,
                     offsets,
                     sent: AtomicUsize::new(0),
+                    every: (kind == Kind::Query).then_some(query_every),
                 })
             })
             .collect(),
@@ -361,15 +379,25 @@ async fn drive(
     window: Arc<Mutex<Window>>,
 ) {
     loop {
-        let i = lane.nth(lane.sent.fetch_add(1, Ordering::Relaxed));
-        let due = match interval {
-            Some(interval) => started + interval * u32::try_from(i).unwrap_or(u32::MAX),
-            None => Instant::now(),
+        let n = lane.sent.fetch_add(1, Ordering::Relaxed);
+        let i = lane.nth(n);
+        let due = match (interval, lane.every) {
+            (Some(_), Some(every)) => started + every * u32::try_from(n).unwrap_or(u32::MAX),
+            (Some(interval), None) => started + interval * u32::try_from(i).unwrap_or(u32::MAX),
+            (None, _) => Instant::now(),
         };
         if due >= until {
             return;
         }
         tokio::time::sleep_until(due.into()).await;
+        // A connection the server closed while it was idle is opened again, as a client's
+        // pool does; only a failure of the request itself counts.
+        if sender.is_closed() {
+            match target.connect().await {
+                Ok(fresh) => sender = fresh,
+                Err(_) => return,
+            }
+        }
         let result = target.request(&mut sender, i).await;
         let took = due.elapsed();
         let failed = {
@@ -543,6 +571,7 @@ async fn main() -> anyhow::Result<()> {
                 &target,
                 args.connections,
                 None,
+                Duration::ZERO, // closed load: queries keep their share of the mix
                 Instant::now() + Duration::from_secs(seconds),
                 &window,
             )
@@ -553,6 +582,7 @@ async fn main() -> anyhow::Result<()> {
                 &target,
                 args.connections,
                 None,
+                Duration::ZERO,
                 started + Duration::from_secs(seconds),
                 &window,
             )
@@ -576,8 +606,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     println!(
-        "soak: {rate} requests/s for {} minutes, warm-up {} minutes",
-        args.minutes, args.warmup_minutes
+        "soak: {rate} requests/s for {} minutes, warm-up {} minutes; {} analytics queries a minute",
+        args.minutes, args.warmup_minutes, args.queries_per_minute
     );
 
     let started = Instant::now();
@@ -585,7 +615,18 @@ async fn main() -> anyhow::Result<()> {
     let load = tokio::spawn({
         let (target, window) = (Arc::clone(&target), Arc::clone(&window));
         let interval = Duration::from_secs(1) / rate.max(1);
-        async move { run(&target, args.connections, Some(interval), until, &window).await }
+        let query_every = Duration::from_secs(60) / args.queries_per_minute.max(1);
+        async move {
+            run(
+                &target,
+                args.connections,
+                Some(interval),
+                query_every,
+                until,
+                &window,
+            )
+            .await
+        }
     });
 
     let mut first_five: Vec<Duration> = Vec::new();
