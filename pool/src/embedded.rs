@@ -34,7 +34,11 @@ pub struct EmbeddedPool {
 struct Inner {
     db: SqlitePool,
     lanes: Mutex<HashMap<String, Arc<Lane>>>,
+    /// Acked rows not yet deleted, in the order they were acked.
     acked: Mutex<Vec<Acked>>,
+    /// Held by the flush deleting rows: one at a time, so that a flush returns only once
+    /// every ack made before it is durable, even those another flush was already deleting.
+    flushing: tokio::sync::Mutex<()>,
     /// Wakes takers waiting on a dry lane when pregen pushes.
     pushed: Notify,
 }
@@ -118,6 +122,7 @@ impl EmbeddedPool {
                 db,
                 lanes: Mutex::default(),
                 acked: Mutex::new(Vec::new()),
+                flushing: tokio::sync::Mutex::new(()),
                 pushed: Notify::new(),
             }),
         };
@@ -305,25 +310,24 @@ async fn in_transaction<T>(
 }
 
 async fn flush(inner: &Inner) -> Result<(), PoolError> {
-    let seqs = std::mem::take(&mut *lock(&inner.acked));
+    let _flushing = inner.flushing.lock().await;
+    // Copied, not taken: until their rows are deleted they still count out of the depth.
+    let seqs: Vec<i64> = lock(&inner.acked).iter().map(|acked| acked.seq).collect();
     if seqs.is_empty() {
         return Ok(());
     }
-    let result = in_transaction(&inner.db, async |tx| {
-        for acked in &seqs {
+    in_transaction(&inner.db, async |tx| {
+        for seq in &seqs {
             sqlx::query("DELETE FROM pool WHERE seq = ?")
-                .bind(acked.seq)
+                .bind(seq)
                 .execute(&mut *tx)
                 .await?;
         }
         Ok(())
     })
-    .await;
-    if let Err(error) = result {
-        // Keep them for the next flush: an acked row left in place would be redelivered.
-        lock(&inner.acked).extend(seqs);
-        return Err(error.into());
-    }
+    .await?;
+    // Acks are only appended, and only a flush removes them: the first ones are those deleted.
+    lock(&inner.acked).drain(..seqs.len());
     Ok(())
 }
 
@@ -393,6 +397,43 @@ mod tests {
             left.push(delivery.record.request_id);
         }
         assert_eq!(left, vec![pushed[3].request_id, pushed[4].request_id]);
+    }
+
+    #[tokio::test]
+    async fn a_flush_returns_once_the_acks_another_flush_was_deleting_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = EmbeddedPool::open(dir.path()).await.unwrap();
+        PoolWriter::Embedded(pool.clone())
+            .push(&records(600))
+            .await
+            .unwrap();
+        let reader = PoolReader::Embedded(pool.lane("local"));
+        for _ in 0..500 {
+            let delivery = reader.take(Duration::ZERO).await.unwrap().unwrap();
+            reader.ack(&delivery);
+        }
+        let rows = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM pool")
+                .fetch_one(&pool.inner.db)
+                .await
+                .unwrap()
+        };
+        // The periodic flush is deleting the 500 when the shutdown's flush (`close`) runs:
+        // the shutdown's must not return before those deletes are committed.
+        let (periodic, (closed, left)) = tokio::join!(pool.flush_acks(), async {
+            let closed = reader.close().await;
+            (closed, rows().await)
+        });
+        periodic.unwrap();
+        closed.unwrap();
+        assert_eq!(left, 100);
+        assert_eq!(
+            PoolWriter::Embedded(pool.clone())
+                .depth("local")
+                .await
+                .unwrap(),
+            100
+        );
     }
 
     #[tokio::test]
