@@ -74,6 +74,8 @@ struct Files {
     path: PathBuf,
     checkpoint: Checkpoint,
     appending: Appending,
+    /// When the lengths of files retention removed were last dropped.
+    forgotten: Instant,
 }
 
 impl Files {
@@ -104,6 +106,7 @@ impl Files {
             path,
             checkpoint,
             appending: Appending::default(),
+            forgotten: Instant::now(),
         };
         let lengths = files.checkpoint.lengths.clone();
         files.cut_back(&lengths)?;
@@ -141,6 +144,7 @@ impl Files {
 
     /// Drops the lengths of files that are gone (retention removed their day).
     fn forget_removed(&mut self) {
+        self.forgotten = Instant::now();
         let events_dir = &self.events_dir;
         self.checkpoint
             .lengths
@@ -153,6 +157,10 @@ impl Files {
         events: &[ScanEvent],
         offsets: &BTreeMap<i32, i64>,
     ) -> Result<(), AnalyticsError> {
+        // Here, on the blocking thread, not in the loop that reads Kafka: it looks at files.
+        if self.forgotten.elapsed() >= REFRESH_EVERY {
+            self.forget_removed();
+        }
         let mut by_day: BTreeMap<NaiveDate, Vec<u8>> = BTreeMap::new();
         for event in events {
             let lines = by_day.entry(event.at.date_naive()).or_default();
@@ -298,9 +306,6 @@ impl TopicRelay {
         while !stop.is_cancelled() {
             if refreshed.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
                 refreshed = Some(Instant::now());
-                if let Some(files) = self.files.as_mut() {
-                    files.forget_removed();
-                }
                 if let Err(error) = self.follow_partitions().await {
                     tracing::warn!(%error, topic = %self.topic, "listing the events topic's partitions failed; retrying");
                     refreshed = None;

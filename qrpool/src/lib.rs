@@ -68,6 +68,13 @@ pub async fn open_pool_writer(settings: &Settings) -> anyhow::Result<PoolWriter>
     })
 }
 
+/// Creates the scan events topic on Kafka if it is not there.
+async fn ensure_events_topic(settings: &Settings) -> anyhow::Result<()> {
+    pool::kafka::ensure_topic(&settings.kafka, &settings.kafka.events_topic)
+        .await
+        .context("creating the scan events topic")
+}
+
 /// The issuers whose lanes a binder takes from: `local` and every configured issuer.
 fn served_issuers(settings: &Settings) -> impl Iterator<Item = &str> {
     std::iter::once(config::LOCAL_ISSUER).chain(settings.pregen.issuers.keys().map(String::as_str))
@@ -301,6 +308,9 @@ impl App {
                 settings,
             )));
         }
+        // On Kafka, the relay beside the analytics API reads the scan events topic and the
+        // middle page writes it: made once for whichever of them runs here.
+        let events_topic = tokio::sync::OnceCell::new();
         let mut scan_writer = None;
         let mut link_purge = None;
         let mut analytics_feed = None;
@@ -316,9 +326,9 @@ impl App {
             if let (PoolBackend::Kafka, analytics::Store::Embedded(embedded)) =
                 (settings.pool.backend, &store)
             {
-                pool::kafka::ensure_topic(&settings.kafka, &settings.kafka.events_topic)
-                    .await
-                    .context("creating the scan events topic")?;
+                events_topic
+                    .get_or_try_init(|| ensure_events_topic(settings))
+                    .await?;
                 let events_dir = settings.embedded.data_dir.join("scans");
                 let relay = analytics::TopicRelay::open(settings, embedded.root(), &events_dir)
                     .context("opening the relay of scan events into the analytics store")?;
@@ -368,9 +378,9 @@ impl App {
             let scans = if settings.scans.enabled {
                 let sink = match settings.pool.backend {
                     PoolBackend::Kafka => {
-                        pool::kafka::ensure_topic(&settings.kafka, &settings.kafka.events_topic)
-                            .await
-                            .context("creating the scan events topic")?;
+                        events_topic
+                            .get_or_try_init(|| ensure_events_topic(settings))
+                            .await?;
                         scans::ScanSink::Kafka {
                             brokers: settings.kafka.brokers.clone(),
                             topic: settings.kafka.events_topic.clone(),
