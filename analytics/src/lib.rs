@@ -49,6 +49,8 @@ pub enum AnalyticsError {
     ClickHouse(#[from] ::clickhouse::error::Error),
     #[error("the events topic")]
     Kafka(#[source] rdkafka::error::KafkaError),
+    #[error("the query was abandoned: whoever asked has gone")]
+    Abandoned,
     #[error("applying the ClickHouse schema file `{0}`")]
     Schema(&'static str, #[source] ::clickhouse::error::Error),
 }

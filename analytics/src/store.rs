@@ -1,6 +1,8 @@
 //! [`Store`]: the one interface the API queries, over either engine.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 
@@ -24,7 +26,8 @@ impl Store {
         Ok(match settings.analytics.backend {
             AnalyticsBackend::Embedded => Store::Embedded(
                 EmbeddedStore::open(&settings.embedded.data_dir.join("analytics"))?
-                    .with_query_cache(settings.analytics.query_cache_mb * 1024 * 1024),
+                    .with_query_cache(settings.analytics.query_cache_mb * 1024 * 1024)
+                    .with_concurrent_queries(settings.analytics.concurrent_queries as usize),
             ),
             AnalyticsBackend::Clickhouse => {
                 Store::ClickHouse(ClickHouseStore::connect(&settings.analytics.clickhouse).await?)
@@ -36,10 +39,17 @@ impl Store {
     pub async fn scans(&self, query: ScansQuery) -> Result<Answer, AnalyticsError> {
         match self {
             Store::Embedded(store) => {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.query(&query))
-                    .await
-                    .map_err(|error| AnalyticsError::Corrupt(format!("a query failed: {error}")))?
+                let turn = take_turn(store).await?;
+                let abandoned = AbandonOnDrop(Arc::new(AtomicBool::new(false)));
+                let (store, flag) = (store.clone(), Arc::clone(&abandoned.0));
+                tokio::task::spawn_blocking(move || {
+                    // Held until the scan stops, not until its asker goes: the bound counts
+                    // work being done.
+                    let _turn = turn;
+                    store.query_unless(&query, &flag)
+                })
+                .await
+                .map_err(|error| AnalyticsError::Corrupt(format!("a query failed: {error}")))?
             }
             Store::ClickHouse(store) => store.scans(&query).await,
         }
@@ -59,8 +69,10 @@ impl Store {
         }
         match self {
             Store::Embedded(store) => {
+                let turn = take_turn(store).await?;
                 let (store, tenant, key) = (store.clone(), tenant.to_owned(), key.to_owned());
                 tokio::task::spawn_blocking(move || {
+                    let _turn = turn;
                     store.click_variants(&tenant, &key, from, to, &clicks)
                 })
                 .await
@@ -95,5 +107,42 @@ impl Store {
             }
             Store::ClickHouse(store) => store.check().await,
         }
+    }
+}
+
+/// Waits for a turn to read the embedded store. Waiting costs nothing: a request that runs
+/// out of time in the queue never starts its scan.
+async fn take_turn(
+    store: &EmbeddedStore,
+) -> Result<tokio::sync::OwnedSemaphorePermit, AnalyticsError> {
+    let waiting = Waiting::start();
+    let turn = Arc::clone(store.turns()).acquire_owned().await;
+    drop(waiting);
+    turn.map_err(|_| AnalyticsError::Corrupt("the store's query turns were closed".into()))
+}
+
+/// Tells a running scan its asker has gone when the request's future is dropped.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counts a query waiting for its turn, until it has it or its asker gives up.
+struct Waiting(metrics::Gauge);
+
+impl Waiting {
+    fn start() -> Self {
+        let gauge = metrics::gauge!("analytics_queries_waiting");
+        gauge.increment(1.0);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }

@@ -299,3 +299,45 @@ fn a_round_that_cannot_write_changes_nothing_and_the_next_one_catches_up() {
         reference::answer(&query, &events)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_beyond_the_bound_wait_their_turn_and_an_abandoned_scan_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("scans");
+    let store = EmbeddedStore::open(&dir.path().join("analytics"))
+        .unwrap()
+        .with_concurrent_queries(1);
+    let events = synthetic::events(&shape(4_000, 5));
+    append(&events_dir, &events);
+    Ingest::open(store.clone(), &events_dir)
+        .unwrap()
+        .round()
+        .unwrap();
+    let query = whole_range(0, Granularity::Day, Some(Dimension::Country));
+    let expected = reference::answer(&query, &events);
+    let api = analytics::Store::Embedded(store.clone());
+
+    // The one turn is taken: the next query waits for it, then answers.
+    let held = std::sync::Arc::clone(store.turns())
+        .acquire_owned()
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let (api, query) = (api.clone(), query.clone());
+        async move { api.scans(query).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a query ran beside the one holding the turn"
+    );
+    drop(held);
+    assert_eq!(waiting.await.unwrap().unwrap(), expected);
+
+    // A scan whose asker has gone reads no further.
+    let abandoned = std::sync::atomic::AtomicBool::new(true);
+    assert!(matches!(
+        store.query_unless(&query, &abandoned),
+        Err(analytics::AnalyticsError::Abandoned)
+    ));
+}

@@ -402,6 +402,9 @@ pub struct AnalyticsSettings {
     pub retention_days: u32,
     /// Memory for decoded columns kept between queries (embedded store); 0 keeps none.
     pub query_cache_mb: u64,
+    /// Queries the embedded store answers at once; the rest wait their turn within their
+    /// request's time limit. Each already uses every core, so more at once only adds memory.
+    pub concurrent_queries: u32,
     pub clickhouse: ClickHouseSettings,
 }
 
@@ -414,6 +417,7 @@ impl Default for AnalyticsSettings {
             flush_secs: 5,
             retention_days: 400,
             query_cache_mb: 512,
+            concurrent_queries: 2,
             clickhouse: ClickHouseSettings::default(),
         }
     }
@@ -822,6 +826,12 @@ impl Settings {
                 ));
             }
         }
+        if self.analytics.concurrent_queries == 0 {
+            return Err(ConfigError::invalid(
+                "analytics.concurrent_queries",
+                "must be at least 1",
+            ));
+        }
         if self.server.max_body_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "server.max_body_bytes",
@@ -1130,6 +1140,16 @@ mod tests {
             jail.set_env("QRPOOL_PREGEN__LOW_WATER", "5000");
             let error = load_in(jail, None).expect_err("must fail").to_string();
             assert!(error.contains("pregen.low_water"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn analytics_answers_at_least_one_query_at_a_time() {
+        Jail::expect_with(|jail| {
+            jail.set_env("QRPOOL_ANALYTICS__CONCURRENT_QUERIES", "0");
+            let error = load_in(jail, None).expect_err("must fail").to_string();
+            assert!(error.contains("analytics.concurrent_queries"), "{error}");
             Ok(())
         });
     }

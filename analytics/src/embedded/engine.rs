@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampMicrosecondType, UInt64Type};
@@ -44,13 +45,29 @@ struct Partial {
 impl EmbeddedStore {
     /// Answers `query` from the files (blocking: call it off the async runtime).
     pub fn query(&self, query: &ScansQuery) -> Result<Answer, AnalyticsError> {
+        self.query_unless(query, &AtomicBool::new(false))
+    }
+
+    /// As [`EmbeddedStore::query`], but stops at the next day it would read once
+    /// `abandoned` is set: whoever asked has gone (a request past its time limit), and a
+    /// month's scan should not go on taking the cores from the queries still wanted.
+    pub fn query_unless(
+        &self,
+        query: &ScansQuery,
+        abandoned: &AtomicBool,
+    ) -> Result<Answer, AnalyticsError> {
         let buckets = query.bucket_starts();
         let first = query.from.date_naive();
         let last = (query.to - Duration::microseconds(1)).date_naive();
         let days: Vec<NaiveDate> = first.iter_days().take_while(|day| *day <= last).collect();
         let partials = days
             .par_iter()
-            .map(|day| self.query_partition(query, &buckets, *day))
+            .map(|day| {
+                if abandoned.load(Ordering::Relaxed) {
+                    return Err(AnalyticsError::Abandoned);
+                }
+                self.query_partition(query, &buckets, *day)
+            })
             .collect::<Result<Vec<Partial>, AnalyticsError>>()?;
         let mut cells: HashMap<(usize, Option<String>), (u64, u64)> = HashMap::new();
         let mut totals = Totals::default();

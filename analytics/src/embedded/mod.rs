@@ -26,6 +26,7 @@ pub mod line;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
@@ -128,6 +129,9 @@ pub struct EmbeddedStore {
     root: PathBuf,
     /// Decoded columns kept between queries (none unless [`EmbeddedStore::with_query_cache`]).
     columns: column_cache::ColumnCache,
+    /// Turns to answer a query from the async API ([`crate::Store`]); as many as asked for
+    /// by [`EmbeddedStore::with_concurrent_queries`], unbounded otherwise.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl EmbeddedStore {
@@ -138,7 +142,21 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             root: root.to_owned(),
             columns: column_cache::ColumnCache::new(0),
+            turns: Arc::new(tokio::sync::Semaphore::new(
+                tokio::sync::Semaphore::MAX_PERMITS,
+            )),
         })
+    }
+
+    /// Answers at most `queries` at once from the async API; the others wait their turn.
+    pub fn with_concurrent_queries(mut self, queries: usize) -> Self {
+        self.turns = Arc::new(tokio::sync::Semaphore::new(queries.max(1)));
+        self
+    }
+
+    /// The turns queries take (see [`EmbeddedStore::with_concurrent_queries`]).
+    pub fn turns(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.turns
     }
 
     /// Keeps up to `bytes` of decoded columns in memory for the queries that follow (the
