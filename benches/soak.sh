@@ -17,6 +17,11 @@
 #   DATA_DIR=/dev/shm benches/soak.sh        qrpool's data folder (the analytics store) there too
 #   PGPORT=5433 benches/soak.sh              another PostgreSQL on loopback (user postgres)
 #   QUERY_CACHE_MB=32 benches/soak.sh        the analytics query cache's budget (MiB; 512 by default)
+#   HISTORY_EVENTS=0 benches/soak.sh         no history: by default the analytics store starts with
+#                                            the 30 days before today (10 million scan events of
+#                                            the soak's tenant, analytics-bench generate + ingest),
+#                                            as a store in production does, so that the dashboard's
+#                                            queries read a month from the first minute
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,6 +41,8 @@ data_dir=$(mktemp -d -p "${DATA_DIR:-$work}" data.XXXXXX)
 pid=
 broker=
 run_id=soak_$(date +%s)_$$
+# The tenant of the soak's key: the synthetic history's largest (analytics::synthetic).
+tenant=tenant-000
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   if [ -n "$broker" ]; then kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; fi
@@ -71,8 +78,8 @@ wait_for_port "$kafka_port" "the soak's tansu"
 PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE qrpool_$run_id" postgres
 cat >"$work/qrpool.toml" <<'TOML'
 [redirect.allowed_hosts]
-bench = ["shop.example"]
 TOML
+echo "$tenant = [\"shop.example\"]" >>"$work/qrpool.toml"
 settings=(
   QRPOOL_CONFIG="$work/qrpool.toml"
   QRPOOL_POOL__BACKEND=kafka QRPOOL_STORE__BACKEND=postgres
@@ -88,7 +95,15 @@ settings=(
 # The analytics queries' column cache grows to its budget as the store does, by design (512 MiB
 # unless QUERY_CACHE_MB says otherwise).
 if [ -n "${QUERY_CACHE_MB:-}" ]; then settings+=(QRPOOL_ANALYTICS__QUERY_CACHE_MB="$QUERY_CACHE_MB"); fi
-key=$(env "${settings[@]}" "$qrpool" keys create --tenant bench --scope bind,read,admin --rate 10000000 2>/dev/null)
+history=${HISTORY_EVENTS:-10000000}
+if [ "$history" -gt 0 ]; then
+  first_day=$(date -u -d '30 days ago' +%F)
+  say "the analytics store's history: $history scan events over the 30 days from $first_day"
+  "$repo/target/release/analytics-bench" generate --dir "$data_dir" --events "$history" \
+    --tenants 1 --days 30 --first-day "$first_day"
+  "$repo/target/release/analytics-bench" ingest --dir "$data_dir"
+fi
+key=$(env "${settings[@]}" "$qrpool" keys create --tenant "$tenant" --scope bind,read,admin --rate 10000000 2>/dev/null)
 say "starting qrpool up (Kafka on :$kafka_port, Redis, PostgreSQL)"
 env "${settings[@]}" QRPOOL_SERVER__LISTEN=127.0.0.1:$port QRPOOL_TELEMETRY__FILTER=warn \
   "$qrpool" up >"$work/up.log" 2>&1 &

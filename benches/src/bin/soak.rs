@@ -9,9 +9,10 @@
 //! whatever the answers do, and its latency counts from when it was due (a stall shows in the
 //! percentiles instead of slowing the schedule), each kind of request on connections of its
 //! own, as different clients send them. The mix is the same in both: of every 1,000
-//! requests, 300 binds, 550 scans of bound codes, 140 scans of links, 9 link edits, 1 query;
-//! except that in the soak the queries keep a rate of their own (`--queries-per-minute`, 30),
-//! as dashboards are not asked once per thousand scans and each reads the whole store.
+//! requests, 300 binds, 550 scans of bound codes, 140 scans of links, 9 link edits; beside
+//! it, analytics queries at a rate of their own (`--queries-per-minute`, 30), as dashboards
+//! are not asked once per thousand scans and each reads a month of the store, taking the
+//! console's questions in turn ([`DASHBOARD`]).
 //!
 //! The verdict, after the warm-up (`--warmup-minutes`, 5): resident memory of the qrpool
 //! process (`--pid`) never goes more than 10 % above the warm-up's highest, its open
@@ -31,6 +32,25 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
+
+/// What the console asks of the analytics API to draw its overview and audience pages, over
+/// its default range (the last 30 days), asked in turn.
+const DASHBOARD: [&str; 14] = [
+    "granularity=day",
+    "group_by=via_qr",
+    "group_by=key&limit=10",
+    "group_by=country&limit=300",
+    "group_by=region&limit=10",
+    "group_by=city&limit=10",
+    "group_by=device&limit=10",
+    "group_by=browser&limit=10",
+    "group_by=os&limit=10",
+    "group_by=referrer&limit=10",
+    "group_by=utm_source&limit=10",
+    "group_by=utm_medium&limit=10",
+    "group_by=utm_campaign&limit=10",
+    "group_by=variant&limit=10",
+];
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -108,6 +128,8 @@ struct Target {
     codes: Mutex<Vec<String>>,
     links: Vec<String>,
     edits: AtomicUsize,
+    /// Analytics queries sent, to take the console's questions in turn.
+    queries: AtomicUsize,
 }
 
 const RECENT_CODES: usize = 20_000;
@@ -225,16 +247,19 @@ impl Target {
                 }
                 Ok(())
             }
-            Kind::Query => self
-                .send(
+            Kind::Query => {
+                let turn = self.queries.fetch_add(1, Ordering::Relaxed);
+                let question = DASHBOARD[turn % DASHBOARD.len()];
+                self.send(
                     sender,
                     Method::GET,
-                    "/v1/analytics/scans?group_by=country",
+                    &format!("/v1/analytics/scans?{question}"),
                     None,
                     |s| s == 200,
                 )
                 .await
-                .map(drop),
+                .map(drop)
+            }
         }
     }
 }
@@ -300,7 +325,8 @@ impl Lane {
 /// `interval * i`, and each kind goes out on connections of its own (a share of
 /// `connections` by its share of the mix, at least 8), as phones, listing apps and
 /// marketers are different clients: a slow bind holds up the next bind, never a scan.
-/// Queries, in open load, are due every `query_every` instead of at their share of the mix.
+/// Queries, in both, are due every `query_every` on two connections of their own instead of
+/// at their share of the mix.
 async fn run(
     target: &Arc<Target>,
     connections: usize,
@@ -309,37 +335,38 @@ async fn run(
     until: Instant,
     window: &Arc<Mutex<Window>>,
 ) -> anyhow::Result<usize> {
-    let kinds = [
-        Kind::Bind,
-        Kind::Scan,
-        Kind::LinkScan,
-        Kind::LinkEdit,
-        Kind::Query,
-    ];
+    let kinds = [Kind::Bind, Kind::Scan, Kind::LinkScan, Kind::LinkEdit];
+    let query_offsets: Vec<usize> = (0..1000).filter(|&i| Kind::of(i) == Kind::Query).collect();
+    // Two connections carry the queries: on more, each would sit idle past the server's
+    // keep-alive limit (`server.header_read_timeout_ms`) between them.
+    let queries = Lane {
+        offsets: query_offsets,
+        connections: 2,
+        sent: AtomicUsize::new(0),
+        every: Some(query_every),
+    };
     let lanes: Vec<Arc<Lane>> = match interval {
-        None => vec![Arc::new(Lane {
-            offsets: (0..1000).collect(),
-            connections,
-            sent: AtomicUsize::new(0),
-            every: None,
-        })],
+        None => vec![
+            Arc::new(Lane {
+                offsets: (0..1000).filter(|&i| Kind::of(i) != Kind::Query).collect(),
+                connections,
+                sent: AtomicUsize::new(0),
+                every: None,
+            }),
+            Arc::new(queries),
+        ],
         Some(_) => kinds
             .iter()
             .map(|&kind| {
                 let offsets: Vec<usize> = (0..1000).filter(|&i| Kind::of(i) == kind).collect();
-                // Two connections carry the queries: on more, each would sit idle past the
-                // server's keep-alive limit (`server.header_read_timeout_ms`) between them.
-                let lane_connections = match kind {
-                    Kind::Query => 2,
-                    _ => (connections * offsets.len() / 1000).max(8),
-                };
                 Arc::new(Lane {
-                    connections: lane_connections,
+                    connections: (connections * offsets.len() / 1000).max(8),
                     offsets,
                     sent: AtomicUsize::new(0),
-                    every: (kind == Kind::Query).then_some(query_every),
+                    every: None,
                 })
             })
+            .chain(std::iter::once(Arc::new(queries)))
             .collect(),
     };
     let started = Instant::now();
@@ -381,10 +408,10 @@ async fn drive(
     loop {
         let n = lane.sent.fetch_add(1, Ordering::Relaxed);
         let i = lane.nth(n);
-        let due = match (interval, lane.every) {
-            (Some(_), Some(every)) => started + every * u32::try_from(n).unwrap_or(u32::MAX),
-            (Some(interval), None) => started + interval * u32::try_from(i).unwrap_or(u32::MAX),
-            (None, _) => Instant::now(),
+        let due = match (lane.every, interval) {
+            (Some(every), _) => started + every * u32::try_from(n).unwrap_or(u32::MAX),
+            (None, Some(interval)) => started + interval * u32::try_from(i).unwrap_or(u32::MAX),
+            (None, None) => Instant::now(),
         };
         if due >= until {
             return;
@@ -483,6 +510,7 @@ async fn prepare(args: &Args) -> anyhow::Result<Target> {
         codes: Mutex::new(Vec::new()),
         links: Vec::new(),
         edits: AtomicUsize::new(0),
+        queries: AtomicUsize::new(0),
     };
     let mut sender = target.connect().await?;
     for n in 0..args.links {
@@ -563,6 +591,7 @@ async fn main() -> anyhow::Result<()> {
         (Some(rate), _) => rate,
         (None, 0) => bail!("give --rate, or --probe-secs to measure the capacity first"),
         (None, seconds) => {
+            let query_every = Duration::from_secs(60) / args.queries_per_minute.max(1);
             // The same load for as long again first, not counted: by then the pool has been
             // drawn down and pregen refills it, as it must all through the soak. A probe on a
             // full pool measures binds without their rendering (the first soak ran at "half
@@ -571,7 +600,7 @@ async fn main() -> anyhow::Result<()> {
                 &target,
                 args.connections,
                 None,
-                Duration::ZERO, // closed load: queries keep their share of the mix
+                query_every,
                 Instant::now() + Duration::from_secs(seconds),
                 &window,
             )
@@ -582,7 +611,7 @@ async fn main() -> anyhow::Result<()> {
                 &target,
                 args.connections,
                 None,
-                Duration::ZERO,
+                query_every,
                 started + Duration::from_secs(seconds),
                 &window,
             )
