@@ -256,6 +256,68 @@ impl Cell {
     }
 }
 
+/// The visitors of a partition kept in several files, for distinct counts across them.
+///
+/// Each file is in visitor order, so a cell meets a file's visitors in order and keeps each
+/// once per file without a set; the file's (visitor, cell) pairs are then in order once each
+/// visitor's few cells are, and the files' runs are merged (the standard library's stable
+/// sort finds sorted runs and merges them, O(n log files)) rather than sorted whole.
+#[derive(Debug, Default)]
+struct Runs {
+    pairs: Vec<(u64, u32)>,
+    /// Where the current file's pairs start.
+    file_start: usize,
+    /// The last visitor kept for each cell in the current file.
+    last: Vec<Option<u64>>,
+}
+
+impl Runs {
+    fn start_file(&mut self) {
+        self.finish_file();
+        self.last.clear();
+    }
+
+    fn push(&mut self, cell: usize, visitor: u64) {
+        if self.last.len() <= cell {
+            self.last.resize(cell + 1, None);
+        }
+        if self.last[cell] != Some(visitor) {
+            self.last[cell] = Some(visitor);
+            self.pairs
+                .push((visitor, u32::try_from(cell).unwrap_or(u32::MAX)));
+        }
+    }
+
+    /// Puts the current file's pairs in (visitor, cell) order: they are by visitor already.
+    fn finish_file(&mut self) {
+        for visitor in self.pairs[self.file_start..].chunk_by_mut(|a, b| a.0 == b.0) {
+            visitor.sort_unstable();
+        }
+        self.file_start = self.pairs.len();
+    }
+
+    /// Adds each cell's distinct visitors to `cells`; returns the partition's.
+    fn count(mut self, cells: &mut [Cell]) -> u64 {
+        self.finish_file();
+        self.pairs.sort();
+        let mut visitors = 0;
+        let mut previous: Option<(u64, u32)> = None;
+        for pair in self.pairs {
+            if previous == Some(pair) {
+                continue;
+            }
+            if previous.is_none_or(|(visitor, _)| visitor != pair.0) {
+                visitors += 1;
+            }
+            if let Some(cell) = cells.get_mut(pair.1 as usize) {
+                cell.visitors += 1;
+            }
+            previous = Some(pair);
+        }
+        visitors
+    }
+}
+
 fn scan_partition(
     columns: &ColumnCache,
     query: &ScansQuery,
@@ -274,10 +336,9 @@ fn scan_partition(
     let mut group_ids: HashMap<Option<String>, u32> = HashMap::new();
     let mut cells: Vec<Cell> = Vec::new();
     let mut total = Cell::default();
-    // Unordered partitions: every (cell, visitor) and every visitor, counted at the end.
-    let mut pairs: Vec<(u32, u64)> = Vec::new();
-    let mut all_visitors: Vec<u64> = Vec::new();
+    let mut runs = Runs::default();
     for path in paths {
+        runs.start_file();
         for batch in columns.batches(path, &plan.columns, BATCH_ROWS)? {
             scan_batch(
                 query,
@@ -289,8 +350,7 @@ fn scan_partition(
                 &mut group_ids,
                 &mut cells,
                 &mut total,
-                &mut pairs,
-                &mut all_visitors,
+                &mut runs,
             )?;
         }
     }
@@ -302,14 +362,7 @@ fn scan_partition(
         cells: HashMap::new(),
     };
     if !ordered {
-        pairs.sort_unstable();
-        pairs.dedup();
-        for (cell, _) in &pairs {
-            cells[*cell as usize].visitors += 1;
-        }
-        all_visitors.sort_unstable();
-        all_visitors.dedup();
-        partial.totals.visitors = all_visitors.len() as u64;
+        partial.totals.visitors = runs.count(&mut cells);
     }
     for (index, cell) in cells.iter().enumerate() {
         if cell.scans == 0 {
@@ -355,8 +408,7 @@ fn scan_batch(
     group_ids: &mut HashMap<Option<String>, u32>,
     cells: &mut Vec<Cell>,
     total: &mut Cell,
-    pairs: &mut Vec<(u32, u64)>,
-    all_visitors: &mut Vec<u64>,
+    runs: &mut Runs,
 ) -> Result<(), AnalyticsError> {
     let mut id_of = |group: Option<String>| -> u32 {
         if let Some(id) = group_ids.get(&group) {
@@ -469,8 +521,7 @@ fn scan_batch(
             cells[cell].scans += 1;
             total.scans += 1;
             if let Some(visitor) = visitor {
-                pairs.push((u32::try_from(cell).unwrap_or(u32::MAX), visitor));
-                all_visitors.push(visitor);
+                runs.push(cell, visitor);
             }
         }
     }

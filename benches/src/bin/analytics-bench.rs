@@ -4,9 +4,9 @@
 //! analytics-bench generate --dir D --events 10000000 --tenants 50 --days 30
 //!     realistic scan events (analytics::synthetic), written as the scan writer writes them:
 //!     D/scans/<day>.jsonl
-//! analytics-bench ingest --dir D
-//!     ingests them all into D/analytics (Parquet by day and tenant), then merges the days;
-//!     prints events/s of the ingest and the time of the merges
+//! analytics-bench ingest --dir D [--keep-parts]
+//!     ingests them all into D/analytics (Parquet by day and tenant), then merges the days
+//!     (unless --keep-parts); prints events/s of the ingest and the time of the merges
 //! analytics-bench query --dir D --tenant T --runs 15
 //!     the dashboard's queries over the last 30 days of T, each run RUNS times; one JSON line
 //!     per query: its name, the median and the fastest time, and its answer's totals
@@ -56,6 +56,10 @@ enum Command {
     Ingest {
         #[arg(long)]
         dir: PathBuf,
+        /// Leave each partition in the files the ingest wrote, as today's is during the day
+        /// (queries then count distinct visitors across files), instead of merging them.
+        #[arg(long)]
+        keep_parts: bool,
     },
     Query {
         #[arg(long)]
@@ -163,7 +167,7 @@ fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        Command::Ingest { dir } => {
+        Command::Ingest { dir, keep_parts } => {
             let store = EmbeddedStore::open(&dir.join("analytics"))?;
             let mut ingest = Ingest::open(store.clone(), &dir.join("scans"))?;
             let started = Instant::now();
@@ -182,6 +186,9 @@ fn main() -> anyhow::Result<()> {
                 "ingested {events} events into {files} files in {took:.2} s: {:.0} events/s",
                 events as f64 / took
             );
+            if keep_parts {
+                return Ok(());
+            }
             let started = Instant::now();
             let merged = store.compact(NaiveDate::MAX)?;
             println!(
