@@ -126,8 +126,8 @@ const WRITE_ROWS: usize = 64 << 10;
 
 /// Merges the rows of `paths`, each already in file order, into one file `target` in file
 /// order. It streams: a few thousand rows of each input are in memory at once, plus the row
-/// group being written, so a whole day of a busy tenant merges in tens of megabytes where
-/// reading it all at once took about 0.7 KB a row (`docs/performance.md`).
+/// group being written, so its memory no longer grows with the partition (reading it all at
+/// once took about 0.7 KB a row; see `docs/performance.md`).
 fn merge_files(paths: &[PathBuf], target: &std::path::Path) -> Result<(), AnalyticsError> {
     merge_files_in(paths, target, READ_ROWS, WRITE_ROWS)
 }
@@ -204,6 +204,12 @@ fn merge_files_in(
 /// Where a row goes in a file: by visitor (unknown last), then time.
 type OrderKey = (bool, u64, i64);
 
+fn order_key(visitors: &UInt64Array, times: &TimestampMicrosecondArray, row: usize) -> OrderKey {
+    let known = visitors.is_valid(row);
+    let visitor = if known { visitors.value(row) } else { 0 };
+    (!known, visitor, times.value(row))
+}
+
 /// One file being merged: its current batch and the next row of it to take.
 struct Input {
     path: PathBuf,
@@ -235,13 +241,7 @@ impl Input {
     }
 
     fn key(&self) -> OrderKey {
-        let known = self.visitors.is_valid(self.row);
-        let visitor = if known {
-            self.visitors.value(self.row)
-        } else {
-            0
-        };
-        (!known, visitor, self.times.value(self.row))
+        order_key(&self.visitors, &self.times, self.row)
     }
 
     /// Moves to the next row, reading the next batch when this one is done; false at the end.
@@ -358,14 +358,7 @@ mod tests {
                 let visitors = visitors.as_primitive::<UInt64Type>().clone();
                 let times = batch.column_by_name("at").unwrap();
                 let times = times.as_primitive::<TimestampMicrosecondType>().clone();
-                (0..batch.num_rows()).map(move |row| {
-                    let known = visitors.is_valid(row);
-                    (
-                        !known,
-                        if known { visitors.value(row) } else { 0 },
-                        times.value(row),
-                    )
-                })
+                (0..batch.num_rows()).map(move |row| order_key(&visitors, &times, row))
             })
             .collect();
         assert!(keys.is_sorted(), "rows out of file order");
