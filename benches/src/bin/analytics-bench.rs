@@ -72,6 +72,10 @@ enum Command {
         days: i64,
         #[arg(long, default_value_t = 15)]
         runs: usize,
+        /// Keep decoded columns between runs, as the API does (`analytics.query_cache_mb`);
+        /// 0 reads the files every time.
+        #[arg(long, default_value_t = 0)]
+        cache_mb: u64,
     },
 }
 
@@ -118,6 +122,9 @@ pub fn dashboard(
 }
 
 fn main() -> anyhow::Result<()> {
+    // As qrpool runs (see `qrpool/src/main.rs`): without transparent huge pages.
+    #[cfg(target_os = "linux")]
+    rustix::thread::disable_transparent_huge_pages(true)?;
     match Cli::parse().command {
         Command::Generate {
             dir,
@@ -204,8 +211,10 @@ fn main() -> anyhow::Result<()> {
             first_day,
             days,
             runs,
+            cache_mb,
         } => {
-            let store = EmbeddedStore::open(&dir.join("analytics"))?;
+            let store =
+                EmbeddedStore::open(&dir.join("analytics"))?.with_query_cache(cache_mb << 20);
             let tenant = Tenant::parse(&tenant).context("--tenant")?;
             for (name, query) in dashboard(&tenant, first_day, days) {
                 let mut times = Vec::with_capacity(runs);
