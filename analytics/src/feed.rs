@@ -28,8 +28,8 @@ use records::ScanEvent;
 
 use crate::AnalyticsError;
 use crate::clickhouse::{ClickHouseStore, cutoff};
-use crate::embedded::EmbeddedStore;
 use crate::embedded::ingest::{Ingest, Round};
+use crate::embedded::{EmbeddedStore, background};
 use crate::relay::Appending;
 
 /// How often merges and retention run.
@@ -185,7 +185,11 @@ fn maintain(
     today: chrono::NaiveDate,
     retention_days: u32,
 ) -> Result<(), AnalyticsError> {
-    let merged = ingest.store().compact(today)?;
+    // On the threads below the API's: a merge rewrites today's partition, and the binds
+    // and scans come first (the ingest waits for it; events are then queryable later, and
+    // `analytics_lag_seconds` says by how much).
+    let store = ingest.store().clone();
+    let merged = background::run(|| store.compact(today))?;
     metrics::counter!("analytics_files_merged_total").increment(merged.files_merged);
     let cutoff = cutoff(today, retention_days);
     let dropped = ingest.store().drop_days_before(cutoff)?;

@@ -156,7 +156,8 @@ fn the_engine_answers_as_the_reference_does_before_and_after_merges() {
     }
     let mut rng = StdRng::seed_from_u64(11);
     // The same files with decoded columns kept between queries: room for all, and room for
-    // a few (columns go and come back).
+    // a few (columns go and come back, and a file larger than its share of the budget is
+    // streamed a batch at a time instead of kept).
     let cached = store.clone().with_query_cache(64 << 20);
     let cramped = store.clone().with_query_cache(256 << 10);
     let check = |rng: &mut StdRng, rounds: usize| {

@@ -7,6 +7,10 @@
 //! budget of bytes (least recently used out first). A column not in memory is read from the
 //! file alone with the others missing, so what one query decodes serves the next whatever
 //! else it asks.
+//!
+//! A file too large for its share of the budget (today's partition, merged, late in a busy
+//! day) is not kept: it is decoded a batch at a time, each batch dropped once counted, so
+//! that what a query holds stays bounded however large the day grows.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +20,9 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
 use moka::sync::Cache;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 
 use super::schema;
 use crate::AnalyticsError;
@@ -32,10 +38,20 @@ struct Key {
     column: &'static str,
 }
 
+/// The share of the budget one file's decoded columns may take to be kept; a larger file is
+/// streamed. A sixteenth keeps a month of a busy tenant's days (each a few MiB) and leaves
+/// room for the rest.
+const LARGEST_SHARE: u64 = 16;
+/// Bytes a decoded value takes at most, to size a file before decoding it: 8 for times and
+/// visitor digests, 4 for dictionary keys, less for flags.
+const VALUE_BYTES: u64 = 8;
+
 /// The cache; cheap to clone (one cache behind it).
 #[derive(Clone)]
 pub struct ColumnCache {
     columns: Option<Cache<Key, Pieces>>,
+    /// Bytes of decoded columns above which a file is streamed instead of kept.
+    largest_file: u64,
 }
 
 impl std::fmt::Debug for ColumnCache {
@@ -66,18 +82,22 @@ impl ColumnCache {
                     })
                     .build()
             }),
+            largest_file: bytes / LARGEST_SHARE,
         }
     }
 
-    /// The batches of `path` with `columns` (by name, in that order), `batch_rows` rows each.
-    pub fn batches(
+    /// Calls `each` with the batches of `path` holding `columns` (by name, in that order),
+    /// `batch_rows` rows each: from memory when kept, else decoded (and kept when the file
+    /// is small enough, streamed when not).
+    pub fn for_each_batch(
         &self,
         path: &Path,
         columns: &[&'static str],
         batch_rows: usize,
-    ) -> Result<Vec<RecordBatch>, AnalyticsError> {
+        mut each: impl FnMut(&RecordBatch) -> Result<(), AnalyticsError>,
+    ) -> Result<(), AnalyticsError> {
         let Some(cache) = &self.columns else {
-            return read(path, columns, batch_rows);
+            return stream(path, columns, batch_rows, each);
         };
         let metadata =
             std::fs::metadata(path).map_err(|source| AnalyticsError::io(path, source))?;
@@ -98,7 +118,14 @@ impl ColumnCache {
             .map(|(column, _)| *column)
             .collect();
         if !missing.is_empty() {
-            let batches = read(path, &missing, batch_rows)?;
+            let (reader, rows) = open(path, &missing, batch_rows)?;
+            if rows.saturating_mul(VALUE_BYTES * missing.len() as u64) > self.largest_file {
+                drop(reader);
+                return stream(path, columns, batch_rows, each);
+            }
+            let batches = reader
+                .map(|batch| in_order(path, &missing, batch?))
+                .collect::<Result<Vec<_>, _>>()?;
             for (index, column) in missing.iter().enumerate() {
                 let pieces: Pieces = Arc::new(
                     batches
@@ -111,10 +138,30 @@ impl ColumnCache {
                     found[position] = Some(pieces);
                 }
             }
+            // Weighed in KiB; moka settles its evictions lazily, so this runs a little ahead.
+            metrics::gauge!("analytics_query_cache_bytes")
+                .set((cache.weighted_size() * 1024) as f64);
         }
         let found: Vec<Pieces> = found.into_iter().flatten().collect();
-        assemble(columns, &found)
+        for batch in assemble(columns, &found)? {
+            each(&batch)?;
+        }
+        Ok(())
     }
+}
+
+/// Decodes `columns` of `path` a batch at a time into `each`, keeping none.
+fn stream(
+    path: &Path,
+    columns: &[&'static str],
+    batch_rows: usize,
+    mut each: impl FnMut(&RecordBatch) -> Result<(), AnalyticsError>,
+) -> Result<(), AnalyticsError> {
+    let (reader, _) = open(path, columns, batch_rows)?;
+    for batch in reader {
+        each(&in_order(path, columns, batch?)?)?;
+    }
+    Ok(())
 }
 
 /// Reads `columns` of `path` from the file.
@@ -123,10 +170,23 @@ pub(super) fn read(
     columns: &[&'static str],
     batch_rows: usize,
 ) -> Result<Vec<RecordBatch>, AnalyticsError> {
+    let (reader, _) = open(path, columns, batch_rows)?;
+    reader
+        .map(|batch| in_order(path, columns, batch?))
+        .collect()
+}
+
+/// A reader of `columns` of `path` (in the file's order), and the rows the file holds.
+fn open(
+    path: &Path,
+    columns: &[&'static str],
+    batch_rows: usize,
+) -> Result<(ParquetRecordBatchReader, u64), AnalyticsError> {
     let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
     let schema = schema::read_schema();
     let options = ArrowReaderOptions::new().with_schema(Arc::clone(&schema));
     let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)?;
+    let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
     let indices: Vec<usize> = columns
         .iter()
         .filter_map(|name| schema.index_of(name).ok())
@@ -136,22 +196,24 @@ pub(super) fn read(
         .with_projection(mask)
         .with_batch_size(batch_rows)
         .build()?;
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
-    // The reader keeps the file's column order; callers name theirs.
-    batches
-        .into_iter()
-        .map(|batch| {
-            let arrays = columns
-                .iter()
-                .map(|name| {
-                    batch.column_by_name(name).cloned().ok_or_else(|| {
-                        AnalyticsError::Corrupt(format!("{}: no column `{name}`", path.display()))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(RecordBatch::try_new(projected(columns), arrays)?)
+    Ok((reader, rows))
+}
+
+/// A batch as the file holds it, with its columns in the caller's order.
+fn in_order(
+    path: &Path,
+    columns: &[&'static str],
+    batch: RecordBatch,
+) -> Result<RecordBatch, AnalyticsError> {
+    let arrays = columns
+        .iter()
+        .map(|name| {
+            batch.column_by_name(name).cloned().ok_or_else(|| {
+                AnalyticsError::Corrupt(format!("{}: no column `{name}`", path.display()))
+            })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(projected(columns), arrays)?)
 }
 
 fn projected(columns: &[&'static str]) -> SchemaRef {

@@ -2,7 +2,8 @@
 //!
 //! A query of one tenant's month reads that tenant's partition of each day (and nothing
 //! else: the folders are the index), only the columns it needs, in parallel (rayon, one
-//! partition per task), and adds the partitions' answers up. Within a partition:
+//! partition per task, on threads of lower priority than the API's: [`background`]), and adds
+//! the partitions' answers up. Within a partition:
 //!
 //! - text columns arrive as dictionaries, so a group or a filter is decided once per
 //!   dictionary value and each row costs an array lookup;
@@ -27,6 +28,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, ListArray, Rec
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rayon::prelude::*;
 
+use super::background;
 use super::column_cache::{self, ColumnCache};
 use super::{EmbeddedStore, live_files};
 use crate::AnalyticsError;
@@ -60,15 +62,16 @@ impl EmbeddedStore {
         let first = query.from.date_naive();
         let last = (query.to - Duration::microseconds(1)).date_naive();
         let days: Vec<NaiveDate> = first.iter_days().take_while(|day| *day <= last).collect();
-        let partials = days
-            .par_iter()
-            .map(|day| {
-                if abandoned.load(Ordering::Relaxed) {
-                    return Err(AnalyticsError::Abandoned);
-                }
-                self.query_partition(query, &buckets, *day)
-            })
-            .collect::<Result<Vec<Partial>, AnalyticsError>>()?;
+        let partials = background::run(|| {
+            days.par_iter()
+                .map(|day| {
+                    if abandoned.load(Ordering::Relaxed) {
+                        return Err(AnalyticsError::Abandoned);
+                    }
+                    self.query_partition(query, &buckets, *day)
+                })
+                .collect::<Result<Vec<Partial>, AnalyticsError>>()
+        })?;
         let mut cells: HashMap<(usize, Option<String>), (u64, u64)> = HashMap::new();
         let mut totals = Totals::default();
         for partial in partials {
@@ -339,11 +342,11 @@ fn scan_partition(
     let mut runs = Runs::default();
     for path in paths {
         runs.start_file();
-        for batch in columns.batches(path, &plan.columns, BATCH_ROWS)? {
+        columns.for_each_batch(path, &plan.columns, BATCH_ROWS, |batch| {
             scan_batch(
                 query,
                 &plan,
-                &batch,
+                batch,
                 ordered,
                 local_buckets,
                 &mut groups,
@@ -351,8 +354,8 @@ fn scan_partition(
                 &mut cells,
                 &mut total,
                 &mut runs,
-            )?;
-        }
+            )
+        })?;
     }
     let mut partial = Partial {
         totals: Totals {
@@ -542,19 +545,20 @@ impl EmbeddedStore {
         let first = from.date_naive();
         let last = (to - Duration::microseconds(1)).date_naive();
         let days: Vec<NaiveDate> = first.iter_days().take_while(|day| *day <= last).collect();
-        let found = days
-            .par_iter()
-            .map(|day| {
-                let dir = self.partition_dir(*day, tenant);
-                let (live, _) =
-                    live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
-                let mut found = Vec::new();
-                for (_, path) in live {
-                    clicks_in_file(&path, key, clicks, &mut found)?;
-                }
-                Ok(found)
-            })
-            .collect::<Result<Vec<Vec<(String, String)>>, AnalyticsError>>()?;
+        let found = background::run(|| {
+            days.par_iter()
+                .map(|day| {
+                    let dir = self.partition_dir(*day, tenant);
+                    let (live, _) =
+                        live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
+                    let mut found = Vec::new();
+                    for (_, path) in live {
+                        clicks_in_file(&path, key, clicks, &mut found)?;
+                    }
+                    Ok(found)
+                })
+                .collect::<Result<Vec<Vec<(String, String)>>, AnalyticsError>>()
+        })?;
         Ok(found.into_iter().flatten().collect())
     }
 }

@@ -18,6 +18,7 @@
 //! files a merge already covers ([`live_files`]): `L2-<e>` covers every file ending at or
 //! before `e`, `L1-<e>` every `L0` ending at or before `e`.
 
+pub mod background;
 pub mod column_cache;
 pub mod compact;
 pub mod engine;
