@@ -76,7 +76,12 @@ broker=$!
 wait_for_port "$kafka_port" "the soak's tansu"
 
 PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE qrpool_$run_id" postgres
+# The harness stands for the load balancer in front: it names each scan's phone in
+# X-Forwarded-For, and qrpool believes it from loopback.
 cat >"$work/qrpool.toml" <<'TOML'
+[server]
+trusted_proxies = ["127.0.0.1"]
+
 [redirect.allowed_hosts]
 TOML
 echo "$tenant = [\"shop.example\"]" >>"$work/qrpool.toml"
@@ -132,12 +137,12 @@ postgres_writes() {
     FROM pg_stat_wal, pg_stat_bgwriter" postgres 2>/dev/null | tr '|' ' ' || echo 0 0 0 0 0
 }
 sample_processes() {
-  local previous now disk_before disk_now pg_before pg_now huge broker_files dirty
+  local previous now disk_before disk_now pg_before pg_now huge cache lag broker_files dirty
   previous=$(ps -eo comm=,cputimes= | awk '{cpu[$1] += $2} END {for (c in cpu) print c, cpu[c]}')
   disk_before=$(disk_writes)
   pg_before=$(postgres_writes)
-  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %8s %8s %9s %9s %10s %7s %11s %6s %9s %9s %5s\n' minute clock qrpool% tansu% \
-    postgres% redis% soak% qrpool_MiB huge_MiB tansu_MiB pg_MiB disk_MiB write_ms dirty_MiB broker_MiB wal_MiB \
+  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %9s %6s %8s %8s %9s %9s %10s %7s %11s %6s %9s %9s %5s\n' minute clock qrpool% tansu% \
+    postgres% redis% soak% qrpool_MiB huge_MiB cache_MiB lag_s tansu_MiB pg_MiB disk_MiB write_ms dirty_MiB broker_MiB wal_MiB \
     wal_flushes ckpts ckpt_w_ms ckpt_s_ms load
   for ((minute = 1; ; minute++)); do
     sleep 60
@@ -147,10 +152,15 @@ sample_processes() {
     pg_now=$(postgres_writes)
     # Of qrpool's resident memory, how much is in transparent huge pages.
     huge=$(awk '/^AnonHugePages:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
+    # And how much the analytics queries' column cache holds, and how far the store is
+    # behind the scans (seconds).
+    metrics=$(curl -sf "$base/metrics")
+    cache=$(awk '/^analytics_query_cache_bytes/ {print int($2 / 1048576)}' <<<"$metrics")
+    lag=$(awk '/^analytics_lag_seconds/ {printf "%.0f", $2}' <<<"$metrics")
     dirty=$(awk '/^Dirty:/ {print int($2 / 1024)}' /proc/meminfo)
     broker_files=$(du -cm "$broker_dir"/tansu.db* 2>/dev/null | tail -n 1 | cut -f1)
     awk -v minute="$minute" -v clock="$(date -u +%H:%M:%S)" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" \
-      -v huge="${huge:-0}" -v broker="${broker_files:-0}" -v dirty="${dirty:-0}" -v disk="$disk_before $disk_now" \
+      -v huge="${huge:-0}" -v cache="${cache:-0}" -v lag="${lag:-0}" -v broker="${broker_files:-0}" -v dirty="${dirty:-0}" -v disk="$disk_before $disk_now" \
       -v pg="$pg_before $pg_now" '
       NR == FNR {before[$1] = $2; next}
       # A process that exited took its time with it: a group never counts below 0.
@@ -160,9 +170,9 @@ sample_processes() {
         writes = d[5] - d[2]
         wait_ms = 0
         if (writes > 0) wait_ms = (d[6] - d[3]) / writes
-        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9.0f %8.0f %8.0f %9.1f %9s %10s %7.0f %11.0f %6s %9.0f %9.0f %5s\n",
+        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9s %6s %9.0f %8.0f %8.0f %9.1f %9s %10s %7.0f %11.0f %6s %9.0f %9.0f %5s\n",
           minute, clock, used["qrpool"], used["tansu"], used["postgres"], used["redis-server"], used["soak"],
-          rss["qrpool"], huge / 1024, rss["tansu"], rss["postgres"], d[4] - d[1], wait_ms, dirty, broker,
+          rss["qrpool"], huge / 1024, cache, lag, rss["tansu"], rss["postgres"], d[4] - d[1], wait_ms, dirty, broker,
           c[6] - c[1], c[7] - c[2], c[8] - c[3], c[9] - c[4], c[10] - c[5], loadavg}' \
       <(echo "$previous") <(echo "$now")
     previous=$now disk_before=$disk_now pg_before=$pg_now
