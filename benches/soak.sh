@@ -154,7 +154,7 @@ sample_processes() {
     huge=$(awk '/^AnonHugePages:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
     # And how much the analytics queries' column cache holds, and how far the store is
     # behind the scans (seconds).
-    metrics=$(curl -sf "$base/metrics")
+    metrics=$(curl -sf --max-time 10 "$base/metrics" || true)
     cache=$(awk '/^analytics_query_cache_bytes/ {print int($2 / 1048576)}' <<<"$metrics")
     lag=$(awk '/^analytics_lag_seconds/ {printf "%.0f", $2}' <<<"$metrics")
     dirty=$(awk '/^Dirty:/ {print int($2 / 1024)}' /proc/meminfo)
