@@ -11,8 +11,9 @@ use chrono_tz::Tz;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use analytics::embedded::EmbeddedStore;
+use analytics::embedded::column_cache::ColumnCache;
 use analytics::embedded::ingest::Ingest;
+use analytics::embedded::{EmbeddedStore, live_files};
 use analytics::query::{Dimension, Filter, FilterOn, Granularity, ScansQuery};
 use analytics::{reference, synthetic};
 use records::{ScanEvent, Tenant};
@@ -187,6 +188,43 @@ fn the_engine_answers_as_the_reference_does_before_and_after_merges() {
     let done = store.compact(today).unwrap();
     assert!(done.merges > 0, "{done:?}");
     check(&mut rng, 150);
+}
+
+#[test]
+fn a_file_too_large_for_its_share_of_the_query_cache_is_streamed_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("scans");
+    let store = EmbeddedStore::open(&dir.path().join("analytics")).unwrap();
+    append(&events_dir, &synthetic::events(&shape(8_000, 5)));
+    let mut ingest = Ingest::open(store.clone(), &events_dir).unwrap();
+    while ingest.round().unwrap().more {}
+    let partition = store.partition_dir(first_day(), &synthetic::tenant(0));
+    let (live, _) = live_files(&partition).unwrap();
+    let path = &live.first().expect("a file of the first day").1;
+    let columns = ["visitor", "at"];
+    let rows_through = |cache: &ColumnCache| {
+        let mut rows = 0;
+        cache
+            .for_each_batch(path, &columns, 64, |batch| {
+                rows += batch.num_rows();
+                Ok(())
+            })
+            .unwrap();
+        rows
+    };
+    let roomy = ColumnCache::new(1 << 30);
+    let rows = rows_through(&roomy);
+    assert!(rows > 64, "{rows} rows: more than one batch");
+    assert!(roomy.kept_bytes() > 0, "a small file is kept");
+    assert_eq!(
+        rows_through(&roomy),
+        rows,
+        "and read back from memory whole"
+    );
+    // A sixteenth of this budget is 8 bytes a row; two columns of the file take 16.
+    let cramped = ColumnCache::new(rows as u64 * 8 * 16);
+    assert_eq!(rows_through(&cramped), rows, "every row, a batch at a time");
+    assert_eq!(cramped.kept_bytes(), 0, "nothing kept");
 }
 
 #[test]

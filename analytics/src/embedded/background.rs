@@ -54,17 +54,15 @@ fn lower_this_thread() {
     }
 }
 
-/// The nice value of the calling thread (for tests).
-#[cfg(target_os = "linux")]
-pub fn niceness_of_this_thread() -> std::io::Result<i32> {
-    Ok(rustix::process::getpriority_process(Some(
-        rustix::thread::gettid(),
-    ))?)
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    fn niceness_of_this_thread() -> std::io::Result<i32> {
+        Ok(rustix::process::getpriority_process(Some(
+            rustix::thread::gettid(),
+        ))?)
+    }
 
     #[test]
     fn work_runs_nicer_than_its_caller_and_its_parallel_parts_too() {

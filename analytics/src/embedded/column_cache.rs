@@ -86,6 +86,14 @@ impl ColumnCache {
         }
     }
 
+    /// Bytes of decoded columns kept now, once the cache has settled what it has pending.
+    pub fn kept_bytes(&self) -> u64 {
+        self.columns.as_ref().map_or(0, |cache| {
+            cache.run_pending_tasks();
+            cache.weighted_size() * 1024
+        })
+    }
+
     /// Calls `each` with the batches of `path` holding `columns` (by name, in that order),
     /// `batch_rows` rows each: from memory when kept, else decoded (and kept when the file
     /// is small enough, streamed when not).
@@ -120,7 +128,11 @@ impl ColumnCache {
         if !missing.is_empty() {
             let (reader, rows) = open(path, &missing, batch_rows)?;
             if rows.saturating_mul(VALUE_BYTES * missing.len() as u64) > self.largest_file {
-                drop(reader);
+                // A file this large is never kept, so all its columns are missing: the
+                // reader just opened is the one to stream from.
+                if missing.len() == columns.len() {
+                    return drain(path, columns, reader, each);
+                }
                 return stream(path, columns, batch_rows, each);
             }
             let batches = reader
@@ -151,29 +163,27 @@ impl ColumnCache {
 }
 
 /// Decodes `columns` of `path` a batch at a time into `each`, keeping none.
-fn stream(
+pub(super) fn stream(
     path: &Path,
     columns: &[&'static str],
     batch_rows: usize,
-    mut each: impl FnMut(&RecordBatch) -> Result<(), AnalyticsError>,
+    each: impl FnMut(&RecordBatch) -> Result<(), AnalyticsError>,
 ) -> Result<(), AnalyticsError> {
     let (reader, _) = open(path, columns, batch_rows)?;
+    drain(path, columns, reader, each)
+}
+
+/// Hands each batch of `reader` (over `columns` of `path`) to `each`, in `columns`' order.
+fn drain(
+    path: &Path,
+    columns: &[&'static str],
+    reader: ParquetRecordBatchReader,
+    mut each: impl FnMut(&RecordBatch) -> Result<(), AnalyticsError>,
+) -> Result<(), AnalyticsError> {
     for batch in reader {
         each(&in_order(path, columns, batch?)?)?;
     }
     Ok(())
-}
-
-/// Reads `columns` of `path` from the file.
-pub(super) fn read(
-    path: &Path,
-    columns: &[&'static str],
-    batch_rows: usize,
-) -> Result<Vec<RecordBatch>, AnalyticsError> {
-    let (reader, _) = open(path, columns, batch_rows)?;
-    reader
-        .map(|batch| in_order(path, columns, batch?))
-        .collect()
 }
 
 /// A reader of `columns` of `path` (in the file's order), and the rows the file holds.

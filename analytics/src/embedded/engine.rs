@@ -9,8 +9,8 @@
 //!   dictionary value and each row costs an array lookup;
 //! - rows are stored by visitor digest, so distinct visitors are counted by noticing where
 //!   the digest changes within each (bucket, group) — no hash set, no sort. A partition not
-//!   yet merged into one file (today's, usually) is counted by sorting its (cell, visitor)
-//!   pairs instead;
+//!   yet merged into one file (today's, usually) keeps each file's visitors once per cell and
+//!   merges the files' runs instead ([`Runs`]);
 //! - the time column is read only when the range or a bucket edge cuts through the day.
 //!
 //! We wrote this rather than take DataFusion: the query shapes are few and fixed, the build
@@ -569,15 +569,15 @@ fn clicks_in_file(
     clicks: &std::collections::HashSet<String>,
     found: &mut Vec<(String, String)>,
 ) -> Result<(), AnalyticsError> {
-    // Read apart from the cache: click ids are many and asked for rarely.
-    for batch in column_cache::read(path, &["key", "click_id", "variant"], BATCH_ROWS)? {
-        let keys = dictionary(&batch, "key")?;
+    // Read apart from the cache, a batch at a time: click ids are many and asked for rarely.
+    column_cache::stream(path, &["key", "click_id", "variant"], BATCH_ROWS, |batch| {
+        let keys = dictionary(batch, "key")?;
         let key_values = keys.values().as_string::<i32>();
         let Some(wanted_key) = (0..key_values.len()).find(|i| key_values.value(*i) == key) else {
-            continue;
+            return Ok(());
         };
-        let ids = column(&batch, "click_id")?.as_string::<i32>();
-        let variants = dictionary(&batch, "variant")?;
+        let ids = column(batch, "click_id")?.as_string::<i32>();
+        let variants = dictionary(batch, "variant")?;
         let variant_values = variants.values().as_string::<i32>();
         let key_codes = keys.keys().values();
         for row in 0..batch.num_rows() {
@@ -590,6 +590,6 @@ fn clicks_in_file(
                 found.push((click.to_owned(), variant.to_owned()));
             }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }

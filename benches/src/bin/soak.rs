@@ -93,14 +93,21 @@ impl Phone {
             10 | 127 => 11,
             other => other,
         };
-        let build = (phone / USER_AGENTS.len() as u64) % BUILDS;
-        let user_agent = USER_AGENTS[(phone % USER_AGENTS.len() as u64) as usize]
-            .replace("{}", &build.to_string());
+        // Made once: the harness shares the machine with what it measures.
+        static AGENTS: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+            (0..BUILDS)
+                .flat_map(|build| {
+                    USER_AGENTS.iter().map(move |agent| {
+                        HeaderValue::from_str(&agent.replace("{}", &build.to_string()))
+                            .unwrap_or(HeaderValue::from_static("Mozilla/5.0"))
+                    })
+                })
+                .collect()
+        });
         Phone {
             address: HeaderValue::from_str(&format!("{first}.{b}.{c}.{d}"))
                 .unwrap_or(HeaderValue::from_static("192.0.2.1")),
-            user_agent: HeaderValue::from_str(&user_agent)
-                .unwrap_or(HeaderValue::from_static("Mozilla/5.0")),
+            user_agent: AGENTS[(phone % (BUILDS * USER_AGENTS.len() as u64)) as usize].clone(),
         }
     }
 }
