@@ -124,7 +124,7 @@ impl Granularity {
 }
 
 /// What a filter looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FilterOn {
     Dimension(Dimension),
     /// The code's or link's tags when it was scanned.
@@ -132,7 +132,7 @@ pub enum FilterOn {
 }
 
 /// Keeps scans whose value is one of `values` (a parameter given several times is an OR).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Filter {
     pub on: FilterOn,
     pub values: Vec<String>,

@@ -228,6 +228,90 @@ fn a_file_too_large_for_its_share_of_the_query_cache_is_streamed_not_kept() {
 }
 
 #[test]
+fn a_question_asked_again_reads_only_the_files_written_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("scans");
+    let store = EmbeddedStore::open(&dir.path().join("analytics"))
+        .unwrap()
+        .with_query_cache(64 << 20);
+    // Every round writes a file in each partition: a day's answers keep their visitors for
+    // the files that follow from the first (as today's do), and all are read from the start.
+    let events = synthetic::events(&shape(12_000, 3));
+    let round_of = |index: usize| index % 6;
+    let mut earlier = Vec::new();
+    let mut ingest = Ingest::open(store.clone(), &events_dir).unwrap();
+    for round in 0..5 {
+        let chunk: Vec<ScanEvent> = (0..events.len())
+            .filter(|index| round_of(*index) == round)
+            .map(|index| events[index].clone())
+            .collect();
+        append(&events_dir, &chunk);
+        ingest.round().unwrap();
+        earlier.extend(chunk);
+    }
+    let later: Vec<ScanEvent> = (0..events.len())
+        .filter(|index| round_of(*index) == 5)
+        .map(|index| events[index].clone())
+        .collect();
+    let tenant = synthetic::tenant(0);
+    let files = || -> u64 {
+        (0..6)
+            .map(|day| {
+                let partition = store.partition_dir(first_day() + Duration::days(day), &tenant);
+                live_files(&partition).unwrap().0.len() as u64
+            })
+            .sum()
+    };
+    // As the console asks: the last 30 days up to the moment of asking, by hour and by a
+    // dimension, and the same again a little later.
+    let asked_at = |at: DateTime<Utc>, granularity, group_by| ScansQuery {
+        from: at - Duration::days(30),
+        to: at,
+        ..whole_range(0, granularity, group_by)
+    };
+    let questions = [
+        (Granularity::Hour, None),
+        (Granularity::None, Some(Dimension::Country)),
+    ];
+    let ask = |at: DateTime<Utc>, seen: &[ScanEvent]| {
+        for (granularity, group_by) in questions {
+            let query = asked_at(at, granularity, group_by);
+            assert_eq!(
+                store.query(&query).unwrap(),
+                reference::answer(&query, seen),
+                "{query:?}"
+            );
+        }
+    };
+    let now = earlier.iter().map(|event| event.at).max().unwrap() + Duration::seconds(1);
+    let before = files();
+    assert_eq!(before, 5 * 5, "five days, a file a round");
+    ask(now, &earlier);
+    assert_eq!(
+        store.file_answers_read(),
+        2 * before,
+        "every file once a question"
+    );
+    assert!(store.kept_answer_bytes() > 0);
+    ask(now + Duration::minutes(1), &earlier);
+    assert_eq!(
+        store.file_answers_read(),
+        2 * before,
+        "asked again a minute later: every file's answers kept"
+    );
+    append(&events_dir, &later);
+    ingest.round().unwrap();
+    let written = files() - before;
+    assert_eq!(written, 5);
+    ask(events.last().unwrap().at + Duration::seconds(1), &events);
+    assert_eq!(
+        store.file_answers_read(),
+        2 * (before + written),
+        "only the new files read"
+    );
+}
+
+#[test]
 fn a_crash_between_files_and_checkpoint_counts_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let events_dir = dir.path().join("scans");

@@ -9,9 +9,11 @@
 //!   dictionary value and each row costs an array lookup;
 //! - rows are stored by visitor digest, so distinct visitors are counted by noticing where
 //!   the digest changes within each (bucket, group) — no hash set, no sort. A partition not
-//!   yet merged into one file (today's, usually) keeps each file's visitors once per cell and
-//!   merges the files' runs instead ([`Runs`]);
-//! - the time column is read only when the range or a bucket edge cuts through the day.
+//!   yet merged into one file (today's, usually) keeps each file's (visitor, cell) pairs, in
+//!   order, and merges the files' runs ([`add_up`]);
+//! - the time column is read only when the range or a bucket edge cuts through the file's
+//!   scans;
+//! - a file's answer is kept ([`answer_cache`](super::answer_cache)) and asked of it again rather than its rows.
 //!
 //! We wrote this rather than take DataFusion: the query shapes are few and fixed, the build
 //! of DataFusion alone outweighs all of qrpool's, and knowing the storage order (visitor
@@ -20,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow_array::cast::AsArray;
@@ -28,6 +31,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, ListArray, Rec
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rayon::prelude::*;
 
+use super::answer_cache::{FileAnswer, FileId, Question};
 use super::background;
 use super::column_cache::{self, ColumnCache};
 use super::{EmbeddedStore, live_files};
@@ -108,7 +112,7 @@ impl EmbeddedStore {
         loop {
             let (live, _) = live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
             let paths: Vec<PathBuf> = live.into_iter().map(|(_, path)| path).collect();
-            match scan_partition(&self.columns, query, buckets, day, &paths) {
+            match self.scan_partition(query, buckets, day, &paths) {
                 Err(AnalyticsError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 =>
                 {
@@ -118,19 +122,45 @@ impl EmbeddedStore {
             }
         }
     }
+
+    /// Each file's answer (kept or read), added up.
+    fn scan_partition(
+        &self,
+        query: &ScansQuery,
+        buckets: &[DateTime<Utc>],
+        day: NaiveDate,
+        paths: &[PathBuf],
+    ) -> Result<Partial, AnalyticsError> {
+        let plan = plan(query, buckets, day);
+        // Today's partition will have more files, whose visitors must be told from these.
+        let pairs = paths.len() > 1 || day >= Utc::now().date_naive();
+        let mut answers = Vec::with_capacity(paths.len());
+        for path in paths {
+            let file = FileId::of(path)?;
+            let span = self.answers.span(&file)?;
+            let Some((question, offset)) = file_question(query, &plan, span, pairs) else {
+                continue;
+            };
+            let answer = self.answers.answer(&file, &question, || {
+                answer_file(&self.columns, &question, path)
+            })?;
+            answers.push((answer, offset));
+        }
+        Ok(add_up(&plan, &answers))
+    }
 }
 
-/// What a partition's scan reads and decides per row.
+/// What a partition's question asks of its day.
 struct Plan {
-    columns: Vec<&'static str>,
-    /// The time column is needed (the range or a bucket edge cuts through the day).
-    times: bool,
     /// Bucket edges inside the day: (instant, index of the bucket starting there).
     edges: Vec<(i64, usize)>,
     /// The bucket at the day's first instant in range.
     first_bucket: usize,
+    /// The instants of the day asked about, `[from, to)`.
     from: i64,
     to: i64,
+    /// Whether `[from, to)` is less than the whole day.
+    cut: bool,
 }
 
 fn plan(query: &ScansQuery, buckets: &[DateTime<Utc>], day: NaiveDate) -> Plan {
@@ -155,33 +185,139 @@ fn plan(query: &ScansQuery, buckets: &[DateTime<Utc>], day: NaiveDate) -> Plan {
         .filter(|(_, start)| **start > first_instant && **start < day_end.min(to))
         .map(|(index, start)| (*start, index))
         .collect();
-    let mut columns = vec!["visitor"];
-    if !query.bots {
-        columns.push("bot");
-    }
-    if let Some(group) = query.group_by {
-        columns.push(group.name());
-    }
-    for filter in &query.filters {
-        columns.push(match filter.on {
-            FilterOn::Dimension(dimension) => dimension.name(),
-            FilterOn::Tag => "tags",
-        });
-    }
-    let times = from > day_start || to < day_end || !edges.is_empty();
-    if times {
-        columns.push("at");
-    }
-    columns.sort_unstable();
-    columns.dedup();
     Plan {
-        columns,
-        times,
         edges,
         first_bucket,
-        from,
-        to,
+        from: first_instant,
+        to: to.min(day_end),
+        cut: from > day_start || to < day_end,
     }
+}
+
+impl Plan {
+    /// The bucket of the day's `local`th (0 before the first edge).
+    fn bucket(&self, local: usize) -> usize {
+        match local.checked_sub(1) {
+            None => self.first_bucket,
+            Some(edge) => self
+                .edges
+                .get(edge)
+                .map_or(self.first_bucket, |edge| edge.1),
+        }
+    }
+}
+
+/// The question in the terms of a file whose scans span `span`, and the number of the day's
+/// edges before its first scan (its buckets' offset among the day's); `None` when no scan of
+/// the file is asked about.
+fn file_question(
+    query: &ScansQuery,
+    plan: &Plan,
+    span: Option<(i64, i64)>,
+    pairs: bool,
+) -> Option<(Question, usize)> {
+    let (low, high) = span.unwrap_or((i64::MIN, i64::MAX));
+    if high < plan.from || low >= plan.to {
+        return None;
+    }
+    let holds_all = span.is_some() && plan.from <= low && high < plan.to;
+    let range = (plan.cut && !holds_all).then_some((plan.from, plan.to));
+    let offset = plan.edges.partition_point(|(edge, _)| *edge <= low);
+    let edges = plan.edges[offset..]
+        .iter()
+        .map(|(edge, _)| *edge)
+        .take_while(|edge| *edge <= high)
+        .collect();
+    let question = Question {
+        group_by: query.group_by,
+        filters: query.filters.clone(),
+        bots: query.bots,
+        range,
+        edges,
+        pairs,
+    };
+    Some((question, offset))
+}
+
+/// Adds the files' answers up into the partition's; a visitor of several files counts once.
+fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
+    let cell_of = |answer: &FileAnswer, offset: usize, cell: usize| {
+        let group = answer.groups[cell / answer.buckets].clone();
+        (plan.bucket(offset + cell % answer.buckets), group)
+    };
+    let mut partial = Partial::default();
+    if let [(answer, offset)] = answers {
+        partial.totals = Totals {
+            scans: answer.total.0,
+            visitors: answer.total.1,
+        };
+        for (cell, counts) in answer.cells.iter().enumerate() {
+            if counts.0 > 0 {
+                partial
+                    .cells
+                    .insert(cell_of(answer, *offset, cell), *counts);
+            }
+        }
+        return partial;
+    }
+    // The partition's cells, numbered; each file's cells among them.
+    let mut ids: HashMap<(usize, Option<String>), u32> = HashMap::new();
+    let mut counts: Vec<(u64, u64)> = Vec::new();
+    let mut pairs: Vec<(u64, u32)> =
+        Vec::with_capacity(answers.iter().map(|(answer, _)| answer.pairs.len()).sum());
+    for (answer, offset) in answers {
+        partial.totals.scans += answer.total.0;
+        let mut ours = vec![u32::MAX; answer.cells.len()];
+        for (cell, (scans, _)) in answer.cells.iter().enumerate() {
+            if *scans == 0 {
+                continue;
+            }
+            let next = u32::try_from(counts.len()).unwrap_or(u32::MAX);
+            let id = *ids.entry(cell_of(answer, *offset, cell)).or_insert(next);
+            if id == next {
+                counts.push((0, 0));
+            }
+            counts[id as usize].0 += scans;
+            ours[cell] = id;
+        }
+        let start = pairs.len();
+        pairs.extend(
+            answer
+                .pairs
+                .iter()
+                .map(|(visitor, cell)| (*visitor, ours[*cell as usize])),
+        );
+        // Still by visitor; each visitor's few cells are put in order again.
+        for visitor in pairs[start..].chunk_by_mut(|a, b| a.0 == b.0) {
+            visitor.sort_unstable();
+        }
+    }
+    // Each file's pairs are a sorted run: the standard library's stable sort finds the runs
+    // and merges them, O(n log files), rather than sorting them whole.
+    pairs.sort();
+    let mut previous: Option<(u64, u32)> = None;
+    for pair in pairs {
+        if previous == Some(pair) {
+            continue;
+        }
+        if previous.is_none_or(|(visitor, _)| visitor != pair.0) {
+            partial.totals.visitors += 1;
+        }
+        if let Some(cell) = counts.get_mut(pair.1 as usize) {
+            cell.1 += 1;
+        }
+        previous = Some(pair);
+    }
+    let mut keys: Vec<Option<(usize, Option<String>)>> = vec![None; counts.len()];
+    for (key, id) in ids {
+        keys[id as usize] = Some(key);
+    }
+    for (key, counts) in keys.into_iter().zip(counts) {
+        if let Some(key) = key {
+            partial.cells.insert(key, counts);
+        }
+    }
+    partial
 }
 
 /// How a row's group is found.
@@ -235,7 +371,7 @@ impl Test<'_> {
     }
 }
 
-/// One (bucket, group) of a partition.
+/// One cell of a file while it is read.
 #[derive(Debug, Clone, Copy, Default)]
 struct Cell {
     scans: u64,
@@ -245,9 +381,9 @@ struct Cell {
 }
 
 impl Cell {
-    /// Counts a scan of `visitor`, which is never below the last one counted here when the
-    /// rows come in visitor order.
-    fn count(&mut self, visitor: Option<u64>) {
+    /// Counts a scan of `visitor`, which is never below the last one counted here (a file's
+    /// rows are in visitor order); whether the visitor is new to the cell.
+    fn count(&mut self, visitor: Option<u64>) -> bool {
         self.scans += 1;
         if let Some(visitor) = visitor
             && (!self.seen || self.last_visitor != visitor)
@@ -255,134 +391,204 @@ impl Cell {
             self.visitors += 1;
             self.last_visitor = visitor;
             self.seen = true;
+            return true;
         }
+        false
     }
 }
 
-/// The visitors of a partition kept in several files, for distinct counts across them.
-///
-/// Each file is in visitor order, so a cell meets a file's visitors in order and keeps each
-/// once per file without a set; the file's (visitor, cell) pairs are then in order once each
-/// visitor's few cells are, and the files' runs are merged (the standard library's stable
-/// sort finds sorted runs and merges them, O(n log files)) rather than sorted whole.
-#[derive(Debug, Default)]
-struct Runs {
+/// A file's answer to `question`, from its rows.
+fn answer_file(
+    columns: &ColumnCache,
+    question: &Question,
+    path: &std::path::Path,
+) -> Result<FileAnswer, AnalyticsError> {
+    let mut names = vec!["visitor"];
+    if !question.bots {
+        names.push("bot");
+    }
+    if let Some(group) = question.group_by {
+        names.push(group.name());
+    }
+    for filter in &question.filters {
+        names.push(match filter.on {
+            FilterOn::Dimension(dimension) => dimension.name(),
+            FilterOn::Tag => "tags",
+        });
+    }
+    if question.needs_times() {
+        names.push("at");
+    }
+    names.sort_unstable();
+    names.dedup();
+    let mut reading = Reading {
+        buckets: question.edges.len() + 1,
+        ..Reading::default()
+    };
+    columns.for_each_batch(path, &names, BATCH_ROWS, |batch| {
+        reading.batch(question, batch)
+    })?;
+    let Reading {
+        groups,
+        buckets,
+        cells,
+        total,
+        mut pairs,
+        ..
+    } = reading;
+    // By visitor already; each visitor's cells in order too.
+    for visitor in pairs.chunk_by_mut(|a, b| a.0 == b.0) {
+        visitor.sort_unstable();
+    }
+    Ok(FileAnswer {
+        groups,
+        buckets,
+        cells: cells
+            .iter()
+            .map(|cell| (cell.scans, cell.visitors))
+            .collect(),
+        total: (total.scans, total.visitors),
+        pairs,
+    })
+}
+
+/// A file's answer as its rows are read.
+#[derive(Default)]
+struct Reading {
+    groups: Vec<Option<String>>,
+    group_ids: HashMap<Option<String>, u32>,
+    buckets: usize,
+    cells: Vec<Cell>,
+    total: Cell,
     pairs: Vec<(u64, u32)>,
-    /// Where the current file's pairs start.
-    file_start: usize,
-    /// The last visitor kept for each cell in the current file.
-    last: Vec<Option<u64>>,
 }
 
-impl Runs {
-    fn start_file(&mut self) {
-        self.finish_file();
-        self.last.clear();
+impl Reading {
+    fn group_id(&mut self, group: Option<String>) -> u32 {
+        if let Some(id) = self.group_ids.get(&group) {
+            return *id;
+        }
+        let id = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
+        self.groups.push(group.clone());
+        self.group_ids.insert(group, id);
+        id
     }
 
-    fn push(&mut self, cell: usize, visitor: u64) {
-        if self.last.len() <= cell {
-            self.last.resize(cell + 1, None);
+    fn batch(&mut self, question: &Question, batch: &RecordBatch) -> Result<(), AnalyticsError> {
+        // Rows without a value (and every row, ungrouped) share this group.
+        let null_group = self.group_id(None);
+        let group = match question.group_by {
+            None => GroupColumn::None,
+            Some(dimension) if dimension.is_flag() => GroupColumn::Flag(
+                column(batch, dimension.name())?.as_boolean(),
+                [
+                    self.group_id(Some("false".into())),
+                    self.group_id(Some("true".into())),
+                ],
+            ),
+            Some(dimension) => {
+                let array = dictionary(batch, dimension.name())?;
+                let values = array.values().as_string::<i32>();
+                let ids = (0..values.len())
+                    .map(|index| self.group_id(Some(values.value(index).to_owned())))
+                    .collect();
+                GroupColumn::Text {
+                    keys: array.keys().values(),
+                    array,
+                    ids,
+                }
+            }
+        };
+        let mut tests = Vec::new();
+        for filter in &question.filters {
+            tests.push(match filter.on {
+                FilterOn::Tag => {
+                    Test::Tags(column(batch, "tags")?.as_list::<i32>(), &filter.values)
+                }
+                FilterOn::Dimension(dimension) if dimension.is_flag() => {
+                    let flags = column(batch, dimension.name())?.as_boolean();
+                    let wants = |value: &str| filter.values.iter().any(|v| v == value);
+                    match (wants("true"), wants("false")) {
+                        (true, true) => Test::AnyFlag(flags),
+                        (true, false) => Test::Flag(flags, true),
+                        _ => Test::Flag(flags, false),
+                    }
+                }
+                FilterOn::Dimension(dimension) => {
+                    let array = dictionary(batch, dimension.name())?;
+                    let values = array.values().as_string::<i32>();
+                    let allowed = (0..values.len())
+                        .map(|index| filter.values.iter().any(|v| v == values.value(index)))
+                        .collect();
+                    Test::Text {
+                        keys: array.keys().values(),
+                        array,
+                        allowed,
+                    }
+                }
+            });
         }
-        if self.last[cell] != Some(visitor) {
-            self.last[cell] = Some(visitor);
-            self.pairs
-                .push((visitor, u32::try_from(cell).unwrap_or(u32::MAX)));
+        let bots = if question.bots {
+            None
+        } else {
+            Some(column(batch, "bot")?.as_boolean())
+        };
+        let visitors = column(batch, "visitor")?.as_primitive::<UInt64Type>();
+        let times = if question.needs_times() {
+            Some(
+                column(batch, "at")?
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .values(),
+            )
+        } else {
+            None
+        };
+        let (from, to) = question.range.unwrap_or((i64::MIN, i64::MAX));
+        let buckets = self.buckets;
+        let cells_needed = self.groups.len() * buckets;
+        if self.cells.len() < cells_needed {
+            self.cells.resize(cells_needed, Cell::default());
         }
-    }
-
-    /// Puts the current file's pairs in (visitor, cell) order: they are by visitor already.
-    fn finish_file(&mut self) {
-        for visitor in self.pairs[self.file_start..].chunk_by_mut(|a, b| a.0 == b.0) {
-            visitor.sort_unstable();
-        }
-        self.file_start = self.pairs.len();
-    }
-
-    /// Adds each cell's distinct visitors to `cells`; returns the partition's.
-    fn count(mut self, cells: &mut [Cell]) -> u64 {
-        self.finish_file();
-        self.pairs.sort();
-        let mut visitors = 0;
-        let mut previous: Option<(u64, u32)> = None;
-        for pair in self.pairs {
-            if previous == Some(pair) {
+        for row in 0..batch.num_rows() {
+            if bots.is_some_and(|bots| bots.value(row)) {
                 continue;
             }
-            if previous.is_none_or(|(visitor, _)| visitor != pair.0) {
-                visitors += 1;
+            let mut local = 0;
+            if let Some(times) = times {
+                let at = times[row];
+                if at < from || at >= to {
+                    continue;
+                }
+                local = question.edges.partition_point(|edge| *edge <= at);
             }
-            if let Some(cell) = cells.get_mut(pair.1 as usize) {
-                cell.visitors += 1;
+            if !tests.iter().all(|test| test.passes(row)) {
+                continue;
             }
-            previous = Some(pair);
+            let group = match &group {
+                GroupColumn::None => null_group,
+                GroupColumn::Text { keys, array, ids } => {
+                    if array.is_valid(row) {
+                        ids[keys[row] as usize]
+                    } else {
+                        null_group
+                    }
+                }
+                GroupColumn::Flag(flags, ids) => ids[usize::from(flags.value(row))],
+            };
+            let visitor = visitors.is_valid(row).then(|| visitors.value(row));
+            let cell = group as usize * buckets + local;
+            let new_here = self.cells[cell].count(visitor);
+            self.total.count(visitor);
+            if question.pairs
+                && new_here
+                && let Some(visitor) = visitor
+            {
+                self.pairs
+                    .push((visitor, u32::try_from(cell).unwrap_or(u32::MAX)));
+            }
         }
-        visitors
+        Ok(())
     }
-}
-
-fn scan_partition(
-    columns: &ColumnCache,
-    query: &ScansQuery,
-    buckets: &[DateTime<Utc>],
-    day: NaiveDate,
-    paths: &[PathBuf],
-) -> Result<Partial, AnalyticsError> {
-    if paths.is_empty() {
-        return Ok(Partial::default());
-    }
-    let plan = plan(query, buckets, day);
-    // One file is in visitor order; several are not, taken together.
-    let ordered = paths.len() == 1;
-    let local_buckets = plan.edges.len() + 1;
-    let mut groups: Vec<Option<String>> = Vec::new();
-    let mut group_ids: HashMap<Option<String>, u32> = HashMap::new();
-    let mut cells: Vec<Cell> = Vec::new();
-    let mut total = Cell::default();
-    let mut runs = Runs::default();
-    for path in paths {
-        runs.start_file();
-        columns.for_each_batch(path, &plan.columns, BATCH_ROWS, |batch| {
-            scan_batch(
-                query,
-                &plan,
-                batch,
-                ordered,
-                local_buckets,
-                &mut groups,
-                &mut group_ids,
-                &mut cells,
-                &mut total,
-                &mut runs,
-            )
-        })?;
-    }
-    let mut partial = Partial {
-        totals: Totals {
-            scans: total.scans,
-            visitors: total.visitors,
-        },
-        cells: HashMap::new(),
-    };
-    if !ordered {
-        partial.totals.visitors = runs.count(&mut cells);
-    }
-    for (index, cell) in cells.iter().enumerate() {
-        if cell.scans == 0 {
-            continue;
-        }
-        let group = groups[index / local_buckets].clone();
-        let local = index % local_buckets;
-        let bucket = if local == 0 {
-            plan.first_bucket
-        } else {
-            plan.edges[local - 1].1
-        };
-        partial
-            .cells
-            .insert((bucket, group), (cell.scans, cell.visitors));
-    }
-    Ok(partial)
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, AnalyticsError> {
@@ -398,137 +604,6 @@ fn dictionary<'a>(
     column(batch, name)?
         .as_dictionary_opt::<Int32Type>()
         .ok_or_else(|| AnalyticsError::Corrupt(format!("`{name}` is not a dictionary column")))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn scan_batch(
-    query: &ScansQuery,
-    plan: &Plan,
-    batch: &RecordBatch,
-    ordered: bool,
-    local_buckets: usize,
-    groups: &mut Vec<Option<String>>,
-    group_ids: &mut HashMap<Option<String>, u32>,
-    cells: &mut Vec<Cell>,
-    total: &mut Cell,
-    runs: &mut Runs,
-) -> Result<(), AnalyticsError> {
-    let mut id_of = |group: Option<String>| -> u32 {
-        if let Some(id) = group_ids.get(&group) {
-            return *id;
-        }
-        let id = u32::try_from(groups.len()).unwrap_or(u32::MAX);
-        groups.push(group.clone());
-        group_ids.insert(group, id);
-        id
-    };
-    // Rows without a value (and every row, ungrouped) share this group.
-    let null_group = id_of(None);
-    let group = match query.group_by {
-        None => GroupColumn::None,
-        Some(dimension) if dimension.is_flag() => GroupColumn::Flag(
-            column(batch, dimension.name())?.as_boolean(),
-            [id_of(Some("false".into())), id_of(Some("true".into()))],
-        ),
-        Some(dimension) => {
-            let array = dictionary(batch, dimension.name())?;
-            let values = array.values().as_string::<i32>();
-            let ids = (0..values.len())
-                .map(|index| id_of(Some(values.value(index).to_owned())))
-                .collect();
-            GroupColumn::Text {
-                keys: array.keys().values(),
-                array,
-                ids,
-            }
-        }
-    };
-    let mut tests = Vec::new();
-    for filter in &query.filters {
-        tests.push(match filter.on {
-            FilterOn::Tag => Test::Tags(column(batch, "tags")?.as_list::<i32>(), &filter.values),
-            FilterOn::Dimension(dimension) if dimension.is_flag() => {
-                let flags = column(batch, dimension.name())?.as_boolean();
-                let wants = |value: &str| filter.values.iter().any(|v| v == value);
-                match (wants("true"), wants("false")) {
-                    (true, true) => Test::AnyFlag(flags),
-                    (true, false) => Test::Flag(flags, true),
-                    _ => Test::Flag(flags, false),
-                }
-            }
-            FilterOn::Dimension(dimension) => {
-                let array = dictionary(batch, dimension.name())?;
-                let values = array.values().as_string::<i32>();
-                let allowed = (0..values.len())
-                    .map(|index| filter.values.iter().any(|v| v == values.value(index)))
-                    .collect();
-                Test::Text {
-                    keys: array.keys().values(),
-                    array,
-                    allowed,
-                }
-            }
-        });
-    }
-    let bots = if query.bots {
-        None
-    } else {
-        Some(column(batch, "bot")?.as_boolean())
-    };
-    let visitors = column(batch, "visitor")?.as_primitive::<UInt64Type>();
-    let times = if plan.times {
-        Some(
-            column(batch, "at")?
-                .as_primitive::<TimestampMicrosecondType>()
-                .values(),
-        )
-    } else {
-        None
-    };
-    let group_count = groups.len();
-    if cells.len() < group_count * local_buckets {
-        cells.resize(group_count * local_buckets, Cell::default());
-    }
-    for row in 0..batch.num_rows() {
-        if bots.is_some_and(|bots| bots.value(row)) {
-            continue;
-        }
-        let mut local = 0;
-        if let Some(times) = times {
-            let at = times[row];
-            if at < plan.from || at >= plan.to {
-                continue;
-            }
-            local = plan.edges.partition_point(|(edge, _)| *edge <= at);
-        }
-        if !tests.iter().all(|test| test.passes(row)) {
-            continue;
-        }
-        let group = match &group {
-            GroupColumn::None => null_group,
-            GroupColumn::Text { keys, array, ids } => {
-                if array.is_valid(row) {
-                    ids[keys[row] as usize]
-                } else {
-                    null_group
-                }
-            }
-            GroupColumn::Flag(flags, ids) => ids[usize::from(flags.value(row))],
-        };
-        let visitor = visitors.is_valid(row).then(|| visitors.value(row));
-        let cell = group as usize * local_buckets + local;
-        if ordered {
-            cells[cell].count(visitor);
-            total.count(visitor);
-        } else {
-            cells[cell].scans += 1;
-            total.scans += 1;
-            if let Some(visitor) = visitor {
-                runs.push(cell, visitor);
-            }
-        }
-    }
-    Ok(())
 }
 
 impl EmbeddedStore {

@@ -18,6 +18,7 @@
 //! files a merge already covers ([`live_files`]): `L2-<e>` covers every file ending at or
 //! before `e`, `L1-<e>` every `L0` ending at or before `e`.
 
+pub mod answer_cache;
 pub mod background;
 pub mod column_cache;
 pub mod compact;
@@ -130,6 +131,9 @@ pub struct EmbeddedStore {
     root: PathBuf,
     /// Decoded columns kept between queries (none unless [`EmbeddedStore::with_query_cache`]).
     columns: column_cache::ColumnCache,
+    /// Each file's answers to the questions asked of it (none unless
+    /// [`EmbeddedStore::with_query_cache`]).
+    answers: answer_cache::AnswerCache,
     /// Turns to answer a query from the async API ([`crate::Store`]); as many as asked for
     /// by [`EmbeddedStore::with_concurrent_queries`], unbounded otherwise.
     turns: Arc<tokio::sync::Semaphore>,
@@ -143,6 +147,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             root: root.to_owned(),
             columns: column_cache::ColumnCache::new(0),
+            answers: answer_cache::AnswerCache::new(0),
             turns: Arc::new(tokio::sync::Semaphore::new(
                 tokio::sync::Semaphore::MAX_PERMITS,
             )),
@@ -160,11 +165,24 @@ impl EmbeddedStore {
         &self.turns
     }
 
-    /// Keeps up to `bytes` of decoded columns in memory for the queries that follow (the
-    /// API's store; the ingest needs none).
+    /// Keeps up to `bytes` in memory for the queries that follow (the API's store; the
+    /// ingest needs none): each file's answers to the questions asked of it, in a quarter,
+    /// and decoded columns for new questions in the rest.
     pub fn with_query_cache(mut self, bytes: u64) -> Self {
-        self.columns = column_cache::ColumnCache::new(bytes);
+        let answers = bytes / answer_cache::ANSWERS_SHARE;
+        self.answers = answer_cache::AnswerCache::new(answers);
+        self.columns = column_cache::ColumnCache::new(bytes - answers);
         self
+    }
+
+    /// Bytes of file answers kept now (see [`EmbeddedStore::with_query_cache`]).
+    pub fn kept_answer_bytes(&self) -> u64 {
+        self.answers.kept_bytes()
+    }
+
+    /// File answers computed from rows so far rather than found kept.
+    pub fn file_answers_read(&self) -> u64 {
+        self.answers.answers_read()
     }
 
     pub fn root(&self) -> &Path {
