@@ -281,12 +281,10 @@ fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
             ours[cell] = id;
         }
         let start = pairs.len();
-        pairs.extend(
-            answer
-                .pairs
-                .iter()
-                .map(|(visitor, cell)| (*visitor, ours[*cell as usize])),
-        );
+        pairs.extend(answer.pairs.iter().map(|(visitor, cell)| {
+            let ours = ours.get(*cell as usize).copied().unwrap_or(u32::MAX);
+            (*visitor, ours)
+        }));
         // Still by visitor; each visitor's few cells are put in order again.
         for visitor in pairs[start..].chunk_by_mut(|a, b| a.0 == b.0) {
             visitor.sort_unstable();
