@@ -400,7 +400,8 @@ pub struct AnalyticsSettings {
     pub flush_secs: u64,
     /// Days of scans kept; older days are dropped whole.
     pub retention_days: u32,
-    /// Memory for decoded columns kept between queries (embedded store); 0 keeps none.
+    /// Memory kept between queries (embedded store): decoded columns, and each file's answers
+    /// to the questions asked of it in a quarter; 0 keeps none.
     pub query_cache_mb: u64,
     /// Queries the embedded store answers at once; the rest wait their turn within their
     /// request's time limit. Each already uses every core, so more at once only adds memory.
