@@ -11,7 +11,7 @@ use chrono_tz::Tz;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use analytics::embedded::column_cache::ColumnCache;
+use analytics::embedded::column_cache::{ColumnCache, FileId};
 use analytics::embedded::ingest::Ingest;
 use analytics::embedded::{EmbeddedStore, live_files};
 use analytics::query::{Dimension, Filter, FilterOn, Granularity, ScansQuery};
@@ -200,12 +200,12 @@ fn a_file_too_large_for_its_share_of_the_query_cache_is_streamed_not_kept() {
     while ingest.round().unwrap().more {}
     let partition = store.partition_dir(first_day(), &synthetic::tenant(0));
     let (live, _) = live_files(&partition).unwrap();
-    let path = &live.first().expect("a file of the first day").1;
+    let file = FileId::of(&live.first().expect("a file of the first day").1).unwrap();
     let columns = ["visitor", "at"];
     let rows_through = |cache: &ColumnCache| {
         let mut rows = 0;
         cache
-            .for_each_batch(path, &columns, 64, |batch| {
+            .for_each_batch(&file, &columns, 64, |batch| {
                 rows += batch.num_rows();
                 Ok(())
             })

@@ -16,15 +16,15 @@
 //! when its partition has other files or will have (today's); a finished day's single file
 //! keeps only its counts, a few bytes per cell.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use moka::sync::Cache;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::statistics::Statistics;
 
+use super::column_cache::FileId;
 use crate::AnalyticsError;
 use crate::query::{Dimension, Filter};
 
@@ -34,26 +34,6 @@ pub const ANSWERS_SHARE: u64 = 4;
 /// by a value nearly every scan has its own of (a link key, over a day of many links) has
 /// nearly as many pairs as rows, and is recomputed rather than crowd out the rest.
 const LARGEST_SHARE: u64 = 8;
-
-/// A file as it is on disk: a merge replaces files, it never changes one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FileId {
-    pub path: PathBuf,
-    pub len: u64,
-    pub modified: Option<SystemTime>,
-}
-
-impl FileId {
-    pub fn of(path: &Path) -> Result<FileId, AnalyticsError> {
-        let metadata =
-            std::fs::metadata(path).map_err(|source| AnalyticsError::io(path, source))?;
-        Ok(FileId {
-            path: path.to_owned(),
-            len: metadata.len(),
-            modified: metadata.modified().ok(),
-        })
-    }
-}
 
 /// A query as one file sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -30,13 +30,28 @@ use crate::AnalyticsError;
 /// One column of one file, as decoded: a piece per batch.
 type Pieces = Arc<Vec<ArrayRef>>;
 
+/// A file as it is on disk: a merge replaces files, it never changes one, so what was read
+/// of a file stays right while its length and modification time are the same.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    path: PathBuf,
-    len: u64,
-    modified: Option<SystemTime>,
-    column: &'static str,
+pub struct FileId {
+    pub path: PathBuf,
+    pub len: u64,
+    pub modified: Option<SystemTime>,
 }
+
+impl FileId {
+    pub fn of(path: &Path) -> Result<FileId, AnalyticsError> {
+        let metadata =
+            std::fs::metadata(path).map_err(|source| AnalyticsError::io(path, source))?;
+        Ok(FileId {
+            path: path.to_owned(),
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        })
+    }
+}
+
+type Key = (FileId, &'static str);
 
 /// The share of the budget one file's decoded columns may take to be kept; a larger file is
 /// streamed. A sixteenth keeps a month of a busy tenant's days (each a few MiB) and leaves
@@ -94,27 +109,21 @@ impl ColumnCache {
         })
     }
 
-    /// Calls `each` with the batches of `path` holding `columns` (by name, in that order),
+    /// Calls `each` with the batches of `file` holding `columns` (by name, in that order),
     /// `batch_rows` rows each: from memory when kept, else decoded (and kept when the file
     /// is small enough, streamed when not).
     pub fn for_each_batch(
         &self,
-        path: &Path,
+        file: &FileId,
         columns: &[&'static str],
         batch_rows: usize,
         mut each: impl FnMut(&RecordBatch) -> Result<(), AnalyticsError>,
     ) -> Result<(), AnalyticsError> {
+        let path = file.path.as_path();
         let Some(cache) = &self.columns else {
             return stream(path, columns, batch_rows, each);
         };
-        let metadata =
-            std::fs::metadata(path).map_err(|source| AnalyticsError::io(path, source))?;
-        let key = |column: &'static str| Key {
-            path: path.to_owned(),
-            len: metadata.len(),
-            modified: metadata.modified().ok(),
-            column,
-        };
+        let key = |column: &'static str| (file.clone(), column);
         let mut found: Vec<Option<Pieces>> = columns
             .iter()
             .map(|column| cache.get(&key(column)))

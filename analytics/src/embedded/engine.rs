@@ -13,7 +13,8 @@
 //!   order, and merges the files' runs ([`add_up`]);
 //! - the time column is read only when the range or a bucket edge cuts through the file's
 //!   scans;
-//! - a file's answer is kept ([`answer_cache`](super::answer_cache)) and asked of it again rather than its rows.
+//! - a file's answer is kept ([`answer_cache`](super::answer_cache)) and asked of it again
+//!   rather than its rows.
 //!
 //! We wrote this rather than take DataFusion: the query shapes are few and fixed, the build
 //! of DataFusion alone outweighs all of qrpool's, and knowing the storage order (visitor
@@ -31,9 +32,9 @@ use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, ListArray, Rec
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rayon::prelude::*;
 
-use super::answer_cache::{FileAnswer, FileId, Question};
+use super::answer_cache::{FileAnswer, Question};
 use super::background;
-use super::column_cache::{self, ColumnCache};
+use super::column_cache::{self, ColumnCache, FileId};
 use super::{EmbeddedStore, live_files};
 use crate::AnalyticsError;
 use crate::query::{Answer, FilterOn, Granularity, Row, ScansQuery, Totals};
@@ -142,7 +143,7 @@ impl EmbeddedStore {
                 continue;
             };
             let answer = self.answers.answer(&file, &question, || {
-                answer_file(&self.columns, &question, path)
+                answer_file(&self.columns, &question, &file)
             })?;
             answers.push((answer, offset));
         }
@@ -399,7 +400,7 @@ impl Cell {
 fn answer_file(
     columns: &ColumnCache,
     question: &Question,
-    path: &std::path::Path,
+    file: &FileId,
 ) -> Result<FileAnswer, AnalyticsError> {
     let mut names = vec!["visitor"];
     if !question.bots {
@@ -423,7 +424,7 @@ fn answer_file(
         buckets: question.edges.len() + 1,
         ..Reading::default()
     };
-    columns.for_each_batch(path, &names, BATCH_ROWS, |batch| {
+    columns.for_each_batch(file, &names, BATCH_ROWS, |batch| {
         reading.batch(question, batch)
     })?;
     let Reading {
