@@ -464,3 +464,52 @@ async fn queries_beyond_the_bound_wait_their_turn_and_an_abandoned_scan_stops() 
         Err(analytics::AnalyticsError::Abandoned)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_whose_request_is_dropped_stops_reading() {
+    use std::future::Future as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("scans");
+    let store = EmbeddedStore::open(&dir.path().join("analytics"))
+        .unwrap()
+        .with_concurrent_queries(1);
+    // A year of one tenant: a day is a partition, and a scan checks between partitions
+    // whether its asker is still there.
+    let days = 365;
+    let events = synthetic::events(&synthetic::Shape {
+        events: 36_500,
+        tenants: 1,
+        keys: 20,
+        first_day: first_day(),
+        days,
+        seed: 9,
+    });
+    append(&events_dir, &events);
+    Ingest::open(store.clone(), &events_dir)
+        .unwrap()
+        .round()
+        .unwrap();
+    let mut query = whole_range(0, Granularity::Day, Some(Dimension::Country));
+    query.to = query.from + Duration::days(i64::from(days));
+    let api = analytics::Store::Embedded(store.clone());
+
+    // The request is polled until its scan has started, then dropped, as axum drops the
+    // handler's future of a request past its time limit or of a client that went away.
+    let mut request = Box::pin(api.scans(query));
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(request.as_mut().poll(&mut context).is_pending());
+    drop(request);
+    // The turn comes back once the scan has stopped.
+    drop(
+        std::sync::Arc::clone(store.turns())
+            .acquire_owned()
+            .await
+            .unwrap(),
+    );
+    let read = store.file_answers_read();
+    assert!(
+        read < u64::from(days) / 2,
+        "{read} of {days} days read after the request was dropped"
+    );
+}
