@@ -14,6 +14,7 @@
 #   ONLY=analytics                only the three /m targets of scan analytics' cost (events off,
 #                                 no GeoIP, GeoIP and a trusted proxy), ROUNDS of them
 #   ONLY=timeouts                 only the cached /m with and without the header read timeout
+#   QRPOOL_BIN=/tmp/qrpool-before another build of qrpool (another allocator, say), same run
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,7 +61,7 @@ done
 apt_install wrk nginx-light curl bc
 say "building the release binary"
 cargo build --release --locked --quiet -p qrpool
-qrpool_bin=${CARGO_TARGET_DIR:-$repo/target}/release/qrpool
+qrpool_bin=${QRPOOL_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/qrpool}
 
 say "starting nginx (return 302) on 127.0.0.1:$nginx_port"
 mkdir -p "$work/nginx"

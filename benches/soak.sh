@@ -137,12 +137,12 @@ postgres_writes() {
     FROM pg_stat_wal, pg_stat_bgwriter" postgres 2>/dev/null | tr '|' ' ' || echo 0 0 0 0 0
 }
 sample_processes() {
-  local previous now disk_before disk_now pg_before pg_now huge cache lag broker_files dirty
+  local previous now disk_before disk_now pg_before pg_now huge cache answers lag broker_files dirty
   previous=$(ps -eo comm=,cputimes= | awk '{cpu[$1] += $2} END {for (c in cpu) print c, cpu[c]}')
   disk_before=$(disk_writes)
   pg_before=$(postgres_writes)
-  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %9s %6s %8s %8s %9s %9s %10s %7s %11s %6s %9s %9s %5s\n' minute clock qrpool% tansu% \
-    postgres% redis% soak% qrpool_MiB huge_MiB cache_MiB lag_s tansu_MiB pg_MiB disk_MiB write_ms dirty_MiB broker_MiB wal_MiB \
+  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %11s %6s %9s %8s %8s %9s %9s %10s %7s %11s %6s %9s %9s %5s\n' minute clock qrpool% tansu% \
+    postgres% redis% soak% qrpool_MiB huge_MiB cache_MiB answers_MiB lag_s tansu_MiB pg_MiB disk_MiB write_ms dirty_MiB broker_MiB wal_MiB \
     wal_flushes ckpts ckpt_w_ms ckpt_s_ms load
   for ((minute = 1; ; minute++)); do
     sleep 60
@@ -152,15 +152,16 @@ sample_processes() {
     pg_now=$(postgres_writes)
     # Of qrpool's resident memory, how much is in transparent huge pages.
     huge=$(awk '/^AnonHugePages:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
-    # And how much the analytics queries' column cache holds, and how far the store is
-    # behind the scans (seconds).
+    # And how much the analytics queries' caches hold (decoded columns; each file's
+    # answers), and how far the store is behind the scans (seconds).
     metrics=$(curl -sf --max-time 10 "$base/metrics" || true)
     cache=$(awk '/^analytics_query_cache_bytes/ {print int($2 / 1048576)}' <<<"$metrics")
+    answers=$(awk '/^analytics_query_answers_bytes/ {print int($2 / 1048576)}' <<<"$metrics")
     lag=$(awk '/^analytics_lag_seconds/ {printf "%.0f", $2}' <<<"$metrics")
     dirty=$(awk '/^Dirty:/ {print int($2 / 1024)}' /proc/meminfo)
     broker_files=$(du -cm "$broker_dir"/tansu.db* 2>/dev/null | tail -n 1 | cut -f1)
     awk -v minute="$minute" -v clock="$(date -u +%H:%M:%S)" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" \
-      -v huge="${huge:-0}" -v cache="${cache:-0}" -v lag="${lag:-0}" -v broker="${broker_files:-0}" -v dirty="${dirty:-0}" -v disk="$disk_before $disk_now" \
+      -v huge="${huge:-0}" -v cache="${cache:-0}" -v answers="${answers:-0}" -v lag="${lag:-0}" -v broker="${broker_files:-0}" -v dirty="${dirty:-0}" -v disk="$disk_before $disk_now" \
       -v pg="$pg_before $pg_now" '
       NR == FNR {before[$1] = $2; next}
       # A process that exited took its time with it: a group never counts below 0.
@@ -170,27 +171,70 @@ sample_processes() {
         writes = d[5] - d[2]
         wait_ms = 0
         if (writes > 0) wait_ms = (d[6] - d[3]) / writes
-        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9s %6s %9.0f %8.0f %8.0f %9.1f %9s %10s %7.0f %11.0f %6s %9.0f %9.0f %5s\n",
+        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9s %11s %6s %9.0f %8.0f %8.0f %9.1f %9s %10s %7.0f %11.0f %6s %9.0f %9.0f %5s\n",
           minute, clock, used["qrpool"], used["tansu"], used["postgres"], used["redis-server"], used["soak"],
-          rss["qrpool"], huge / 1024, cache, lag, rss["tansu"], rss["postgres"], d[4] - d[1], wait_ms, dirty, broker,
+          rss["qrpool"], huge / 1024, cache, answers, lag, rss["tansu"], rss["postgres"], d[4] - d[1], wait_ms, dirty, broker,
           c[6] - c[1], c[7] - c[2], c[8] - c[3], c[9] - c[4], c[10] - c[5], loadavg}' \
       <(echo "$previous") <(echo "$now")
     previous=$now disk_before=$disk_now pg_before=$pg_now
   done
 }
+# And a line a second of who wrote how much (MiB, from each process group's /proc/<pid>/io),
+# the disk's writes and their mean wait, and the page cache's dirty and writeback pages: a
+# minute's line averages a stall of a second or two away, so the seconds before each
+# minute's slowest request are printed from these at the end.
+written_by() {
+  local pid_dir comm bytes
+  for pid_dir in /proc/[0-9]*; do
+    # (A process may exit between the listing and the read: its error is not worth a line.)
+    { read -r comm <"$pid_dir/comm"; } 2>/dev/null || continue
+    case $comm in qrpool | tansu | postgres | soak) ;; *) continue ;; esac
+    bytes=$(awk '/^write_bytes:/ {print $2}' "$pid_dir/io" 2>/dev/null) || continue
+    echo "$comm ${bytes:-0}"
+  done | awk '{sum[$1] += $2} END {printf "%d %d %d %d\n", sum["qrpool"], sum["tansu"], sum["postgres"], sum["soak"]}'
+}
+sample_seconds() {
+  local before now disk_before disk_now
+  before=$(written_by) disk_before=$(disk_writes)
+  echo "clock qrpool_MiB tansu_MiB postgres_MiB soak_MiB disk_MiB write_ms dirty_MiB writeback_MiB"
+  while sleep 1; do
+    now=$(written_by) disk_now=$(disk_writes)
+    awk -v clock="$(date -u +%H:%M:%S)" -v w="$before $now" -v d="$disk_before $disk_now" '
+      /^Dirty:/ {dirty = $2 / 1024} /^Writeback:/ {back = $2 / 1024}
+      END {
+        split(w, a, " "); split(d, b, " "); writes = b[5] - b[2]
+        printf "%s %.1f %.1f %.1f %.1f %.1f %.1f %.0f %.0f\n", clock, (a[5] - a[1]) / 1048576,
+          (a[6] - a[2]) / 1048576, (a[7] - a[3]) / 1048576, (a[8] - a[4]) / 1048576, b[4] - b[1],
+          (writes > 0 ? (b[6] - b[3]) / writes : 0), dirty, back
+      }' /proc/meminfo
+    before=$now disk_before=$disk_now
+  done
+}
 soak_started=$(date -u '+%Y-%m-%d %H:%M:%S')
 sample_processes >"$work/processes.log" 2>&1 &
 sampler=$!
+sample_seconds >"$work/seconds.log" 2>&1 &
+second_sampler=$!
 
 rate_args=(--probe-secs "$probe")
 [ -n "${RATE:-}" ] && rate_args=(--rate "$RATE")
 say "soak: $minutes minutes ($warmup of warm-up)"
 status=0
 "$repo/target/release/soak" --base "$base" --key "$key" --pid "$pid" "${rate_args[@]}" \
-  --minutes "$minutes" --warmup-minutes "$warmup" || status=$?
-kill "$sampler" 2>/dev/null || true
+  --minutes "$minutes" --warmup-minutes "$warmup" | tee "$work/soak.log" || status=$?
+kill "$sampler" "$second_sampler" 2>/dev/null || true
 say "CPU (% of one core) and resident memory by process, a line a minute"
 cat "$work/processes.log"
+# The three slowest requests of the run other than queries (each a minute's slowest), and the
+# seconds before each.
+say "the seconds before the run's three slowest requests (queries aside)"
+sed -nE 's/.*slowest: (.*) ([0-9]+) ms at ([0-9:]+)$/\2 \3 \1/p' "$work/soak.log" | sort -rn | head -n 3 |
+  while read -r ms at kind; do
+    echo "-- $kind, $ms ms, due at $at"
+    head -n 1 "$work/seconds.log"
+    from=$(date -u -d "$at 12 seconds ago" +%H:%M:%S) to=$(date -u -d "$at 4 seconds" +%H:%M:%S)
+    awk -v from="$from" -v to="$to" 'NR > 1 && $1 >= from && $1 <= to' "$work/seconds.log"
+  done
 # PostgreSQL logs its checkpoints (log_checkpoints is on by default since 15): when each began
 # and ended, to set beside the minutes' slowest requests.
 pg_log=$(ls -t /var/log/postgresql/postgresql-*-main.log 2>/dev/null | head -n 1 || true)
