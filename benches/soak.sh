@@ -17,6 +17,8 @@
 #   DATA_DIR=/dev/shm benches/soak.sh        qrpool's data folder (the analytics store) there too
 #   PGPORT=5433 benches/soak.sh              another PostgreSQL on loopback (user postgres)
 #   QUERY_CACHE_MB=32 benches/soak.sh        the analytics query cache's budget (MiB; 512 by default)
+#   QRPOOL_BIN=/tmp/qrpool-x benches/soak.sh another build of qrpool (name it qrpool for the
+#                                            CPU and memory columns, which go by process name)
 #   HISTORY_EVENTS=0 benches/soak.sh         no history: by default the analytics store starts with
 #                                            the 30 days before today (10 million scan events of
 #                                            the soak's tenant, analytics-bench generate + ingest),

@@ -13,6 +13,9 @@ use qrpool::{App, Parts};
 
 /// The scan path allocates a little per request on every worker thread; glibc's malloc and
 /// free were a tenth of its CPU time in profiles, mimalloc's thread-local heaps much less.
+/// (jemalloc served scans as fast and held a few percent less memory in a soak; not enough
+/// to change what every benchmark here measured: docs/performance.md.)
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
