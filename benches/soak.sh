@@ -17,8 +17,8 @@
 #   DATA_DIR=/dev/shm benches/soak.sh        qrpool's data folder (the analytics store) there too
 #   PGPORT=5433 benches/soak.sh              another PostgreSQL on loopback (user postgres)
 #   QUERY_CACHE_MB=32 benches/soak.sh        the analytics query cache's budget (MiB; 512 by default)
-#   QRPOOL_BIN=/tmp/qrpool-x benches/soak.sh another build of qrpool (name it qrpool for the
-#                                            CPU and memory columns, which go by process name)
+#   QRPOOL_BIN=/tmp/qrpool-x benches/soak.sh another build of qrpool (any name: its columns
+#                                            below follow its process id)
 #   HISTORY_EVENTS=0 benches/soak.sh         no history: by default the analytics store starts with
 #                                            the 30 days before today (10 million scan events of
 #                                            the soak's tenant, analytics-bench generate + ingest),
@@ -138,9 +138,15 @@ postgres_writes() {
     checkpoints_timed + checkpoints_req, checkpoint_write_time, checkpoint_sync_time
     FROM pg_stat_wal, pg_stat_bgwriter" postgres 2>/dev/null | tr '|' ' ' || echo 0 0 0 0 0
 }
+# CPU seconds and resident KiB by process name, qrpool's found by its id (QRPOOL_BIN may be
+# named anything).
+by_process() {
+  ps -eo pid=,comm=,cputimes=,rss= | awk -v qrpool="$pid" '{name = $1 == qrpool ? "qrpool" : $2
+    cpu[name] += $3; rss[name] += $4} END {for (c in cpu) print c, cpu[c], rss[c]}'
+}
 sample_processes() {
   local previous now disk_before disk_now pg_before pg_now huge cache answers lag broker_files dirty
-  previous=$(ps -eo comm=,cputimes= | awk '{cpu[$1] += $2} END {for (c in cpu) print c, cpu[c]}')
+  previous=$(by_process)
   disk_before=$(disk_writes)
   pg_before=$(postgres_writes)
   printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %11s %6s %9s %8s %8s %9s %9s %10s %7s %11s %6s %9s %9s %5s\n' minute clock qrpool% tansu% \
@@ -148,8 +154,7 @@ sample_processes() {
     wal_flushes ckpts ckpt_w_ms ckpt_s_ms load
   for ((minute = 1; ; minute++)); do
     sleep 60
-    now=$(ps -eo comm=,cputimes=,rss= | awk '{cpu[$1] += $2; rss[$1] += $3}
-      END {for (c in cpu) print c, cpu[c], rss[c]}')
+    now=$(by_process)
     disk_now=$(disk_writes)
     pg_now=$(postgres_writes)
     # Of qrpool's resident memory, how much is in transparent huge pages.
@@ -190,6 +195,7 @@ written_by() {
   for pid_dir in /proc/[0-9]*; do
     # (A process may exit between the listing and the read: its error is not worth a line.)
     { read -r comm <"$pid_dir/comm"; } 2>/dev/null || continue
+    [ "$pid_dir" = "/proc/$pid" ] && comm=qrpool
     case $comm in qrpool | tansu | postgres | soak) ;; *) continue ;; esac
     bytes=$(awk '/^write_bytes:/ {print $2}' "$pid_dir/io" 2>/dev/null) || continue
     echo "$comm ${bytes:-0}"
