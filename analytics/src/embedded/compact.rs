@@ -1,12 +1,16 @@
 //! Keeping the store small and within its retention: merging a partition's files, dropping
 //! old days, erasing a tenant.
 //!
-//! An ingest round writes one small file per active tenant every few seconds. During the day,
-//! once a partition has [`PARTS_BEFORE_MERGE`] of them they are merged into one (`L1`); once it
-//! has [`MERGES_BEFORE_FULL`] merged files, the whole partition is merged (`L2`); and once its
-//! day is over, whatever is left becomes one `L2` file. Each merge keeps the file order
-//! (visitor, then time) and is written whole before the files it replaces are deleted (see
-//! [`super::live_files`] for why a crash in between counts nothing twice).
+//! An ingest round writes one small file per active tenant every few seconds. During the day
+//! the files are kept in size classes, as a log-structured merge tree keeps its runs: once a
+//! partition has [`PARTS_BEFORE_MERGE`] ingest parts (level 0) they are merged into one file
+//! of level 1; once it has [`MERGES_BEFORE_NEXT`] files of a level above 0, they are merged
+//! into one of the level above. Each scan is rewritten once per level it climbs (four at most
+//! in a day of 5-second rounds), where merging the whole day again every so often rewrote it
+//! over and over, at a cost that grew through the day, and each time dropped the answers kept
+//! for its largest file. Once the day is over, whatever is left becomes one file. Each merge keeps the file
+//! order (visitor, then time) and is written whole before the files it replaces are deleted
+//! (see [`super::live_files`] for why a crash in between counts nothing twice).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,8 +32,9 @@ use crate::AnalyticsError;
 
 /// Ingest parts a partition may gather before they are merged.
 pub const PARTS_BEFORE_MERGE: usize = 16;
-/// Merged files a partition may gather before it is merged whole.
-pub const MERGES_BEFORE_FULL: usize = 8;
+/// Merged files of one level a partition may gather before they are merged into one of the
+/// level above.
+pub const MERGES_BEFORE_NEXT: usize = 8;
 
 /// What a maintenance pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,7 +59,8 @@ impl EmbeddedStore {
         Ok(done)
     }
 
-    /// Merges one partition if it needs it; the number of files merged.
+    /// Merges one partition as far as it needs (a merge may fill the level above, which is
+    /// then merged too); the number of files merged, if any.
     pub fn compact_partition(
         &self,
         day: NaiveDate,
@@ -62,35 +68,30 @@ impl EmbeddedStore {
         today: NaiveDate,
     ) -> Result<Option<u64>, AnalyticsError> {
         let dir = self.partition_dir(day, tenant);
-        let (live, redundant) =
-            live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
-        for path in redundant {
-            remove(&path)?;
-        }
-        let parts: Vec<&(FileName, PathBuf)> =
-            live.iter().filter(|(name, _)| name.level == 0).collect();
-        let merged = live.iter().filter(|(name, _)| name.level == 1).count();
-        let (level, inputs): (u8, Vec<&(FileName, PathBuf)>) =
-            if (day < today && live.len() > 1) || merged >= MERGES_BEFORE_FULL {
-                (2, live.iter().collect())
-            } else if parts.len() >= PARTS_BEFORE_MERGE {
-                (1, parts)
-            } else {
-                return Ok(None);
+        let mut files_merged = 0;
+        loop {
+            let (live, redundant) =
+                live_files(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
+            for path in redundant {
+                remove(&path)?;
+            }
+            let Some((level, inputs)) = next_merge(&live, day < today) else {
+                break;
             };
-        let end = inputs.iter().map(|(name, _)| name.end).max().unwrap_or(0);
-        let name = FileName {
-            level,
-            start: 0,
-            end,
-        };
-        let paths: Vec<PathBuf> = inputs.iter().map(|(_, path)| path.clone()).collect();
-        merge_files(&paths, &dir.join(name.text()))?;
-        for path in &paths {
-            remove(path)?;
+            let name = FileName {
+                level,
+                start: inputs.iter().map(|(name, _)| name.start).min().unwrap_or(0),
+                end: inputs.iter().map(|(name, _)| name.end).max().unwrap_or(0),
+            };
+            let paths: Vec<PathBuf> = inputs.iter().map(|(_, path)| path.clone()).collect();
+            merge_files(&paths, &dir.join(name.text()))?;
+            for path in &paths {
+                remove(path)?;
+            }
+            remove_temporary(&dir)?;
+            files_merged += paths.len() as u64;
         }
-        remove_temporary(&dir)?;
-        Ok(Some(paths.len() as u64))
+        Ok((files_merged > 0).then_some(files_merged))
     }
 
     /// Drops every day before `cutoff`; the days dropped.
@@ -117,6 +118,33 @@ impl EmbeddedStore {
         }
         Ok(erased)
     }
+}
+
+/// The merge a partition needs next, if any: the level of the file it makes, and its inputs.
+///
+/// During the day, the lowest level that is full, all of its files: the files of a level
+/// are always neighbours in the event file (the higher the level, the earlier), as each merge
+/// takes a whole level, so the merged file's range holds theirs and nothing else. Once the
+/// day is over, all of its files, into one of a level above all of theirs.
+fn next_merge(
+    live: &[(FileName, PathBuf)],
+    day_over: bool,
+) -> Option<(u8, Vec<&(FileName, PathBuf)>)> {
+    let top = live.iter().map(|(name, _)| name.level).max()?;
+    if day_over {
+        return (live.len() > 1).then(|| (top.saturating_add(1), live.iter().collect()));
+    }
+    (0..=top).find_map(|level| {
+        let files: Vec<&(FileName, PathBuf)> = live
+            .iter()
+            .filter(|(name, _)| name.level == level)
+            .collect();
+        let full = match level {
+            0 => PARTS_BEFORE_MERGE,
+            _ => MERGES_BEFORE_NEXT,
+        };
+        (files.len() >= full).then(|| (level.saturating_add(1), files))
+    })
 }
 
 /// Rows a merge reads from each input at a time.
@@ -310,6 +338,197 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    fn lines_of(json: &[Vec<u8>]) -> Vec<Line<'_>> {
+        json.iter().map(|line| Line::parse(line).unwrap()).collect()
+    }
+
+    fn day_of_events(events: usize) -> Vec<Vec<u8>> {
+        synthetic::events(&synthetic::Shape {
+            events,
+            tenants: 1,
+            keys: 20,
+            first_day: NaiveDate::from_ymd_opt(2026, 11, 2).unwrap(),
+            days: 1,
+            seed: 11,
+        })
+        .iter()
+        .map(|event| {
+            let mut line = Vec::new();
+            event.write_json(&mut line);
+            line
+        })
+        .collect()
+    }
+
+    /// The ids in a partition's live files, each as often as it is there.
+    fn ids_in(dir: &Path) -> Vec<Vec<u8>> {
+        let mut ids: Vec<Vec<u8>> = live_files(dir)
+            .unwrap()
+            .0
+            .iter()
+            .flat_map(|(_, path)| read_all(path))
+            .flat_map(|batch| {
+                let ids = batch
+                    .column_by_name("id")
+                    .unwrap()
+                    .as_fixed_size_binary()
+                    .clone();
+                (0..ids.len())
+                    .map(|row| ids.value(row).to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn during_the_day_files_are_merged_with_files_of_their_size_not_with_the_whole_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 2).unwrap();
+        let tenant = synthetic::tenant(0);
+        let partition = store.partition_dir(day, &tenant);
+        std::fs::create_dir_all(&partition).unwrap();
+        let per_part = 3;
+        let parts = PARTS_BEFORE_MERGE * MERGES_BEFORE_NEXT * 2;
+        let json = day_of_events(per_part * parts);
+        let lines = lines_of(&json);
+        let mut expected: Vec<Vec<u8>> = lines.iter().map(|line| line.id.to_vec()).collect();
+        expected.sort();
+        let mut first_level_2 = None;
+        let mut most_files = 0;
+        for (index, chunk) in lines.chunks(per_part).enumerate() {
+            // Each part's range follows the one before, as an ingest's rounds do.
+            let name = FileName {
+                level: 0,
+                start: index as u64 * 100,
+                end: (index as u64 + 1) * 100,
+            };
+            write_sorted(&partition.join(name.text()), chunk);
+            store.compact_partition(day, &tenant, day).unwrap();
+            let (live, _) = live_files(&partition).unwrap();
+            most_files = most_files.max(live.len());
+            let level_2: Vec<&(FileName, PathBuf)> =
+                live.iter().filter(|(name, _)| name.level == 2).collect();
+            match (first_level_2, level_2.as_slice()) {
+                (None, [(name, _)]) => first_level_2 = Some(*name),
+                (Some(first), found) => assert!(
+                    found.iter().any(|(name, _)| *name == first),
+                    "after part {index}, the first level-2 file was rewritten: {live:?}"
+                ),
+                _ => {}
+            }
+        }
+        let (live, _) = live_files(&partition).unwrap();
+        let levels: Vec<(u8, u64, u64)> = live
+            .iter()
+            .map(|(name, _)| (name.level, name.start, name.end))
+            .collect();
+        let half = (parts as u64 / 2) * 100;
+        assert_eq!(
+            levels,
+            vec![(2, 0, half), (2, half, 2 * half)],
+            "two of the largest size, side by side"
+        );
+        assert!(
+            most_files <= PARTS_BEFORE_MERGE + MERGES_BEFORE_NEXT,
+            "{most_files} files at once"
+        );
+        assert_eq!(ids_in(&partition), expected, "every scan once");
+
+        // The day is over: one file, above every level it held.
+        let merged = store
+            .compact_partition(day, &tenant, day.succ_opt().unwrap())
+            .unwrap();
+        assert_eq!(merged, Some(2));
+        let (live, redundant) = live_files(&partition).unwrap();
+        assert!(redundant.is_empty());
+        let names: Vec<FileName> = live.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            vec![FileName {
+                level: 3,
+                start: 0,
+                end: 2 * half
+            }]
+        );
+        assert_eq!(ids_in(&partition), expected, "every scan once");
+    }
+
+    #[test]
+    fn a_store_written_before_size_tiers_merges_on_with_each_scan_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 2).unwrap();
+        let tenant = synthetic::tenant(0);
+        let partition = store.partition_dir(day, &tenant);
+        std::fs::create_dir_all(&partition).unwrap();
+        let json = day_of_events(60);
+        let lines = lines_of(&json);
+        let mut expected: Vec<Vec<u8>> = lines.iter().map(|line| line.id.to_vec()).collect();
+        expected.sort();
+        // As the earlier version left them: the whole day to 1000 (`L2-<end>`), parts merged
+        // to 2000 (`L1-<end>`) with two of its parts left by a crash before their deletion, a
+        // later merge to 3000, and a part after it.
+        let legacy = |name: &str, rows: std::ops::Range<usize>| {
+            write_sorted(&partition.join(name), &lines[rows]);
+        };
+        legacy("L2-0000000000001000.parquet", 0..20);
+        legacy("L1-0000000000002000.parquet", 20..35);
+        legacy(
+            &FileName {
+                level: 0,
+                start: 1000,
+                end: 1500,
+            }
+            .text(),
+            20..28,
+        );
+        legacy(
+            &FileName {
+                level: 0,
+                start: 1500,
+                end: 2000,
+            }
+            .text(),
+            28..35,
+        );
+        legacy("L1-0000000000003000.parquet", 35..50);
+        legacy(
+            &FileName {
+                level: 0,
+                start: 3000,
+                end: 3400,
+            }
+            .text(),
+            50..60,
+        );
+        let (live, redundant) = live_files(&partition).unwrap();
+        let names: Vec<(u8, u64, u64)> = live
+            .iter()
+            .map(|(name, _)| (name.level, name.start, name.end))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (0, 3000, 3400),
+                (1, 1000, 2000),
+                (1, 2000, 3000),
+                (2, 0, 1000)
+            ]
+        );
+        assert_eq!(redundant.len(), 2, "the parts the first L1 holds");
+        assert_eq!(ids_in(&partition), expected);
+        store
+            .compact_partition(day, &tenant, day.succ_opt().unwrap())
+            .unwrap();
+        let (live, _) = live_files(&partition).unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!((live[0].0.start, live[0].0.end), (0, 3400));
+        assert_eq!(ids_in(&partition), expected);
     }
 
     #[test]

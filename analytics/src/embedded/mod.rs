@@ -4,19 +4,21 @@
 //! <data_dir>/analytics/
 //!   ingest.json                                  how far each daily event file was ingested
 //!   scans/day=2026-12-01/tenant=acme/L0-<start>-<end>.parquet   an ingest's part
-//!                                    L1-<end>.parquet           parts merged during the day
-//!                                    L2-<end>.parquet           the whole partition merged
+//!                                    L1-<start>-<end>.parquet   16 parts merged
+//!                                    L2-<start>-<end>.parquet   8 L1 merged, and so on up
+//!                                    L<n>-<start>-<end>.parquet a day that is over, merged whole
 //! ```
 //!
 //! The layout is Hive's (`key=value` folders), so other tools read it as it is — chDB,
 //! DuckDB, Spark — and a query of one tenant's month opens only that tenant's 30 folders.
 //! Dropping a day (retention) or a tenant (erasure) is deleting folders.
 //!
-//! A file's name says which bytes of the day's event file it holds (`end` is the offset after
-//! the last line in it), and that is how a crash leaves nothing counted twice: a merged file
-//! is written before the files it replaces are deleted, and whoever lists a folder skips the
-//! files a merge already covers ([`live_files`]): `L2-<e>` covers every file ending at or
-//! before `e`, `L1-<e>` every `L0` ending at or before `e`.
+//! A file's name says which bytes of the day's event file it holds (`start` is the offset
+//! where its first line began, `end` the offset after its last), and that is how a crash
+//! leaves nothing counted twice: a merge takes files whose ranges follow one another, its file
+//! holds the range they span, it is written before the files it replaces are deleted, and
+//! whoever lists a folder skips a file whose range lies within a larger one's, or within the
+//! same range at a higher level ([`live_files`]).
 
 pub mod answer_cache;
 pub mod background;
@@ -40,55 +42,58 @@ use crate::AnalyticsError;
 /// A scans file's place in its partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FileName {
-    /// 0: written by an ingest; 1: parts merged; 2: the whole partition merged.
+    /// 0: written by an ingest; n: made by merging files of level n - 1 (the size classes of
+    /// [`compact`]), or, on a day that is over, the whole partition merged.
     pub level: u8,
-    /// The offset in the day's event file where the first line in it began (level 0).
+    /// The offset in the day's event file where its first line began.
     pub start: u64,
-    /// The offset just past the last line in it.
+    /// The offset just past its last line.
     pub end: u64,
 }
 
 impl FileName {
     pub fn text(&self) -> String {
-        match self.level {
-            0 => format!("L0-{:016}-{:016}.parquet", self.start, self.end),
-            level => format!("L{level}-{:016}.parquet", self.end),
-        }
+        format!(
+            "L{}-{:016}-{:016}.parquet",
+            self.level, self.start, self.end
+        )
     }
 
     pub fn parse(name: &str) -> Option<FileName> {
-        let stem = name.strip_suffix(".parquet")?;
-        let (level, rest) = stem.split_once('-')?;
-        let level = match level {
-            "L0" => 0,
-            "L1" => 1,
-            "L2" => 2,
-            _ => return None,
-        };
-        if level == 0 {
-            let (start, end) = rest.split_once('-')?;
-            Some(FileName {
-                level,
-                start: start.parse().ok()?,
-                end: end.parse().ok()?,
-            })
-        } else {
-            Some(FileName {
-                level,
-                start: 0,
-                end: rest.parse().ok()?,
-            })
-        }
+        let (level, rest) = level_and_rest(name)?;
+        let (start, end) = rest.split_once('-')?;
+        let (start, end) = (start.parse().ok()?, end.parse().ok()?);
+        (start <= end).then_some(FileName { level, start, end })
     }
 
     /// Whether `other`, a merge, already holds this file's rows.
     fn covered_by(&self, other: &FileName) -> bool {
-        match other.level {
-            2 => other != self && self.end <= other.end && (self.level < 2 || self.end < other.end),
-            1 => self.level == 0 && self.end <= other.end,
-            _ => false,
-        }
+        let within = other.start <= self.start && self.end <= other.end;
+        let larger = other.start < self.start || self.end < other.end;
+        within && (larger || other.level > self.level)
     }
+}
+
+/// `L<level>` and what follows its `-` in a file name, without `.parquet`.
+fn level_and_rest(name: &str) -> Option<(u8, &str)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let (level, rest) = stem.strip_prefix('L')?.split_once('-')?;
+    if level.is_empty() || !level.bytes().all(|digit| digit.is_ascii_digit()) {
+        return None;
+    }
+    Some((level.parse().ok()?, rest))
+}
+
+/// A merged file named as before size tiers (2026-12): `L1-<end>` (parts merged during the
+/// day, starting where the merged file before it ended) or `L2-<end>` (everything up to
+/// `end`). Read as they were meant, so that a store written by an earlier version counts
+/// each scan once.
+fn legacy_merge(name: &str) -> Option<(u8, u64)> {
+    let (level, end) = level_and_rest(name)?;
+    if !matches!(level, 1 | 2) || end.contains('-') {
+        return None;
+    }
+    Some((level, end.parse().ok()?))
 }
 
 /// A partition's files: those that hold its rows (no row twice), in name order, and those a
@@ -98,6 +103,7 @@ pub type Listing = (Vec<(FileName, PathBuf)>, Vec<PathBuf>);
 /// The files of one partition (see [`Listing`]).
 pub fn live_files(dir: &Path) -> std::io::Result<Listing> {
     let mut found = Vec::new();
+    let mut legacy = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -108,9 +114,32 @@ pub fn live_files(dir: &Path) -> std::io::Result<Listing> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        if let Some(parsed) = name.to_str().and_then(FileName::parse) {
+        let Some(name) = name.to_str() else { continue };
+        if let Some(parsed) = FileName::parse(name) {
             found.push((parsed, entry.path()));
+        } else if let Some((level, end)) = legacy_merge(name) {
+            legacy.push((level, end, entry.path()));
         }
+    }
+    // An `L1-<end>` merged the parts after the merged file before it: its range starts where
+    // the last merged file ending before it ends.
+    let merged_ends: Vec<u64> = found
+        .iter()
+        .filter(|(name, _)| name.level > 0)
+        .map(|(name, _)| name.end)
+        .chain(legacy.iter().map(|(_, end, _)| *end))
+        .collect();
+    for (level, end, path) in legacy {
+        let start = match level {
+            2 => 0,
+            _ => merged_ends
+                .iter()
+                .copied()
+                .filter(|other| *other < end)
+                .max()
+                .unwrap_or(0),
+        };
+        found.push((FileName { level, start, end }, path));
     }
     let names: Vec<FileName> = found.iter().map(|(name, _)| *name).collect();
     let (mut live, mut redundant) = (Vec::new(), Vec::new());
@@ -332,39 +361,53 @@ mod tests {
 
     #[test]
     fn names_read_back() {
-        for file in [name(0, 12, 345), name(1, 0, 999), name(2, 0, 1)] {
+        for file in [
+            name(0, 12, 345),
+            name(1, 0, 999),
+            name(2, 7, 8),
+            name(12, 0, 1),
+        ] {
             assert_eq!(FileName::parse(&file.text()), Some(file));
         }
         assert_eq!(FileName::parse(".L0-1-2.parquet.tmp"), None);
-        assert_eq!(FileName::parse("L3-5.parquet"), None);
+        assert_eq!(FileName::parse("L0-2-1.parquet"), None, "a range backwards");
+        assert_eq!(FileName::parse("L-1-2.parquet"), None);
+        assert_eq!(FileName::parse("L+1-1-2.parquet"), None);
+        assert_eq!(legacy_merge("L2-0000000000000005.parquet"), Some((2, 5)));
+        assert_eq!(legacy_merge("L3-5.parquet"), None);
+        assert_eq!(legacy_merge("L1-1-5.parquet"), None);
     }
 
     #[test]
     fn a_merge_covers_what_it_was_made_from_and_nothing_after() {
         let dir = tempfile::tempdir().unwrap();
         let touch = |file: FileName| std::fs::write(dir.path().join(file.text()), b"").unwrap();
-        // Parts 0-10 and 10-20 merged into L1-20 (the parts not yet deleted: a crash), a
-        // later part 20-30, and an older full merge L2-5 that L1-20 does not cover.
+        let listed = || {
+            let (live, redundant) = live_files(dir.path()).unwrap();
+            let live: Vec<FileName> = live.into_iter().map(|(name, _)| name).collect();
+            (live, redundant.len())
+        };
+        // Parts 10-20 and 20-30 merged into L1 10-30 (the parts not yet deleted: a crash), a
+        // later part 30-40, and an earlier merge L2 0-10 that L1 10-30 does not cover.
         for file in [
-            name(0, 0, 10),
             name(0, 10, 20),
-            name(1, 0, 20),
             name(0, 20, 30),
-            name(2, 0, 5),
+            name(1, 10, 30),
+            name(0, 30, 40),
+            name(2, 0, 10),
         ] {
             touch(file);
         }
-        let (live, redundant) = live_files(dir.path()).unwrap();
-        let live: Vec<FileName> = live.into_iter().map(|(name, _)| name).collect();
-        assert_eq!(live, vec![name(0, 20, 30), name(1, 0, 20), name(2, 0, 5)]);
-        assert_eq!(redundant.len(), 2);
-        // A full merge covers everything up to its end, other full merges included.
-        touch(name(2, 0, 30));
-        let (live, redundant) = live_files(dir.path()).unwrap();
         assert_eq!(
-            live.into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            vec![name(2, 0, 30)]
+            listed(),
+            (vec![name(0, 30, 40), name(1, 10, 30), name(2, 0, 10)], 2)
         );
-        assert_eq!(redundant.len(), 5);
+        // A merge of the day that is over covers everything in its range, merges of a level
+        // above its inputs included.
+        touch(name(2, 0, 40));
+        assert_eq!(listed(), (vec![name(2, 0, 40)], 5));
+        // The same range at a higher level covers the lower one.
+        touch(name(3, 0, 40));
+        assert_eq!(listed(), (vec![name(3, 0, 40)], 6));
     }
 }
