@@ -229,7 +229,8 @@ rate_args=(--probe-secs "$probe")
 say "soak: $minutes minutes ($warmup of warm-up)"
 status=0
 "$repo/target/release/soak" --base "$base" --key "$key" --pid "$pid" "${rate_args[@]}" \
-  --minutes "$minutes" --warmup-minutes "$warmup" | tee "$work/soak.log" || status=$?
+  --minutes "$minutes" --warmup-minutes "$warmup" --binds-by-second "$work/binds.log" |
+  tee "$work/soak.log" || status=$?
 kill "$sampler" "$second_sampler" 2>/dev/null || true
 say "CPU (% of one core) and resident memory by process, a line a minute"
 cat "$work/processes.log"
@@ -239,9 +240,13 @@ say "the seconds before the run's three slowest requests (queries aside)"
 sed -nE 's/.*slowest: (.*) ([0-9]+) ms at ([0-9:]+)$/\2 \3 \1/p' "$work/soak.log" | sort -rn | head -n 3 |
   while read -r ms at kind; do
     echo "-- $kind, $ms ms, due at $at"
-    head -n 1 "$work/seconds.log"
     from=$(date -u -d "$at 12 seconds ago" +%H:%M:%S) to=$(date -u -d "$at 4 seconds" +%H:%M:%S)
-    awk -v from="$from" -v to="$to" 'NR > 1 && $1 >= from && $1 <= to' "$work/seconds.log"
+    # Each second's line, with the binds due in it (count, p50, p99 and slowest, ms).
+    awk -v from="$from" -v to="$to" '
+      FNR == 1 {if (NR != 1) printf "%s binds bind_p50 bind_p99 bind_max\n", $0; next}
+      NR == FNR {binds[$1] = $2 " " $3 " " $4 " " $5; next}
+      $1 >= from && $1 <= to {print $0, ($1 in binds ? binds[$1] : "0 - - -")}
+    ' "$work/binds.log" "$work/seconds.log"
   done
 # PostgreSQL logs its checkpoints (log_checkpoints is on by default since 15): when each began
 # and ended, to set beside the minutes' slowest requests.

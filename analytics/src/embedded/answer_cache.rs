@@ -4,7 +4,8 @@
 //! written; so what one file answers to one question (scans and distinct visitors per
 //! bucket and group) is kept, and a question asked again reads no row of the files it has
 //! seen. This is what keeps the cost of a question over today flat through a busy day: today
-//! is one large merged file and a few small new ones, and only the new ones are read.
+//! is a few merged files, the larger the older and the less often replaced (the size tiers
+//! of [`super::compact`]), and a few small new ones, and only the new ones are read.
 //!
 //! A question is put to each file in the file's own terms ([`Question`]): a range that holds
 //! all of a file's rows is no cut at all, and only the bucket edges among its rows count. The

@@ -25,6 +25,7 @@
 //! and `scan_events_dropped_total` is 0. It exits non-zero when one of those fails.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -133,6 +134,10 @@ struct Args {
     minutes: u64,
     #[arg(long, default_value_t = 5)]
     warmup_minutes: u64,
+    /// Writes a line a second of the binds due in it (count, p50, p99, slowest in ms) to
+    /// this file: a minute's p99 averages a stall of a second or two away.
+    #[arg(long)]
+    binds_by_second: Option<std::path::PathBuf>,
     /// Connections, each with one request in flight.
     #[arg(long, default_value_t = 128)]
     connections: usize,
@@ -365,6 +370,8 @@ struct Window {
     /// at a lower priority), and the wall-clock time it was due: a stall lines up with what
     /// the machine's other processes did then (a checkpoint, the broker's log).
     slowest: Option<(Duration, Kind, SystemTime)>,
+    /// The latencies of the binds due in each second (Unix time).
+    binds_by_second: BTreeMap<u64, Vec<Duration>>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -521,6 +528,13 @@ async fn drive(
                     {
                         seen.slowest = Some((took, Kind::of(i), SystemTime::now() - took));
                     }
+                    if Kind::of(i) == Kind::Bind {
+                        let due_at = SystemTime::now() - took;
+                        let second = due_at
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |since| since.as_secs());
+                        seen.binds_by_second.entry(second).or_default().push(took);
+                    }
                     false
                 }
                 Err(error) => {
@@ -672,6 +686,57 @@ fn print_window(
     p99
 }
 
+/// Binds by the second they were due, written out once no bind due then can still be
+/// answered (a bind's time limit is far below [`BindSeconds::SETTLED`]).
+struct BindSeconds {
+    file: std::io::BufWriter<std::fs::File>,
+    pending: BTreeMap<u64, Vec<Duration>>,
+}
+
+impl BindSeconds {
+    const SETTLED: u64 = 60;
+
+    fn create(path: &std::path::Path) -> anyhow::Result<BindSeconds> {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut file = std::io::BufWriter::new(file);
+        writeln!(file, "clock binds p50_ms p99_ms max_ms")?;
+        Ok(BindSeconds {
+            file,
+            pending: BTreeMap::new(),
+        })
+    }
+
+    /// Takes a minute's binds; writes the seconds settled by `now` (all of them at the end).
+    fn add(&mut self, seen: BTreeMap<u64, Vec<Duration>>, now: Option<u64>) -> anyhow::Result<()> {
+        for (second, latencies) in seen {
+            self.pending.entry(second).or_default().extend(latencies);
+        }
+        let settled = match now {
+            Some(now) => self.pending.split_off(&now.saturating_sub(Self::SETTLED)),
+            None => BTreeMap::new(),
+        };
+        for (second, mut latencies) in std::mem::replace(&mut self.pending, settled) {
+            latencies.sort_unstable();
+            let clock = i64::try_from(second)
+                .ok()
+                .and_then(|second| chrono::DateTime::from_timestamp(second, 0))
+                .map_or_else(String::new, |at| at.format("%H:%M:%S").to_string());
+            let ms = |p| percentile(&latencies, p).as_secs_f64() * 1e3;
+            writeln!(
+                self.file,
+                "{clock} {} {:.2} {:.2} {:.2}",
+                latencies.len(),
+                ms(0.50),
+                ms(0.99),
+                ms(1.0)
+            )?;
+        }
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -761,11 +826,23 @@ async fn main() -> anyhow::Result<()> {
     let mut errors = Vec::new();
     let mut minute = 0_u64;
     let mut p99s = Vec::new();
+    let mut bind_seconds = args
+        .binds_by_second
+        .as_deref()
+        .map(BindSeconds::create)
+        .transpose()?;
     while minute < args.minutes {
         tokio::time::sleep_until((started + Duration::from_secs((minute + 1) * 60)).into()).await;
         minute += 1;
-        let seen = std::mem::take(&mut *window.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+        let mut seen =
+            std::mem::take(&mut *window.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
         let use_now = process_use(args.pid)?;
+        if let Some(bind_seconds) = bind_seconds.as_mut() {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            bind_seconds.add(std::mem::take(&mut seen.binds_by_second), Some(now))?;
+        }
         let p99 = print_window(
             &format!("min {minute}"),
             &seen,
@@ -791,6 +868,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     load.await??;
+    if let Some(mut bind_seconds) = bind_seconds {
+        let last = std::mem::take(
+            &mut window
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .binds_by_second,
+        );
+        bind_seconds.add(last, None)?;
+    }
 
     first_five.sort_unstable();
     let baseline = percentile(&first_five, 0.99);
