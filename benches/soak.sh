@@ -240,12 +240,14 @@ say "the seconds before the run's three slowest requests (queries aside)"
 sed -nE 's/.*slowest: (.*) ([0-9]+) ms at ([0-9:]+)$/\2 \3 \1/p' "$work/soak.log" | sort -rn | head -n 3 |
   while read -r ms at kind; do
     echo "-- $kind, $ms ms, due at $at"
-    from=$(date -u -d "$at 12 seconds ago" +%H:%M:%S) to=$(date -u -d "$at 4 seconds" +%H:%M:%S)
-    # Each second's line, with the binds due in it (count, p50, p99 and slowest, ms).
-    awk -v from="$from" -v to="$to" '
+    # Each second's line from 12 before to 4 after (a clock, so across midnight too), with the
+    # binds due in it (count, p50, p99 and slowest, ms).
+    awk -v at="$at" '
+      function seconds(clock, part) {split(clock, part, ":"); return part[1] * 3600 + part[2] * 60 + part[3]}
       FNR == 1 {if (NR != 1) printf "%s binds bind_p50 bind_p99 bind_max\n", $0; next}
       NR == FNR {binds[$1] = $2 " " $3 " " $4 " " $5; next}
-      $1 >= from && $1 <= to {print $0, ($1 in binds ? binds[$1] : "0 - - -")}
+      {away = (seconds($1) - seconds(at) + 86400 + 43200) % 86400 - 43200}
+      away >= -12 && away <= 4 {print $0, ($1 in binds ? binds[$1] : "0 - - -")}
     ' "$work/binds.log" "$work/seconds.log"
   done
 # PostgreSQL logs its checkpoints (log_checkpoints is on by default since 15): when each began

@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
+use benches::Server;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -56,39 +56,23 @@ struct Args {
 
 /// Where and how to send a bind.
 struct Target {
-    /// `host:port` to connect to.
-    address: String,
-    host: HeaderValue,
+    server: Server,
     uri: Uri,
     authorization: HeaderValue,
 }
 
 impl Target {
     fn new(base: &str, key: &str) -> anyhow::Result<Self> {
-        let base: Uri = base.parse().context("--base is not a URL")?;
-        if base.scheme_str() != Some("http") {
-            bail!("--base must be an http:// URL (the harness speaks plain HTTP/1)");
-        }
-        let authority = base.authority().context("--base has no host")?.clone();
-        let port = authority.port_u16().unwrap_or(80);
-        let prefix = base.path().trim_end_matches('/');
+        let server = Server::parse(base)?;
         Ok(Target {
-            address: format!("{}:{port}", authority.host()),
-            host: HeaderValue::from_str(authority.as_str())?,
-            uri: format!("{prefix}/v1/codes").parse()?,
+            uri: format!("{}/v1/codes", server.base_path).parse()?,
             authorization: HeaderValue::from_str(&format!("Bearer {key}"))?,
+            server,
         })
     }
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-        let stream = tokio::net::TcpStream::connect(&self.address)
-            .await
-            .with_context(|| format!("connecting to {}", self.address))?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        // Ends when the sender is dropped or the server closes the connection.
-        tokio::spawn(connection);
-        Ok(sender)
+        self.server.connect().await
     }
 
     /// One bind; `Err` with what went wrong unless it was answered 201.
@@ -98,7 +82,7 @@ impl Target {
             i % 977
         );
         let request = Request::post(self.uri.clone())
-            .header(HOST, self.host.clone())
+            .header(HOST, self.server.host.clone())
             .header(AUTHORIZATION, self.authorization.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(Full::new(Bytes::from(body)))

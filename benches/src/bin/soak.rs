@@ -31,13 +31,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
+use benches::Server;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT};
 use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
 
 /// What the console asks of the analytics API to draw its overview and audience pages, over
 /// its default range (the last 30 days), asked in turn.
@@ -185,9 +185,7 @@ impl Kind {
 
 /// What the harness needs to make requests: the server, the key, bound codes and links.
 struct Target {
-    address: String,
-    host: HeaderValue,
-    base_path: String,
+    server: Server,
     authorization: HeaderValue,
     /// The most recent bound request ids (a ring), scanned as phones would.
     codes: Mutex<Vec<String>>,
@@ -201,13 +199,7 @@ const RECENT_CODES: usize = 20_000;
 
 impl Target {
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-        let stream = tokio::net::TcpStream::connect(&self.address)
-            .await
-            .with_context(|| format!("connecting to {}", self.address))?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        Ok(sender)
+        self.server.connect().await
     }
 
     /// Sends one request; its body, or what went wrong (a status other than `expect`).
@@ -220,13 +212,13 @@ impl Target {
         phone: Option<Phone>,
         expect: fn(u16) -> bool,
     ) -> Result<Bytes, String> {
-        let uri: Uri = format!("{}{path}", self.base_path)
+        let uri: Uri = format!("{}{path}", self.server.base_path)
             .parse()
             .map_err(|error: hyper::http::uri::InvalidUri| error.to_string())?;
         let mut request = Request::builder()
             .method(method)
             .uri(uri)
-            .header(HOST, self.host.clone())
+            .header(HOST, self.server.host.clone())
             .header(AUTHORIZATION, self.authorization.clone());
         if body.is_some() {
             request = request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -568,18 +560,10 @@ async fn metric(base: &str, name: &str) -> anyhow::Result<f64> {
 
 /// A GET on a connection of its own (for /metrics, once a minute).
 async fn reqwest_free_get(base: &str, path: &str) -> anyhow::Result<String> {
-    let uri: Uri = base.parse()?;
-    let authority = uri.authority().context("no host")?.clone();
-    let stream = tokio::net::TcpStream::connect(format!(
-        "{}:{}",
-        authority.host(),
-        authority.port_u16().unwrap_or(80)
-    ))
-    .await?;
-    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
+    let server = Server::parse(base)?;
+    let mut sender = server.connect().await?;
     let request = Request::get(path)
-        .header(HOST, authority.as_str())
+        .header(HOST, server.host)
         .body(Full::new(Bytes::new()))?;
     let body = sender
         .send_request(request)
@@ -593,19 +577,8 @@ async fn reqwest_free_get(base: &str, path: &str) -> anyhow::Result<String> {
 
 /// Makes the links and a first few codes the scans need.
 async fn prepare(args: &Args) -> anyhow::Result<Target> {
-    let base: Uri = args.base.parse().context("--base is not a URL")?;
-    if base.scheme_str() != Some("http") {
-        bail!("--base must be an http:// URL");
-    }
-    let authority = base.authority().context("--base has no host")?.clone();
     let mut target = Target {
-        address: format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
-        ),
-        host: HeaderValue::from_str(authority.as_str())?,
-        base_path: base.path().trim_end_matches('/').to_owned(),
+        server: Server::parse(&args.base)?,
         authorization: HeaderValue::from_str(&format!("Bearer {}", args.key))?,
         codes: Mutex::new(Vec::new()),
         links: Vec::new(),
