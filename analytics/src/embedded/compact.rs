@@ -384,14 +384,20 @@ mod tests {
         ids
     }
 
-    #[test]
-    fn during_the_day_files_are_merged_with_files_of_their_size_not_with_the_whole_day() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+    /// A store under `root` with one partition's folder made, and its day, tenant and folder.
+    fn empty_partition(root: &Path) -> (EmbeddedStore, NaiveDate, String, PathBuf) {
+        let store = EmbeddedStore::open(root).unwrap();
         let day = NaiveDate::from_ymd_opt(2026, 11, 2).unwrap();
         let tenant = synthetic::tenant(0);
         let partition = store.partition_dir(day, &tenant);
         std::fs::create_dir_all(&partition).unwrap();
+        (store, day, tenant, partition)
+    }
+
+    #[test]
+    fn during_the_day_files_are_merged_with_files_of_their_size_not_with_the_whole_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, day, tenant, partition) = empty_partition(dir.path());
         let per_part = 3;
         let parts = PARTS_BEFORE_MERGE * MERGES_BEFORE_NEXT * 2;
         let json = day_of_events(per_part * parts);
@@ -461,11 +467,7 @@ mod tests {
     #[test]
     fn a_store_written_before_size_tiers_merges_on_with_each_scan_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let day = NaiveDate::from_ymd_opt(2026, 11, 2).unwrap();
-        let tenant = synthetic::tenant(0);
-        let partition = store.partition_dir(day, &tenant);
-        std::fs::create_dir_all(&partition).unwrap();
+        let (store, day, tenant, partition) = empty_partition(dir.path());
         let json = day_of_events(60);
         let lines = lines_of(&json);
         let mut expected: Vec<Vec<u8>> = lines.iter().map(|line| line.id.to_vec()).collect();
