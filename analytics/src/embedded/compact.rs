@@ -8,9 +8,10 @@
 //! into one of the level above. Each scan is rewritten once per level it climbs (four at most
 //! in a day of 5-second rounds), where merging the whole day again every so often rewrote it
 //! over and over, at a cost that grew through the day, and each time dropped the answers kept
-//! for its largest file. Once the day is over, whatever is left becomes one file. Each merge keeps the file
-//! order (visitor, then time) and is written whole before the files it replaces are deleted
-//! (see [`super::live_files`] for why a crash in between counts nothing twice).
+//! for its largest file. Once the day is over, whatever is left becomes one file. Each merge
+//! keeps the file order (visitor, then time) and is written whole before the files it
+//! replaces are deleted (see [`super::live_files`] for why a crash in between counts nothing
+//! twice).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
