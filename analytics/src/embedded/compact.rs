@@ -476,12 +476,12 @@ mod tests {
         // As the earlier version left them: the whole day to 1000 (`L2-<end>`), parts merged
         // to 2000 (`L1-<end>`) with two of its parts left by a crash before their deletion, a
         // later merge to 3000, and a part after it.
-        let legacy = |name: &str, rows: std::ops::Range<usize>| {
+        let write = |name: &str, rows: std::ops::Range<usize>| {
             write_sorted(&partition.join(name), &lines[rows]);
         };
-        legacy("L2-0000000000001000.parquet", 0..20);
-        legacy("L1-0000000000002000.parquet", 20..35);
-        legacy(
+        write("L2-0000000000001000.parquet", 0..20);
+        write("L1-0000000000002000.parquet", 20..35);
+        write(
             &FileName {
                 level: 0,
                 start: 1000,
@@ -490,7 +490,7 @@ mod tests {
             .text(),
             20..28,
         );
-        legacy(
+        write(
             &FileName {
                 level: 0,
                 start: 1500,
@@ -499,8 +499,8 @@ mod tests {
             .text(),
             28..35,
         );
-        legacy("L1-0000000000003000.parquet", 35..50);
-        legacy(
+        write("L1-0000000000003000.parquet", 35..50);
+        write(
             &FileName {
                 level: 0,
                 start: 3000,

@@ -514,14 +514,15 @@ async fn drive(
             let Ok(mut seen) = window.lock() else { return };
             match result {
                 Ok(()) => {
+                    // When it was due, by the wall clock the machine's own traces keep.
+                    let due_at = SystemTime::now() - took;
                     seen.latencies.entry(Kind::of(i)).or_default().push(took);
                     if Kind::of(i) != Kind::Query
                         && seen.slowest.is_none_or(|(slowest, _, _)| took > slowest)
                     {
-                        seen.slowest = Some((took, Kind::of(i), SystemTime::now() - took));
+                        seen.slowest = Some((took, Kind::of(i), due_at));
                     }
                     if Kind::of(i) == Kind::Bind {
-                        let due_at = SystemTime::now() - took;
                         let second = due_at
                             .duration_since(SystemTime::UNIX_EPOCH)
                             .map_or(0, |since| since.as_secs());
