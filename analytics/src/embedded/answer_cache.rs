@@ -75,13 +75,18 @@ pub struct FileAnswer {
 }
 
 impl FileAnswer {
+    /// The memory it holds, as allocated (what the cache's budget is a budget of).
     fn bytes(&self) -> u64 {
+        use std::mem::size_of;
         let groups: usize = self
             .groups
             .iter()
-            .map(|group| 32 + group.as_ref().map_or(0, String::len))
-            .sum();
-        (groups + self.cells.len() * 16 + self.pairs.len() * 12 + 64) as u64
+            .map(|group| group.as_ref().map_or(0, String::capacity))
+            .sum::<usize>()
+            + self.groups.capacity() * size_of::<Option<String>>();
+        let cells = self.cells.capacity() * size_of::<(u64, u64)>();
+        let pairs = self.pairs.capacity() * size_of::<(u64, u32)>();
+        (size_of::<Self>() + groups + cells + pairs) as u64
     }
 }
 
@@ -165,7 +170,12 @@ impl AnswerCache {
         }
         metrics::counter!("analytics_file_answers_total", "from" => "rows").increment(1);
         self.read.fetch_add(1, Ordering::Relaxed);
-        let answer = Arc::new(compute()?);
+        let mut answer = compute()?;
+        // Pairs are pushed as the rows are read, so their vector has up to twice the room it
+        // needs; kept for minutes, the room is given back first.
+        answer.pairs.shrink_to_fit();
+        answer.groups.shrink_to_fit();
+        let answer = Arc::new(answer);
         if answer.bytes() <= kept.largest {
             kept.answers.insert(key, Arc::clone(&answer));
             metrics::gauge!("analytics_query_answers_bytes")
@@ -210,4 +220,67 @@ fn read_span(path: &Path) -> Result<Option<(i64, i64)>, AnalyticsError> {
         span = Some(span.map_or((*min, *max), |(low, high)| (low.min(*min), high.max(*max))));
     }
     Ok(span)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn today_question() -> Question {
+        Question {
+            group_by: None,
+            filters: Vec::new(),
+            bots: false,
+            range: None,
+            edges: Vec::new(),
+            pairs: true,
+        }
+    }
+
+    /// An answer as rows are read into it: its pairs' vector has grown by doubling.
+    fn answer_with_room(pairs: usize, room: usize) -> FileAnswer {
+        let mut answer = FileAnswer {
+            groups: vec![None],
+            buckets: 1,
+            cells: vec![(pairs as u64, pairs as u64)],
+            total: (pairs as u64, pairs as u64),
+            pairs: Vec::with_capacity(room),
+        };
+        answer
+            .pairs
+            .extend((0..pairs as u64).map(|visitor| (visitor, 0)));
+        answer
+    }
+
+    #[test]
+    fn an_answer_weighs_the_room_it_holds_not_only_its_pairs() {
+        let answer = answer_with_room(1_000, 100_000);
+        assert!(answer.bytes() >= 100_000 * 16, "{}", answer.bytes());
+    }
+
+    #[test]
+    fn an_answer_is_kept_without_the_room_it_grew() {
+        let cache = AnswerCache::new(64 << 20);
+        let file = FileId {
+            path: PathBuf::from("L0-0000000000000000-0000000000000100.parquet"),
+            len: 100,
+            modified: None,
+        };
+        let kept = cache
+            .answer(&file, &today_question(), || {
+                Ok(answer_with_room(1_000, 100_000))
+            })
+            .expect("an answer");
+        assert!(kept.pairs.capacity() < 2_000, "{}", kept.pairs.capacity());
+        // Asked again, it is the one kept, and the budget counts what it holds.
+        let again = cache
+            .answer(&file, &today_question(), || {
+                Err(AnalyticsError::Corrupt("read again".into()))
+            })
+            .expect("the kept answer");
+        assert!(Arc::ptr_eq(&kept, &again));
+        assert!(cache.kept_bytes() < 64 << 10, "{}", cache.kept_bytes());
+    }
 }
