@@ -21,7 +21,8 @@
 //! digests sorted within a file) makes distinct counts cheap. See `docs/performance.md` for
 //! the measurements that decided it.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -264,8 +265,7 @@ fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
     // The partition's cells, numbered; each file's cells among them.
     let mut ids: HashMap<(usize, Option<String>), u32> = HashMap::new();
     let mut counts: Vec<(u64, u64)> = Vec::new();
-    let mut pairs: Vec<(u64, u32)> =
-        Vec::with_capacity(answers.iter().map(|(answer, _)| answer.pairs.len()).sum());
+    let mut runs: Vec<Run<'_>> = Vec::with_capacity(answers.len());
     for (answer, offset) in answers {
         partial.totals.scans += answer.total.0;
         let mut ours = vec![u32::MAX; answer.cells.len()];
@@ -281,32 +281,50 @@ fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
             counts[id as usize].0 += scans;
             ours[cell] = id;
         }
-        let start = pairs.len();
-        pairs.extend(answer.pairs.iter().map(|(visitor, cell)| {
-            let ours = ours.get(*cell as usize).copied().unwrap_or(u32::MAX);
-            (*visitor, ours)
-        }));
-        // Still by visitor; each visitor's few cells are put in order again.
-        for visitor in pairs[start..].chunk_by_mut(|a, b| a.0 == b.0) {
-            visitor.sort_unstable();
+        runs.push(Run {
+            pairs: &answer.pairs,
+            ours,
+        });
+    }
+    // Each file's pairs are in visitor order: the files' runs are merged a visitor at a time
+    // (a heap of each run's next visitor), so that a question over today costs no copy and
+    // no sort of all of today's pairs, only a visitor's few cells.
+    let mut next: BinaryHeap<Reverse<(u64, usize)>> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(run, pairs)| pairs.pairs.first().map(|first| Reverse((first.0, run))))
+        .collect();
+    let mut cells: Vec<u32> = Vec::new();
+    let mut current: Option<u64> = None;
+    let mut count_visitor = |cells: &mut Vec<u32>, totals: &mut Totals| {
+        cells.sort_unstable();
+        cells.dedup();
+        for cell in cells.iter() {
+            if let Some(counts) = counts.get_mut(*cell as usize) {
+                counts.1 += 1;
+            }
+        }
+        totals.visitors += u64::from(!cells.is_empty());
+        cells.clear();
+    };
+    while let Some(Reverse((visitor, run))) = next.pop() {
+        if current != Some(visitor) {
+            count_visitor(&mut cells, &mut partial.totals);
+            current = Some(visitor);
+        }
+        let Run { pairs, ours } = &mut runs[run];
+        let same = pairs.partition_point(|pair| pair.0 == visitor);
+        cells.extend(
+            pairs[..same]
+                .iter()
+                .map(|(_, cell)| ours.get(*cell as usize).copied().unwrap_or(u32::MAX)),
+        );
+        *pairs = &pairs[same..];
+        if let Some(first) = pairs.first() {
+            next.push(Reverse((first.0, run)));
         }
     }
-    // Each file's pairs are a sorted run: the standard library's stable sort finds the runs
-    // and merges them, O(n log files), rather than sorting them whole.
-    pairs.sort();
-    let mut previous: Option<(u64, u32)> = None;
-    for pair in pairs {
-        if previous == Some(pair) {
-            continue;
-        }
-        if previous.is_none_or(|(visitor, _)| visitor != pair.0) {
-            partial.totals.visitors += 1;
-        }
-        if let Some(cell) = counts.get_mut(pair.1 as usize) {
-            cell.1 += 1;
-        }
-        previous = Some(pair);
-    }
+    count_visitor(&mut cells, &mut partial.totals);
     let mut keys: Vec<Option<(usize, Option<String>)>> = vec![None; counts.len()];
     for (key, id) in ids {
         keys[id as usize] = Some(key);
@@ -317,6 +335,12 @@ fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
         }
     }
     partial
+}
+
+/// One file's pairs not yet merged, and its cells' numbers among the partition's.
+struct Run<'a> {
+    pairs: &'a [(u64, u32)],
+    ours: Vec<u32>,
 }
 
 /// How a row's group is found.
@@ -666,4 +690,70 @@ fn clicks_in_file(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(
+        groups: &[Option<&str>],
+        cells: &[(u64, u64)],
+        pairs: &[(u64, u32)],
+    ) -> (Arc<FileAnswer>, usize) {
+        let answer = FileAnswer {
+            groups: groups
+                .iter()
+                .map(|group| group.map(str::to_owned))
+                .collect(),
+            buckets: 1,
+            cells: cells.to_vec(),
+            total: (
+                cells.iter().map(|cell| cell.0).sum(),
+                pairs
+                    .chunk_by(|a, b| a.0 == b.0)
+                    .count()
+                    .try_into()
+                    .unwrap_or(0),
+            ),
+            pairs: pairs.to_vec(),
+        };
+        (Arc::new(answer), 0)
+    }
+
+    #[test]
+    fn a_visitor_in_several_files_counts_once_per_cell_and_once_in_all() {
+        let whole_day = Plan {
+            edges: Vec::new(),
+            first_bucket: 0,
+            from: 0,
+            to: 86_400_000_000,
+            cut: false,
+        };
+        // Visitors 1 and 2 scanned `a`, 3 scanned `b`.
+        let first = answer(
+            &[None, Some("a"), Some("b")],
+            &[(0, 0), (3, 2), (2, 1)],
+            &[(1, 1), (2, 1), (3, 2)],
+        );
+        // Visitors 1 and 3 scanned `b`, 4 scanned `a`: the file numbers its groups otherwise.
+        let second = answer(
+            &[None, Some("b"), Some("a")],
+            &[(0, 0), (2, 2), (1, 1)],
+            &[(1, 1), (3, 1), (4, 2)],
+        );
+        // A third file in which visitor 2 scanned both.
+        let third = answer(
+            &[None, Some("a"), Some("b")],
+            &[(0, 0), (1, 1), (1, 1)],
+            &[(2, 1), (2, 2)],
+        );
+        let partial = add_up(&whole_day, &[first, second, third]);
+        assert_eq!(partial.totals.scans, 10);
+        assert_eq!(partial.totals.visitors, 4);
+        let cell = |group: &str| partial.cells.get(&(0, Some(group.to_owned()))).copied();
+        assert_eq!(cell("a"), Some((5, 3)), "visitors 1, 2 and 4");
+        assert_eq!(cell("b"), Some((5, 3)), "visitors 1, 2 and 3");
+        assert_eq!(partial.cells.len(), 2);
+    }
 }
