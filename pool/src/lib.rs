@@ -155,10 +155,15 @@ impl PoolReader {
 
     /// The next code, waiting up to `wait` when the pool is dry; `None` means still dry.
     pub async fn take(&self, wait: Duration) -> Result<Option<Delivery>, PoolError> {
-        match self {
+        // A bind's wait for its code, beside `bindings_commit_seconds` (its wait for the
+        // durable write): together they say which of the two a slow bind waited on.
+        let started = std::time::Instant::now();
+        let taken = match self {
             PoolReader::Embedded(pool) => pool.take(wait).await,
             PoolReader::Kafka(reader) => Ok(reader.take(wait).await),
-        }
+        };
+        metrics::histogram!("pool_take_seconds").record(started.elapsed().as_secs_f64());
+        taken
     }
 
     /// The code is bound (or was found bound already): it must never be delivered again.
