@@ -218,11 +218,55 @@ sample_seconds() {
     before=$now disk_before=$disk_now
   done
 }
+# And where qrpool's own CPU goes, a line a minute: its threads' time by name (numbers
+# dropped, so analytics-0 and analytics-1 are one), the busiest first, in % of one core; with
+# the file answers its queries found kept and those they read from rows that minute, and the
+# binds that waited more than 25 ms for their code from the pool (`pool_take_seconds`) or for
+# the commit that holds them (`bindings_commit_seconds`, one per group commit).
+by_thread() {
+  # A thread's name is between the first "(" and the last ")"; its user and system ticks
+  # are the 12th and 13th fields after that.
+  cat /proc/"$pid"/task/*/stat 2>/dev/null | awk '{
+    open = index($0, "("); end = match($0, /\) [A-Z] /)
+    name = substr($0, open + 1, end - open - 1); gsub(/[-_:]?[0-9]+$/, "", name); gsub(/ /, "_", name)
+    split(substr($0, end + 2), field, " "); ticks[name] += field[12] + field[13]
+  } END {for (name in ticks) print name, ticks[name]}'
+}
+# Counters off /metrics: answers kept and read; takes and commits, all and within 25 ms.
+from_metrics() {
+  curl -sf --max-time 10 "$base/metrics" | awk '
+    /^analytics_file_answers_total/ {if ($0 ~ /from="cache"/) kept = $2; if ($0 ~ /from="rows"/) rows = $2}
+    /^pool_take_seconds_count/ {takes = $2} /^pool_take_seconds_bucket\{le="0.025"\}/ {takes_fast = $2}
+    /^bindings_commit_seconds_count/ {commits = $2} /^bindings_commit_seconds_bucket\{le="0.025"\}/ {commits_fast = $2}
+    END {printf "%d %d %d %d %d %d\n", kept, rows, takes, takes_fast, commits, commits_fast}'
+}
+sample_threads() {
+  local previous now metrics_before metrics_now hz threads
+  hz=$(getconf CLK_TCK)
+  previous=$(by_thread) metrics_before=$(from_metrics)
+  echo "minute clock answers_kept answers_read takes_over_25ms commits_over_25ms  threads by CPU (% of one core)"
+  for ((minute = 1; ; minute++)); do
+    sleep 60
+    now=$(by_thread) metrics_now=$(from_metrics)
+    threads=$(awk -v hz="$hz" 'NR == FNR {before[$1] = $2; next}
+      {used = ($2 - before[$1]) / hz / 60 * 100; if (used >= 0.5) printf "%.0f %s\n", used, $1}' \
+      <(echo "$previous") <(echo "$now") | sort -rn | awk '{printf " %s %s", $2, $1}')
+    awk -v minute="$minute" -v clock="$(date -u +%H:%M:%S)" -v threads="$threads" \
+      -v counts="$metrics_before $metrics_now" 'BEGIN {
+        split(counts, c, " ")
+        printf "%-6s %8s %12d %12d %15d %17d %s\n", minute, clock, c[7] - c[1], c[8] - c[2],
+          (c[9] - c[10]) - (c[3] - c[4]), (c[11] - c[12]) - (c[5] - c[6]), threads
+      }'
+    previous=$now metrics_before=$metrics_now
+  done
+}
 soak_started=$(date -u '+%Y-%m-%d %H:%M:%S')
 sample_processes >"$work/processes.log" 2>&1 &
 sampler=$!
 sample_seconds >"$work/seconds.log" 2>&1 &
 second_sampler=$!
+sample_threads >"$work/threads.log" 2>&1 &
+thread_sampler=$!
 
 rate_args=(--probe-secs "$probe")
 [ -n "${RATE:-}" ] && rate_args=(--rate "$RATE")
@@ -231,9 +275,11 @@ status=0
 "$repo/target/release/soak" --base "$base" --key "$key" --pid "$pid" "${rate_args[@]}" \
   --minutes "$minutes" --warmup-minutes "$warmup" --binds-by-second "$work/binds.log" |
   tee "$work/soak.log" || status=$?
-kill "$sampler" "$second_sampler" 2>/dev/null || true
+kill "$sampler" "$second_sampler" "$thread_sampler" 2>/dev/null || true
 say "CPU (% of one core) and resident memory by process, a line a minute"
 cat "$work/processes.log"
+say "qrpool's queries' file answers (kept, read from rows), binds' waits over 25 ms (for a code, for a commit) and its threads by CPU, a line a minute"
+cat "$work/threads.log"
 # The three slowest requests of the run other than queries (each a minute's slowest), and the
 # seconds before each.
 say "the seconds before the run's three slowest requests (queries aside)"

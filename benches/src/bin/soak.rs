@@ -193,6 +193,9 @@ struct Target {
     edits: AtomicUsize,
     /// Analytics queries sent, to take the console's questions in turn.
     queries: AtomicUsize,
+    /// Each query answered: its question (an index of [`DASHBOARD`]), when it was sent and
+    /// how long it took to answer; printed by question at the end.
+    answered: Mutex<Vec<(usize, Instant, Duration)>>,
 }
 
 const RECENT_CODES: usize = 20_000;
@@ -327,18 +330,22 @@ impl Target {
                 Ok(())
             }
             Kind::Query => {
-                let turn = self.queries.fetch_add(1, Ordering::Relaxed);
-                let question = DASHBOARD[turn % DASHBOARD.len()];
+                let turn = self.queries.fetch_add(1, Ordering::Relaxed) % DASHBOARD.len();
+                let sent = Instant::now();
                 self.send(
                     sender,
                     Method::GET,
-                    &format!("/v1/analytics/scans?{question}"),
+                    &format!("/v1/analytics/scans?{}", DASHBOARD[turn]),
                     None,
                     None,
                     |s| s == 200,
                 )
-                .await
-                .map(drop)
+                .await?;
+                self.answered
+                    .lock()
+                    .map_err(|_| "poisoned")?
+                    .push((turn, sent, sent.elapsed()));
+                Ok(())
             }
         }
     }
@@ -585,6 +592,7 @@ async fn prepare(args: &Args) -> anyhow::Result<Target> {
         links: Vec::new(),
         edits: AtomicUsize::new(0),
         queries: AtomicUsize::new(0),
+        answered: Mutex::default(),
     };
     let mut sender = target.connect().await?;
     for n in 0..args.links {
@@ -612,6 +620,49 @@ async fn prepare(args: &Args) -> anyhow::Result<Target> {
             .map_err(anyhow::Error::msg)?;
     }
     Ok(target)
+}
+
+/// Each dashboard question's answer time (median and slowest, ms) in the first five minutes,
+/// up to the middle of the run and after it: a question over today whose cost grows with the
+/// day shows here, and what it takes from the binds shows in the minutes' lines.
+fn print_questions(target: &Target, started: Instant, minutes: u64) -> anyhow::Result<()> {
+    let middle = (minutes / 2).max(6);
+    let phases = [(0, 5), (5, middle), (middle, minutes)];
+    let answered = target
+        .answered
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    println!("\nquery answer times by question (ms: median / slowest)");
+    print!("{:<32}", "question");
+    for (from, to) in phases {
+        print!("{:>22}", format!("minutes {}-{}", from + 1, to));
+    }
+    println!();
+    for (index, question) in DASHBOARD.iter().enumerate() {
+        print!("{question:<32}");
+        for (from, to) in phases {
+            let mut took: Vec<Duration> = answered
+                .iter()
+                .filter(|(asked, sent, _)| {
+                    let minute = sent.saturating_duration_since(started).as_secs() / 60;
+                    *asked == index && *sent >= started && (from..to).contains(&minute)
+                })
+                .map(|(_, _, took)| *took)
+                .collect();
+            took.sort_unstable();
+            let cell = match took.last() {
+                Some(slowest) => format!(
+                    "{:.0} / {:.0}",
+                    percentile(&took, 0.5).as_secs_f64() * 1e3,
+                    slowest.as_secs_f64() * 1e3
+                ),
+                None => "-".to_owned(),
+            };
+            print!("{cell:>22}");
+        }
+        println!();
+    }
+    Ok(())
 }
 
 fn print_window(
@@ -851,6 +902,8 @@ async fn main() -> anyhow::Result<()> {
         );
         bind_seconds.add(last, None)?;
     }
+
+    print_questions(&target, started, args.minutes)?;
 
     first_five.sort_unstable();
     let baseline = percentile(&first_five, 0.99);
