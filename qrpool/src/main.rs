@@ -12,12 +12,13 @@ use config::{LogFormat, PoolBackend, Settings, StoreBackend, TelemetrySettings};
 use qrpool::{App, Parts};
 
 /// The scan path allocates a little per request on every worker thread; glibc's malloc and
-/// free were a tenth of its CPU time in profiles, mimalloc's thread-local heaps much less.
-/// (jemalloc served scans as fast and held a few percent less memory in a soak; not enough
-/// to change what every benchmark here measured: docs/performance.md.)
-#[cfg(feature = "mimalloc")]
+/// free were a tenth of its CPU time in profiles, jemalloc's thread caches much less. We ran
+/// on mimalloc before: it served scans as fast, but after a burst of load (the soak's
+/// capacity probe) it kept about 800 MiB more resident for the rest of the run, and kept
+/// growing where jemalloc stayed level (docs/performance.md, 2026-12-06).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -128,9 +129,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
     init_telemetry(&settings.telemetry);
-    // mimalloc asks for transparent huge pages, and a huge page stays resident whole while
-    // any of it is used: the same analytics queries, at the same speed, held about 37 % more
-    // resident memory with them (docs/performance.md). The flag covers the whole process.
+    // A huge page stays resident whole while any of it is used: with transparent huge pages,
+    // the same analytics queries, at the same speed, held about 37 % more resident memory
+    // (docs/performance.md, measured on mimalloc, which asks for them). The flag covers the
+    // whole process, whatever its allocator.
     #[cfg(target_os = "linux")]
     if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::warn!(%error, "could not turn transparent huge pages off; memory may run higher");

@@ -27,7 +27,7 @@ use records::Tenant;
 
 /// The allocator qrpool runs the ingest and the queries on (see `qrpool/src/main.rs`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
 struct Cli {
