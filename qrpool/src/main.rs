@@ -11,11 +11,12 @@ use tracing_subscriber::EnvFilter;
 use config::{LogFormat, PoolBackend, Settings, StoreBackend, TelemetrySettings};
 use qrpool::{App, Parts};
 
-/// The scan path allocates a little per request on every worker thread; glibc's malloc and
-/// free were a tenth of its CPU time in profiles, jemalloc's thread caches much less. We ran
-/// on mimalloc before: it served scans as fast, but after a burst of load (the soak's
-/// capacity probe) it kept about 800 MiB more resident for the rest of the run, and kept
-/// growing where jemalloc stayed level (docs/performance.md, 2026-12-06).
+/// The scan path allocates a little per request on every worker thread, and glibc's malloc
+/// and free were a tenth of its CPU time in profiles: a thread-caching allocator pays. We ran
+/// on mimalloc before; after a burst of load (the soak's capacity probe) it kept about
+/// 800 MiB more resident than jemalloc for the rest of the run, and grew where jemalloc held
+/// its level but for merges (docs/performance.md, 2026-12-06). Whether jemalloc serves scans
+/// as fast is measured once on each side, not yet in one run: performance.md says so.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
