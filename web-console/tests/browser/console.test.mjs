@@ -55,15 +55,48 @@ async function waitFor(check, what, seconds = 30) {
   throw new Error(`timed out waiting for ${what}: ${last}`);
 }
 
+// A port the kernel says is free now. Another process may still take it before qrpool binds
+// it (outgoing connections draw from the same range), so `startQrpool` tries again then.
+async function freePort() {
+  const probe = createServer();
+  await new Promise((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const { port } = probe.address();
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+// `qrpool up` on a free port, ready when `/readyz` says so. If it exits first, the error
+// carries what it printed (not a minute of "fetch failed"); a port taken in between is
+// retried on another.
+async function startQrpool(env) {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const child = spawn(bin, ["up"], {
+      env: { ...env, QRPOOL_SERVER__LISTEN: `127.0.0.1:${port}` },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let printed = "";
+    child.stderr.on("data", (chunk) => {
+      printed += chunk;
+      process.stderr.write(chunk);
+    });
+    const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    const ready = waitFor(async () => (await fetch(`${url}/readyz`)).ok, "qrpool up", 60);
+    const first = await Promise.race([ready.then(() => null), exited]);
+    if (first === null) return { child, base: url };
+    ready.catch(() => {});
+    const why = `qrpool up exited (${first.code ?? first.signal}) before it was ready:\n${printed.slice(0, 2000)}`;
+    if (!/Address already in use/.test(printed) || attempt === 3) throw new Error(why);
+  }
+}
+
 before(async () => {
   work = mkdtempSync(join(tmpdir(), "qrpool-console-"));
   mkdirSync(shots, { recursive: true });
-  const port = 20000 + Math.floor(Math.random() * 20000);
-  base = `http://127.0.0.1:${port}`;
   const env = {
     ...process.env,
     QRPOOL_EMBEDDED__DATA_DIR: join(work, "data"),
-    QRPOOL_SERVER__LISTEN: `127.0.0.1:${port}`,
     QRPOOL_REDIRECT__ALLOWED_HOSTS__SHOP: '["shop.example.com"]',
     QRPOOL_REDIRECT__ALLOWED_HOSTS__OTHER: '["other.example.com"]',
     QRPOOL_ANALYTICS__GEOIP_DB: geoip,
@@ -78,8 +111,7 @@ before(async () => {
   keys.admin = makeKey(env, "shop", "bind,read,admin");
   keys.read = makeKey(env, "shop", "read");
   keys.other = makeKey(env, "other", "bind,read,admin");
-  server = spawn(bin, ["up"], { env, stdio: ["ignore", "ignore", "inherit"] });
-  await waitFor(async () => (await fetch(`${base}/readyz`)).ok, "qrpool up", 60);
+  ({ child: server, base } = await startQrpool(env));
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
