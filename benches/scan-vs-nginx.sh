@@ -4,8 +4,10 @@
 # (`/r/{key}`), one after the other, same machine, same wrk settings: first from the
 # in-process cache (the hit path), then with none, so every scan reads the database (the path
 # of a Redis miss); both on `qrpool middle-page` processes over the store `qrpool up` wrote. Prints
-# requests/s, p50, p99 and the ratios to an nginx run made just before each target, each round,
-# then the medians over all rounds. Then the cost of scan analytics on `/m/{id}`, in the same
+# requests/s, p50, p99, the CPU time a request costs (the answering processes' user + system
+# time over the run, divided by its requests: nginx's master and workers, qrpool's process) and
+# the ratios to an nginx run made just before each target, each round, then the medians over
+# all rounds. Then the cost of scan analytics on `/m/{id}`, in the same
 # run: scan events off, events enriched without GeoIP, events enriched with GeoIP and a trusted
 # proxy (every request comes "through" it, from a phone), and the in-process ingest on top.
 # Every request carries the same phone user agent and forwarding header.
@@ -143,20 +145,40 @@ for port in $qrpool_port $uncached_port $off_port $plain_port $enriched_port $in
   curl -sf -o /dev/null "http://127.0.0.1:$port/m/$id" || { cat "$work"/*.log; exit 1; }
 done
 
-# Runs wrk and prints "<requests/s> <p50 ms> <p99 ms>", after a 2-s warm-up of the same
-# target (connections open, caches and allocator warm, the previous target's work settled).
-# Every request comes from a phone, through a proxy that names the client: the same bytes to
-# every target, only those told to trust the proxy read it.
+# The CPU time (user + system, clock ticks) the processes PIDS have used so far, all threads.
+cpu_ticks() {
+  local pid total=0 fields
+  for pid in "$@"; do
+    read -r -a fields <"/proc/$pid/stat"
+    # After "pid (comm)": utime and stime are fields 14 and 15 (comm holds no spaces here).
+    total=$((total + fields[13] + fields[14]))
+  done
+  echo "$total"
+}
+ticks_per_second=$(getconf CLK_TCK)
+
+# `measure URL PID...`: runs wrk on URL and prints "<requests/s> <p50 ms> <p99 ms> <µs of CPU
+# a request>", the CPU being what the server's processes PID... used during the run, after a
+# 2-s warm-up of the same target (connections open, caches and allocator warm, the previous
+# target's work settled). Every request comes from a phone, through a proxy that names the
+# client: the same bytes to every target, only those told to trust the proxy read it.
 phone='Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.44(0x18002c2e) NetType/WIFI Language/zh_CN'
 measure() {
-  wrk -t"$threads" -c"$connections" -d2s -H "User-Agent: $phone" -H 'X-Forwarded-For: 81.2.69.142' "$1" >/dev/null
-  wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "User-Agent: $phone" -H 'X-Forwarded-For: 81.2.69.142' "$1" | awk '
+  local url=$1 before after
+  shift
+  wrk -t"$threads" -c"$connections" -d2s -H "User-Agent: $phone" -H 'X-Forwarded-For: 81.2.69.142' "$url" >/dev/null
+  before=$(cpu_ticks "$@")
+  wrk -t"$threads" -c"$connections" -d"$duration" --latency -H "User-Agent: $phone" -H 'X-Forwarded-For: 81.2.69.142' "$url" >"$work/wrk.out"
+  after=$(cpu_ticks "$@")
+  awk -v ticks=$((after - before)) -v per_second="$ticks_per_second" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    / requests in / { requests = $1 }
     /Requests\/sec/ { rps = $2 }
     $1 == "50%" { p50 = ms($2) }
     $1 == "99%" { p99 = ms($2) }
     /Non-2xx or 3xx/ { bad = $NF }
-    END { if (bad > 0) { print "wrk saw " bad " error answers" > "/dev/stderr"; exit 1 } printf "%s %.3f %.3f\n", rps, p50, p99 }'
+    END { if (bad > 0) { print "wrk saw " bad " error answers" > "/dev/stderr"; exit 1 }
+          printf "%s %.3f %.3f %.2f\n", rps, p50, p99, ticks * 1e6 / per_second / requests }' "$work/wrk.out"
 }
 
 say "wrk -t$threads -c$connections -d$duration, $rounds rounds, one target at a time, nginx again before each"
@@ -164,6 +186,9 @@ say "wrk -t$threads -c$connections -d$duration, $rounds rounds, one target at a 
 # an nginx run just before it, not with one run at the start, and the whole series is repeated
 # `rounds` times: the summary gives each figure's median over the rounds.
 nginx_url="http://127.0.0.1:$nginx_port/r/abc"
+# nginx's processes: the master and its workers (one per core, as qrpool's threads).
+nginx_pids="$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')"
+read -r off_pid plain_pid enriched_pid ingest_pid untimed_pid <<<"$analytics_pids"
 labels=(
   "qrpool /m/{id} (cached, HTML)"
   "qrpool /v1/scene/{id} (cached)"
@@ -188,6 +213,9 @@ urls=(
   "http://127.0.0.1:$ingest_port/m/$id"
   "http://127.0.0.1:$untimed_port/m/$id"
 )
+# The process that answers each target.
+pids=("$qrpool_pid" "$qrpool_pid" "$qrpool_pid" "$uncached_pid" "$uncached_pid"
+  "$off_pid" "$plain_pid" "$enriched_pid" "$ingest_pid" "$untimed_pid")
 # The targets measured (their indices): all, or with ONLY=analytics the three /m targets of
 # scan analytics' cost.
 case "${ONLY:-}" in
@@ -195,17 +223,21 @@ case "${ONLY:-}" in
   timeouts) chosen=(0 9) ;;
   *) chosen=("${!urls[@]}") ;;
 esac
-# One line per measurement: "<target index> <req/s> <p50> <p99> <nginx req/s> <nginx p50> <nginx p99>".
+# One line per measurement: "<target index> <req/s> <p50> <p99> <nginx req/s> <nginx p50>
+# <nginx p99> <µs CPU a request> <nginx µs CPU a request>". "CPU ×" is nginx's CPU a request
+# over ours: like "× nginx", 1 is parity and more is better.
 results=$work/results
-row='%-38s %12s %9s %9s %12s %9s %8s %8s\n'
-printf "$row" target requests/s "p50 ms" "p99 ms" "nginx req/s" "nginx p99" "× nginx" "p99 ×"
+row='%-38s %12s %9s %9s %12s %9s %8s %8s %9s %9s %7s\n'
+printf "$row" target requests/s "p50 ms" "p99 ms" "nginx req/s" "nginx p99" "× nginx" "p99 ×" "µs CPU/r" "nginx µs" "CPU ×"
 for ((round = 1; round <= rounds; round++)); do
   for index in "${chosen[@]}"; do
-    read -r nginx_rps nginx_p50 nginx_p99 < <(measure "$nginx_url")
-    read -r rps p50 p99 < <(measure "${urls[$index]}")
-    echo "$index $rps $p50 $p99 $nginx_rps $nginx_p50 $nginx_p99" >>"$results"
+    # shellcheck disable=SC2086 # a list of pids
+    read -r nginx_rps nginx_p50 nginx_p99 nginx_cpu < <(measure "$nginx_url" $nginx_pids)
+    read -r rps p50 p99 cpu < <(measure "${urls[$index]}" "${pids[$index]}")
+    echo "$index $rps $p50 $p99 $nginx_rps $nginx_p50 $nginx_p99 $cpu $nginx_cpu" >>"$results"
     printf "$row" "${labels[$index]}" "$(printf '%.0f' "$rps")" "$p50" "$p99" "$(printf '%.0f' "$nginx_rps")" \
-      "$nginx_p99" "$(echo "scale=2; $rps / $nginx_rps" | bc -l)" "$(echo "scale=2; $p99 / $nginx_p99" | bc -l)"
+      "$nginx_p99" "$(echo "scale=2; $rps / $nginx_rps" | bc -l)" "$(echo "scale=2; $p99 / $nginx_p99" | bc -l)" \
+      "$cpu" "$nginx_cpu" "$(echo "scale=2; $nginx_cpu / $cpu" | bc -l)"
   done
 done
 
@@ -213,7 +245,7 @@ done
 # nginx run just before (the ratios are taken per round, then their median).
 echo
 say "medians over $rounds rounds"
-printf "$row" target requests/s "p50 ms" "p99 ms" "nginx req/s" "nginx p99" "× nginx" "p99 ×"
+printf "$row" target requests/s "p50 ms" "p99 ms" "nginx req/s" "nginx p99" "× nginx" "p99 ×" "µs CPU/r" "nginx µs" "CPU ×"
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # `of <target index> <awk expression over a results line>`: its median over the rounds.
 of() { awk -v target="$1" "\$1 == target { print $2 }" "$results" | median; }
@@ -222,7 +254,8 @@ for index in "${chosen[@]}"; do
   median_rps[$index]=$(of "$index" '$2')
   printf "$row" "${labels[$index]}" "$(printf '%.0f' "${median_rps[$index]}")" "$(of "$index" '$3')" \
     "$(of "$index" '$4')" "$(printf '%.0f' "$(of "$index" '$5')")" "$(of "$index" '$7')" \
-    "$(printf '%.2f' "$(of "$index" '$2 / $5')")" "$(printf '%.2f' "$(of "$index" '$4 / $7')")"
+    "$(printf '%.2f' "$(of "$index" '$2 / $5')")" "$(printf '%.2f' "$(of "$index" '$4 / $7')")" \
+    "$(of "$index" '$8')" "$(of "$index" '$9')" "$(printf '%.2f' "$(of "$index" '$9 / $8')")"
 done
 if [ -z "${ONLY:-}" ]; then
   printf '\nthe database path against the cache hit (medians): /m %.2f×, /r %.2f× of the hit path'"'"'s requests/s\n' \
