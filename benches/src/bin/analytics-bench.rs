@@ -7,6 +7,9 @@
 //! analytics-bench ingest --dir D [--keep-parts]
 //!     ingests them all into D/analytics (Parquet by day and tenant), then merges the days
 //!     (unless --keep-parts); prints events/s of the ingest and the time of the merges
+//! analytics-bench merge --dir D
+//!     merges what `ingest --keep-parts` left, as when the days are over, in a process of its
+//!     own: prints the merges' time and the resident memory they took at their peak
 //! analytics-bench query --dir D --tenant T --runs 15
 //!     the dashboard's queries over the last 30 days of T, each run RUNS times; one JSON line
 //!     per query: its name, the median and the fastest time, and its answer's totals
@@ -60,6 +63,10 @@ enum Command {
         /// (queries then count distinct visitors across files), instead of merging them.
         #[arg(long)]
         keep_parts: bool,
+    },
+    Merge {
+        #[arg(long)]
+        dir: PathBuf,
     },
     Query {
         #[arg(long)]
@@ -206,6 +213,22 @@ fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
+        Command::Merge { dir } => {
+            let store = EmbeddedStore::open(&dir.join("analytics"))?;
+            let before = resident_peak_reset()?;
+            let started = Instant::now();
+            let merged = store.compact(NaiveDate::MAX)?;
+            let took = started.elapsed().as_secs_f64();
+            let peak = resident_kib("VmHWM")?;
+            println!(
+                "merged {} files into {} in {took:.2} s; resident peak {:.1} MiB, {:.1} MiB above the {:.1} MiB before",
+                merged.files_merged,
+                merged.merges,
+                peak as f64 / 1024.0,
+                peak.saturating_sub(before) as f64 / 1024.0,
+                before as f64 / 1024.0,
+            );
+        }
         Command::Query {
             dir,
             tenant,
@@ -247,4 +270,21 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resets the process's resident peak to what it holds now (Linux's `clear_refs` 5), and
+/// returns that.
+fn resident_peak_reset() -> anyhow::Result<u64> {
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting the resident peak")?;
+    resident_kib("VmHWM")
+}
+
+/// A `/proc/self/status` figure in KiB (`VmHWM`, the resident peak; `VmRSS`).
+fn resident_kib(field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {field} in /proc/self/status"))
 }
