@@ -148,15 +148,20 @@ fn next_merge(
     })
 }
 
-/// Rows a merge reads from each input at a time.
-const READ_ROWS: usize = 8 << 10;
+/// Rows a merge reads from each input at a time. Each input's batch stays in memory while
+/// rows gathered from it wait to be written, so a merge holds about inputs × (1 + WRITE_ROWS /
+/// inputs / READ_ROWS) batches: 8,192 and 65,536 took 154 MiB at the peak to merge eighteen
+/// files of 167,000 rows; these, 75 MiB, for 8 % more time (`analytics-bench merge`,
+/// docs/performance.md).
+const READ_ROWS: usize = 1 << 10;
 /// Rows a merge gathers before handing them to the writer.
-const WRITE_ROWS: usize = 64 << 10;
+const WRITE_ROWS: usize = 8 << 10;
 
 /// Merges the rows of `paths`, each already in file order, into one file `target` in file
-/// order. It streams: a few thousand rows of each input are in memory at once, plus the row
-/// group being written, so its memory no longer grows with the partition (reading it all at
-/// once took about 0.7 KB a row; see `docs/performance.md`).
+/// order. It streams: a batch of each input is in memory at once (a page of each of its
+/// columns behind it), the rows gathered for the next write and the row group being
+/// written, so its memory grows with the number of inputs, not with their size (reading it
+/// all at once took about 0.7 KB a row; see `docs/performance.md`).
 fn merge_files(paths: &[PathBuf], target: &std::path::Path) -> Result<(), AnalyticsError> {
     merge_files_in(paths, target, READ_ROWS, WRITE_ROWS)
 }
