@@ -15,8 +15,8 @@ use qrpool::{App, Parts};
 /// and free were a tenth of its CPU time in profiles: a thread-caching allocator pays. We ran
 /// on mimalloc before; after a burst of load (the soak's capacity probe) it kept about
 /// 800 MiB more resident than jemalloc for the rest of the run, and grew where jemalloc held
-/// its level but for merges (docs/performance.md, 2026-12-06). Whether jemalloc serves scans
-/// as fast is measured once on each side, not yet in one run: performance.md says so.
+/// its level but for merges, and served scans at the same speed and CPU time a request in one
+/// run of `benches/scan-vs-nginx.sh` beside it (docs/performance.md, 2026-12-06).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
