@@ -16,18 +16,25 @@ use analytics::query::{Dimension, Filter, FilterOn, Granularity, ScansQuery};
 use analytics::{reference, synthetic};
 use records::{ScanEvent, Tenant};
 
-/// A chDB server for one test; killed when dropped.
+/// A chDB server for one test; killed when dropped, then its data folder removed.
 struct Chdb {
     child: Child,
     url: String,
+    _data: tempfile::TempDir,
 }
 
 impl Chdb {
     fn start() -> Chdb {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/chdb-server");
         let python = std::env::var("QRPOOL_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let data = tempfile::Builder::new()
+            .prefix("chdb-")
+            .tempdir()
+            .expect("a temporary folder");
         let mut child = Command::new(python)
             .arg(script)
+            .arg("--path")
+            .arg(data.path())
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs scripts/chdb-server (scripts/test installs chdb)");
@@ -43,6 +50,7 @@ impl Chdb {
         Chdb {
             child,
             url: format!("http://{address}"),
+            _data: data,
         }
     }
 

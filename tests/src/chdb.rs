@@ -9,12 +9,22 @@ use std::process::{Child, Command, Stdio};
 pub struct Chdb {
     child: Child,
     pub url: String,
+    /// Its data folder when it has none of the caller's: removed after the server is killed
+    /// (the server cannot remove it itself when killed).
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Chdb {
     /// Starts one with `QRPOOL_TEST_PYTHON` (`scripts/test` sets it to a Python with chDB).
     pub fn start() -> Chdb {
-        Self::spawn(&[])
+        let data = tempfile::Builder::new()
+            .prefix("chdb-")
+            .tempdir()
+            .expect("a temporary folder");
+        let path = data.path().display().to_string();
+        let mut chdb = Self::spawn(&["--path", &path]);
+        chdb._data = Some(data);
+        chdb
     }
 
     /// Starts one on `port`, keeping its data in `path` (so that one started again there
@@ -46,6 +56,7 @@ impl Chdb {
         Chdb {
             child,
             url: format!("http://{address}"),
+            _data: None,
         }
     }
 }
