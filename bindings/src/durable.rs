@@ -6,7 +6,8 @@
 //! binding and its image in one transaction — shared with the binds that arrived with it
 //! ([`crate::group_commit`]).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
@@ -15,10 +16,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::types::Json;
 use sqlx::{FromRow, PgPool, SqlitePool};
 
-use config::{Settings, StoreBackend};
+use config::{PostgresSettings, Settings, StoreBackend};
 use records::{Binding, CodeImage, Params, RequestId, Tags, Tenant};
 
 use crate::group_commit::{GroupCommit, Pending, WriteBatch};
+use crate::retirement::Retirements;
 use crate::{BindError, StoreError};
 
 /// Binds committed in one transaction at most.
@@ -56,15 +58,7 @@ impl DurableStore {
                     .map(ExposeSecret::expose_secret)
                     .unwrap_or_default();
                 let options: PgConnectOptions = url.parse()?;
-                let acquire_timeout = Duration::from_millis(settings.postgres.acquire_timeout_ms);
-                DurableStore::Postgres(
-                    PostgresStore::connect(
-                        options,
-                        settings.postgres.max_connections,
-                        acquire_timeout,
-                    )
-                    .await?,
-                )
+                DurableStore::Postgres(PostgresStore::connect(options, &settings.postgres).await?)
             }
         })
     }
@@ -422,12 +416,28 @@ impl PostgresStore {
     /// Connects (retrying for a while, since databases often start after us) and migrates.
     pub async fn connect(
         options: PgConnectOptions,
-        max_connections: u32,
-        acquire_timeout: Duration,
+        settings: &PostgresSettings,
     ) -> Result<Self, StoreError> {
+        let retirements = Arc::new(Retirements::new(
+            Duration::from_secs(settings.connection_lifetime_secs),
+            settings.max_connections,
+        ));
         let pool_options = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout);
+            .max_connections(settings.max_connections)
+            .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+            // Replaced by `retirements`, one connection at a time.
+            .max_lifetime(None)
+            .after_release(move |_, meta| {
+                let keep = !retirements.retire(meta.age, Instant::now());
+                if !keep {
+                    metrics::counter!("bindings_postgres_connections_retired_total").increment(1);
+                    tracing::debug!(
+                        age_secs = meta.age.as_secs(),
+                        "retiring a PostgreSQL connection"
+                    );
+                }
+                Box::pin(std::future::ready(Ok(keep)))
+            });
         let started = tokio::time::Instant::now();
         let db = loop {
             match pool_options.clone().connect_with(options.clone()).await {

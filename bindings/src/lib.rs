@@ -22,6 +22,7 @@ pub mod durable;
 mod events;
 mod group_commit;
 pub mod redis_tier;
+mod retirement;
 pub mod versions;
 
 use std::sync::Arc;

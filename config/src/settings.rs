@@ -266,6 +266,10 @@ pub struct PostgresSettings {
     /// How long a request waits for a connection. Kept well under the request time limit so
     /// that a database outage answers a clear 503 instead of hanging until the limit.
     pub acquire_timeout_ms: u64,
+    /// How long a connection serves before it is replaced, so that the server can free what a
+    /// session accumulates. Connections past it are retired one at a time (see
+    /// `bindings::durable`), never the whole pool at once.
+    pub connection_lifetime_secs: u64,
 }
 
 impl Default for PostgresSettings {
@@ -274,6 +278,7 @@ impl Default for PostgresSettings {
             url: None,
             max_connections: 16,
             acquire_timeout_ms: 1_000,
+            connection_lifetime_secs: 30 * 60,
         }
     }
 }
@@ -977,6 +982,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "postgres.acquire_timeout_ms",
                 "must be below server.request_timeout_ms, so that an outage is answered before the time limit",
+            ));
+        }
+        if self.postgres.connection_lifetime_secs == 0 {
+            return Err(ConfigError::invalid(
+                "postgres.connection_lifetime_secs",
+                "must be above 0",
             ));
         }
         if !(1..=64).contains(&self.render.module_px) {

@@ -115,3 +115,72 @@ async fn on_postgres_each_request_id_is_bound_once_under_a_concurrent_burst() {
         .await;
     database.drop_now().await;
 }
+
+/// Connections past `postgres.connection_lifetime_secs` are replaced one at a time: a pool
+/// opened together does not reconnect together (sqlx's own lifetime closes them all at once,
+/// and every request waits on the reconnects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_connections_past_their_lifetime_are_replaced_one_at_a_time() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let database = TestDatabase::create(&Backends::from_env()).await;
+    let mut settings = Settings::default();
+    settings.store.backend = StoreBackend::Postgres;
+    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    settings.postgres.max_connections = 4;
+    // Spacing: a quarter of 2 s over 4 connections is below the floor of one second.
+    settings.postgres.connection_lifetime_secs = 2;
+    let bindings = Bindings::connect(&settings).await.unwrap();
+    let bindings::durable::Database::Postgres(pool) = bindings.durable().database() else {
+        panic!("a PostgreSQL store");
+    };
+
+    // Four workers each holding a connection for 20 ms at a time keep all four in use; each
+    // notes when it first meets a server process.
+    let started = Instant::now();
+    let first_seen: Arc<Mutex<HashMap<i32, Duration>>> = Arc::default();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, first_seen) = (pool.clone(), first_seen.clone());
+            tokio::spawn(async move {
+                while started.elapsed() < Duration::from_millis(6_500) {
+                    let mut connection = pool.acquire().await.unwrap();
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&mut *connection)
+                        .await
+                        .unwrap();
+                    first_seen
+                        .lock()
+                        .unwrap()
+                        .entry(pid)
+                        .or_insert_with(|| started.elapsed());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let mut births: Vec<Duration> = first_seen.lock().unwrap().values().copied().collect();
+    births.sort();
+    let replacements: Vec<Duration> = births
+        .into_iter()
+        .filter(|born| *born > Duration::from_secs(1))
+        .collect();
+    // Expired at 2 s; one a second after that, up to 6.5 s: about five.
+    assert!(
+        (3..=6).contains(&replacements.len()),
+        "replacements met at {replacements:?}"
+    );
+    assert!(
+        replacements
+            .windows(2)
+            .all(|pair| pair[1] - pair[0] >= Duration::from_millis(500)),
+        "replaced together, not one at a time: {replacements:?}"
+    );
+    pool.close().await;
+    database.drop_now().await;
+}
