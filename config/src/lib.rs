@@ -35,6 +35,7 @@
 //! | `QRPOOL_POSTGRES__URL` | secret; PostgreSQL of the bindings | unset |
 //! | `QRPOOL_POSTGRES__MAX_CONNECTIONS` | pool size | `16` |
 //! | `QRPOOL_POSTGRES__ACQUIRE_TIMEOUT_MS` | how long a request waits for a connection | `1000` |
+//! | `QRPOOL_POSTGRES__CONNECTION_LIFETIME_SECS` | how long a connection serves; those past it are replaced one at a time | `1800` |
 //! | `QRPOOL_RENDER__MODULE_PX` | pixels per QR module | `8` |
 //! | `QRPOOL_RENDER__QUIET_ZONE` | modules of blank margin | `4` |
 //! | `QRPOOL_RENDER__EC_LEVEL` | error correction: `L`, `M`, `Q` or `H` | `M` |
