@@ -13,9 +13,13 @@
 //! files would ever be asked for twice. A file's first and last scan times come from its
 //! Parquet statistics, read once per file.
 //!
-//! To count a visitor once across several files, an answer keeps its (visitor, cell) pairs
-//! when its partition has other files or will have (today's); a finished day's single file
-//! keeps only its counts, a few bytes per cell.
+//! To count a visitor once across several files, an answer keeps each visitor's cells
+//! ([`Pairs`]) when its partition has other files or will have (today's); a finished day's
+//! single file keeps only its counts, a few bytes per cell. Pairs name a visitor by its place
+//! among the file's visitors ([`Visitors`], kept once per file beside its answers), and most
+//! visitors have one cell: a phone has one country, one device. So a visitor costs an answer
+//! 4 bytes where a (digest, cell) pair cost 16, and today's answers, most of what is kept
+//! during a busy day, fit three times as many in the same budget.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -58,6 +62,132 @@ impl Question {
     }
 }
 
+/// A file's distinct visitor digests, ascending (a file's rows are in visitor order): what
+/// an answer's [`Pairs`] number visitors by. A function of the file alone, so it is kept once
+/// beside the file's answers, and read again from the file if it was let go.
+pub type Visitors = Arc<[u64]>;
+
+/// A visitor of the file without a row the question counts.
+const NO_CELL: u32 = u32::MAX;
+
+/// Each visitor's cells in one file's answer, a visitor named by its place in the file's
+/// [`Visitors`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum Pairs {
+    /// The question did not ask for them.
+    #[default]
+    Unkept,
+    /// Each visitor's lowest cell ([`NO_CELL`] when none), then the further cells of the
+    /// visitors with more, by visitor and cell: 4 bytes a visitor, 8 a further cell.
+    Dense {
+        first: Vec<u32>,
+        more: Vec<(u32, u32)>,
+    },
+    /// (visitor, cell) by visitor and cell, 8 bytes each: when few of the file's visitors
+    /// have a cell (a filter left most rows out), cheaper than a number for every visitor.
+    Sparse(Vec<(u32, u32)>),
+}
+
+impl Pairs {
+    /// From (visitor, cell) pairs by visitor and cell, each once, of a file of `visitors`.
+    pub fn from_sorted(pairs: Vec<(u32, u32)>, visitors: usize) -> Pairs {
+        let with_cells = pairs.chunk_by(|a, b| a.0 == b.0).count();
+        let dense = 4 * visitors + 8 * (pairs.len() - with_cells);
+        if dense >= 8 * pairs.len() {
+            return Pairs::Sparse(pairs);
+        }
+        let mut first = vec![NO_CELL; visitors];
+        let mut more = Vec::with_capacity(pairs.len() - with_cells);
+        for visitor in pairs.chunk_by(|a, b| a.0 == b.0) {
+            let (number, lowest) = visitor[0];
+            if let Some(slot) = first.get_mut(number as usize) {
+                *slot = lowest;
+                more.extend_from_slice(&visitor[1..]);
+            }
+        }
+        Pairs::Dense { first, more }
+    }
+
+    /// The memory it holds, as allocated.
+    fn bytes(&self) -> usize {
+        match self {
+            Pairs::Unkept => 0,
+            Pairs::Dense { first, more } => first.capacity() * 4 + more.capacity() * 8,
+            Pairs::Sparse(pairs) => pairs.capacity() * 8,
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        match self {
+            Pairs::Unkept => {}
+            Pairs::Dense { first, more } => {
+                first.shrink_to_fit();
+                more.shrink_to_fit();
+            }
+            Pairs::Sparse(pairs) => pairs.shrink_to_fit(),
+        }
+    }
+
+    /// Reads them a visitor at a time, in visitor order.
+    pub fn cursor(&self) -> PairCursor<'_> {
+        PairCursor {
+            pairs: self,
+            next: 0,
+            more: 0,
+        }
+    }
+}
+
+/// Where a reading of [`Pairs`] has got to.
+#[derive(Debug)]
+pub struct PairCursor<'a> {
+    pairs: &'a Pairs,
+    /// The next visitor (dense) or pair (sparse).
+    next: usize,
+    /// The next of the dense form's further cells.
+    more: usize,
+}
+
+impl PairCursor<'_> {
+    /// The next visitor with a cell (its place among the file's visitors), not yet taken.
+    pub fn peek(&mut self) -> Option<u32> {
+        match self.pairs {
+            Pairs::Unkept => None,
+            Pairs::Dense { first, .. } => {
+                while first.get(self.next).is_some_and(|cell| *cell == NO_CELL) {
+                    self.next += 1;
+                }
+                (self.next < first.len()).then(|| u32::try_from(self.next).unwrap_or(u32::MAX))
+            }
+            Pairs::Sparse(pairs) => pairs.get(self.next).map(|pair| pair.0),
+        }
+    }
+
+    /// Takes the next visitor's cells, handing each to `cell`.
+    pub fn take(&mut self, mut cell: impl FnMut(u32)) {
+        let Some(visitor) = self.peek() else {
+            return;
+        };
+        match self.pairs {
+            Pairs::Unkept => {}
+            Pairs::Dense { first, more } => {
+                cell(first[self.next]);
+                while let Some((_, further)) = more.get(self.more).filter(|m| m.0 == visitor) {
+                    cell(*further);
+                    self.more += 1;
+                }
+                self.next += 1;
+            }
+            Pairs::Sparse(pairs) => {
+                while let Some((_, one)) = pairs.get(self.next).filter(|p| p.0 == visitor) {
+                    cell(*one);
+                    self.next += 1;
+                }
+            }
+        }
+    }
+}
+
 /// One file's answer to one [`Question`].
 #[derive(Debug, Default)]
 pub struct FileAnswer {
@@ -69,9 +199,8 @@ pub struct FileAnswer {
     pub cells: Vec<(u64, u64)>,
     /// (scans, distinct visitors) of the whole file.
     pub total: (u64, u64),
-    /// Each visitor's cells, once per (visitor, cell), in that order; empty unless the
-    /// question asked for them.
-    pub pairs: Vec<(u64, u32)>,
+    /// Each visitor's cells; unkept unless the question asked for them.
+    pub pairs: Pairs,
 }
 
 impl FileAnswer {
@@ -85,8 +214,29 @@ impl FileAnswer {
             .sum::<usize>()
             + self.groups.capacity() * size_of::<Option<String>>();
         let cells = self.cells.capacity() * size_of::<(u64, u64)>();
-        let pairs = self.pairs.capacity() * size_of::<(u64, u32)>();
-        (size_of::<Self>() + groups + cells + pairs) as u64
+        (size_of::<Self>() + groups + cells + self.pairs.bytes()) as u64
+    }
+}
+
+/// What is kept: answers, and the visitors their pairs are numbered by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Answer(FileId, Question),
+    Visitors(FileId),
+}
+
+#[derive(Clone)]
+enum Entry {
+    Answer(Arc<FileAnswer>),
+    Visitors(Visitors),
+}
+
+impl Entry {
+    fn bytes(&self) -> u64 {
+        match self {
+            Entry::Answer(answer) => answer.bytes(),
+            Entry::Visitors(visitors) => (visitors.len() * 8) as u64,
+        }
     }
 }
 
@@ -100,7 +250,7 @@ pub struct AnswerCache {
 
 #[derive(Clone)]
 struct Kept {
-    answers: Cache<(FileId, Question), Arc<FileAnswer>>,
+    answers: Cache<Key, Entry>,
     spans: Cache<FileId, Option<(i64, i64)>>,
     largest: u64,
 }
@@ -124,8 +274,8 @@ impl AnswerCache {
             kept: (kib > 0).then(|| Kept {
                 answers: Cache::builder()
                     .max_capacity(kib)
-                    .weigher(|_: &(FileId, Question), answer: &Arc<FileAnswer>| {
-                        u32::try_from(answer.bytes() / 1024 + 1).unwrap_or(u32::MAX)
+                    .weigher(|_: &Key, entry: &Entry| {
+                        u32::try_from(entry.bytes() / 1024 + 1).unwrap_or(u32::MAX)
                     })
                     .build(),
                 // A file's span is two numbers; a day of a busy tenant has a few dozen files.
@@ -152,36 +302,57 @@ impl AnswerCache {
     }
 
     /// The answer of `file` to `question`: kept, or from `compute` (and kept when small
-    /// enough).
+    /// enough). `compute` gives the file's visitors too when it numbered pairs by them; they
+    /// are kept beside the answer and handed back with it.
     pub fn answer(
         &self,
         file: &FileId,
         question: &Question,
-        compute: impl FnOnce() -> Result<FileAnswer, AnalyticsError>,
-    ) -> Result<Arc<FileAnswer>, AnalyticsError> {
+        compute: impl FnOnce() -> Result<(FileAnswer, Option<Visitors>), AnalyticsError>,
+    ) -> Result<(Arc<FileAnswer>, Option<Visitors>), AnalyticsError> {
         let Some(kept) = &self.kept else {
             self.read.fetch_add(1, Ordering::Relaxed);
-            return compute().map(Arc::new);
+            return compute().map(|(answer, visitors)| (Arc::new(answer), visitors));
         };
-        let key = (file.clone(), question.clone());
-        if let Some(answer) = kept.answers.get(&key) {
+        let key = Key::Answer(file.clone(), question.clone());
+        if let Some(Entry::Answer(answer)) = kept.answers.get(&key) {
             metrics::counter!("analytics_file_answers_total", "from" => "cache").increment(1);
-            return Ok(answer);
+            return Ok((answer, None));
         }
         metrics::counter!("analytics_file_answers_total", "from" => "rows").increment(1);
         self.read.fetch_add(1, Ordering::Relaxed);
-        let mut answer = compute()?;
-        // Pairs are pushed as the rows are read, so their vector has up to twice the room it
-        // needs; kept for minutes, the room is given back first.
+        let (mut answer, visitors) = compute()?;
+        // Pairs are pushed as the rows are read, so their vectors have up to twice the room
+        // they need; kept for minutes, the room is given back first.
         answer.pairs.shrink_to_fit();
         answer.groups.shrink_to_fit();
         let answer = Arc::new(answer);
         if answer.bytes() <= kept.largest {
-            kept.answers.insert(key, Arc::clone(&answer));
+            kept.answers.insert(key, Entry::Answer(Arc::clone(&answer)));
+            if let Some(visitors) = &visitors {
+                kept.keep_visitors(file, visitors);
+            }
             metrics::gauge!("analytics_query_answers_bytes")
                 .set((kept.answers.weighted_size() * 1024) as f64);
         }
-        Ok(answer)
+        Ok((answer, visitors))
+    }
+
+    /// The visitors of `file` that its answers' pairs are numbered by: kept, or from `read`.
+    pub fn visitors(
+        &self,
+        file: &FileId,
+        read: impl FnOnce() -> Result<Vec<u64>, AnalyticsError>,
+    ) -> Result<Visitors, AnalyticsError> {
+        let Some(kept) = &self.kept else {
+            return read().map(Visitors::from);
+        };
+        if let Some(Entry::Visitors(visitors)) = kept.answers.get(&Key::Visitors(file.clone())) {
+            return Ok(visitors);
+        }
+        let visitors = Visitors::from(read()?);
+        kept.keep_visitors(file, &visitors);
+        Ok(visitors)
     }
 
     /// File answers computed from rows so far (not found kept).
@@ -195,6 +366,16 @@ impl AnswerCache {
             kept.answers.run_pending_tasks();
             kept.answers.weighted_size() * 1024
         })
+    }
+}
+
+impl Kept {
+    fn keep_visitors(&self, file: &FileId, visitors: &Visitors) {
+        let key = Key::Visitors(file.clone());
+        if (visitors.len() * 8) as u64 <= self.largest && !self.answers.contains_key(&key) {
+            self.answers
+                .insert(key, Entry::Visitors(Arc::clone(visitors)));
+        }
     }
 }
 
@@ -239,48 +420,113 @@ mod tests {
         }
     }
 
-    /// An answer as rows are read into it: its pairs' vector has grown by doubling.
+    /// An answer as rows are read into it: its pairs' vectors have grown by doubling.
     fn answer_with_room(pairs: usize, room: usize) -> FileAnswer {
-        let mut answer = FileAnswer {
+        let mut first = Vec::with_capacity(room);
+        first.extend(0..pairs as u32);
+        FileAnswer {
             groups: vec![None],
             buckets: 1,
             cells: vec![(pairs as u64, pairs as u64)],
             total: (pairs as u64, pairs as u64),
-            pairs: Vec::with_capacity(room),
-        };
-        answer
-            .pairs
-            .extend((0..pairs as u64).map(|visitor| (visitor, 0)));
-        answer
+            pairs: Pairs::Dense {
+                first,
+                more: Vec::new(),
+            },
+        }
+    }
+
+    fn file(name: &str) -> FileId {
+        FileId {
+            path: PathBuf::from(name),
+            len: 100,
+            modified: None,
+        }
+    }
+
+    /// Every (visitor, cell) a cursor hands out, in order.
+    fn read_back(pairs: &Pairs) -> Vec<(u32, u32)> {
+        let mut cursor = pairs.cursor();
+        let mut read = Vec::new();
+        while let Some(visitor) = cursor.peek() {
+            cursor.take(|cell| read.push((visitor, cell)));
+        }
+        read
+    }
+
+    #[test]
+    fn pairs_are_a_number_a_visitor_unless_few_visitors_have_a_cell() {
+        // Ten visitors; 0, 3 and 7 in one cell each, 3 in two more.
+        let few = vec![(0, 1), (3, 0), (3, 2), (3, 5), (7, 4)];
+        let sparse = Pairs::from_sorted(few.clone(), 10);
+        assert!(matches!(sparse, Pairs::Sparse(_)), "{sparse:?}");
+        assert_eq!(read_back(&sparse), few);
+        // All ten in a cell, one in two: a number each, and one pair.
+        let most: Vec<(u32, u32)> = (0..10)
+            .map(|visitor| (visitor, visitor % 3))
+            .chain([(4, 7)])
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let dense = Pairs::from_sorted(most.clone(), 10);
+        assert!(
+            matches!(&dense, Pairs::Dense { first, more } if first.len() == 10 && more.len() == 1),
+            "{dense:?}"
+        );
+        assert_eq!(read_back(&dense), most);
+        assert!(dense.bytes() < most.len() * 16);
+        // Visitors without a cell in the dense form are passed over.
+        let gaps = vec![(1, 0), (2, 0), (4, 1), (4, 3), (5, 0), (6, 2)];
+        let dense = Pairs::from_sorted(gaps.clone(), 8);
+        assert!(matches!(dense, Pairs::Dense { .. }), "{dense:?}");
+        assert_eq!(read_back(&dense), gaps);
+        assert_eq!(read_back(&Pairs::Unkept), []);
     }
 
     #[test]
     fn an_answer_weighs_the_room_it_holds_not_only_its_pairs() {
         let answer = answer_with_room(1_000, 100_000);
-        assert!(answer.bytes() >= 100_000 * 16, "{}", answer.bytes());
+        assert!(answer.bytes() >= 100_000 * 4, "{}", answer.bytes());
     }
 
     #[test]
     fn an_answer_is_kept_without_the_room_it_grew() {
         let cache = AnswerCache::new(64 << 20);
-        let file = FileId {
-            path: PathBuf::from("L0-0000000000000000-0000000000000100.parquet"),
-            len: 100,
-            modified: None,
-        };
-        let kept = cache
+        let file = file("L0-0000000000000000-0000000000000100.parquet");
+        let (kept, _) = cache
             .answer(&file, &today_question(), || {
-                Ok(answer_with_room(1_000, 100_000))
+                Ok((answer_with_room(1_000, 100_000), None))
             })
             .expect("an answer");
-        assert!(kept.pairs.capacity() < 2_000, "{}", kept.pairs.capacity());
+        assert!(kept.pairs.bytes() < 2_000 * 4, "{}", kept.pairs.bytes());
         // Asked again, it is the one kept, and the budget counts what it holds.
-        let again = cache
+        let (again, _) = cache
             .answer(&file, &today_question(), || {
                 Err(AnalyticsError::Corrupt("read again".into()))
             })
             .expect("the kept answer");
         assert!(Arc::ptr_eq(&kept, &again));
         assert!(cache.kept_bytes() < 64 << 10, "{}", cache.kept_bytes());
+    }
+
+    #[test]
+    fn a_files_visitors_are_kept_with_its_answer_and_read_again_once_let_go() {
+        let cache = AnswerCache::new(64 << 20);
+        let file = file("L0-0000000000000000-0000000000000200.parquet");
+        let visitors: Visitors = Visitors::from(vec![3, 5, 8]);
+        let (_, handed) = cache
+            .answer(&file, &today_question(), || {
+                Ok((answer_with_room(3, 3), Some(Arc::clone(&visitors))))
+            })
+            .expect("an answer");
+        assert_eq!(handed.as_deref(), Some(&[3, 5, 8][..]));
+        let kept = cache
+            .visitors(&file, || Err(AnalyticsError::Corrupt("read again".into())))
+            .expect("kept beside the answer");
+        assert!(Arc::ptr_eq(&kept, &visitors));
+        // Nothing kept: read from the file each time.
+        let none = AnswerCache::new(0);
+        let read = none.visitors(&file, || Ok(vec![3, 5, 8])).expect("read");
+        assert_eq!(&read[..], &[3, 5, 8]);
     }
 }

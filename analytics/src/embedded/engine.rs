@@ -9,8 +9,8 @@
 //!   dictionary value and each row costs an array lookup;
 //! - rows are stored by visitor digest, so distinct visitors are counted by noticing where
 //!   the digest changes within each (bucket, group) — no hash set, no sort. A partition not
-//!   yet merged into one file (today's, usually) keeps each file's (visitor, cell) pairs, in
-//!   order, and merges the files' runs ([`add_up`]);
+//!   yet merged into one file (today's, usually) keeps each file's visitors' cells, in
+//!   visitor order, and merges the files' runs ([`add_up`]);
 //! - the time column is read only when the range or a bucket edge cuts through the file's
 //!   scans;
 //! - a file's answer is kept ([`answer_cache`](super::answer_cache)) and asked of it again
@@ -33,7 +33,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, ListArray, Rec
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rayon::prelude::*;
 
-use super::answer_cache::{FileAnswer, Question};
+use super::answer_cache::{FileAnswer, PairCursor, Pairs, Question, Visitors};
 use super::background;
 use super::column_cache::{self, ColumnCache, FileId};
 use super::{EmbeddedStore, live_files};
@@ -136,20 +136,48 @@ impl EmbeddedStore {
         let plan = plan(query, buckets, day);
         // Today's partition will have more files, whose visitors must be told from these.
         let pairs = paths.len() > 1 || day >= Utc::now().date_naive();
-        let mut answers = Vec::with_capacity(paths.len());
+        let mut counted = Vec::with_capacity(paths.len());
         for path in paths {
             let file = FileId::of(path)?;
             let span = self.answers.span(&file)?;
             let Some((question, offset)) = file_question(query, &plan, span, pairs) else {
                 continue;
             };
-            let answer = self.answers.answer(&file, &question, || {
+            let (answer, visitors) = self.answers.answer(&file, &question, || {
                 answer_file(&self.columns, &question, &file)
             })?;
-            answers.push((answer, offset));
+            counted.push((
+                file,
+                Counted {
+                    answer,
+                    offset,
+                    visitors,
+                },
+            ));
         }
-        Ok(add_up(&plan, &answers))
+        // Files' pairs are told apart by their visitors, needed only when there are several.
+        if counted.len() > 1 {
+            for (file, counted) in &mut counted {
+                if counted.visitors.is_none() && !matches!(counted.answer.pairs, Pairs::Unkept) {
+                    counted.visitors = Some(
+                        self.answers
+                            .visitors(file, || read_visitors(&self.columns, file))?,
+                    );
+                }
+            }
+        }
+        let counted: Vec<Counted> = counted.into_iter().map(|(_, counted)| counted).collect();
+        Ok(add_up(&plan, &counted))
     }
+}
+
+/// A file's answer, as the partition counts it.
+struct Counted {
+    answer: Arc<FileAnswer>,
+    /// The number of the day's bucket edges before the file's first scan.
+    offset: usize,
+    /// What its pairs number visitors by; needed when the partition has other files.
+    visitors: Option<Visitors>,
 }
 
 /// What a partition's question asks of its day.
@@ -242,13 +270,13 @@ fn file_question(
 }
 
 /// Adds the files' answers up into the partition's; a visitor of several files counts once.
-fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
+fn add_up(plan: &Plan, files: &[Counted]) -> Partial {
     let cell_of = |answer: &FileAnswer, offset: usize, cell: usize| {
         let group = answer.groups[cell / answer.buckets].clone();
         (plan.bucket(offset + cell % answer.buckets), group)
     };
     let mut partial = Partial::default();
-    if let [(answer, offset)] = answers {
+    if let [Counted { answer, offset, .. }] = files {
         partial.totals = Totals {
             scans: answer.total.0,
             visitors: answer.total.1,
@@ -265,8 +293,13 @@ fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
     // The partition's cells, numbered; each file's cells among them.
     let mut ids: HashMap<(usize, Option<String>), u32> = HashMap::new();
     let mut counts: Vec<(u64, u64)> = Vec::new();
-    let mut runs: Vec<Run<'_>> = Vec::with_capacity(answers.len());
-    for (answer, offset) in answers {
+    let mut runs: Vec<Run<'_>> = Vec::with_capacity(files.len());
+    for Counted {
+        answer,
+        offset,
+        visitors,
+    } in files
+    {
         partial.totals.scans += answer.total.0;
         let mut ours = vec![u32::MAX; answer.cells.len()];
         for (cell, (scans, _)) in answer.cells.iter().enumerate() {
@@ -282,7 +315,8 @@ fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
             ours[cell] = id;
         }
         runs.push(Run {
-            pairs: &answer.pairs,
+            visitors: visitors.as_deref().unwrap_or(&[]),
+            cursor: answer.pairs.cursor(),
             ours,
         });
     }
@@ -290,9 +324,9 @@ fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
     // (a heap of each run's next visitor), so that a question over today costs no copy and
     // no sort of all of today's pairs, only a visitor's few cells.
     let mut next: BinaryHeap<Reverse<(u64, usize)>> = runs
-        .iter()
+        .iter_mut()
         .enumerate()
-        .filter_map(|(run, pairs)| pairs.pairs.first().map(|first| Reverse((first.0, run))))
+        .filter_map(|(index, run)| run.next_visitor().map(|visitor| Reverse((visitor, index))))
         .collect();
     let mut cells: Vec<u32> = Vec::new();
     let mut current: Option<u64> = None;
@@ -307,21 +341,17 @@ fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
         totals.visitors += u64::from(!cells.is_empty());
         cells.clear();
     };
-    while let Some(Reverse((visitor, run))) = next.pop() {
+    while let Some(Reverse((visitor, index))) = next.pop() {
         if current != Some(visitor) {
             count_visitor(&mut cells, &mut partial.totals);
             current = Some(visitor);
         }
-        let Run { pairs, ours } = &mut runs[run];
-        let same = pairs.partition_point(|pair| pair.0 == visitor);
-        cells.extend(
-            pairs[..same]
-                .iter()
-                .map(|(_, cell)| ours.get(*cell as usize).copied().unwrap_or(u32::MAX)),
-        );
-        *pairs = &pairs[same..];
-        if let Some(first) = pairs.first() {
-            next.push(Reverse((first.0, run)));
+        let run = &mut runs[index];
+        let ours = &run.ours;
+        run.cursor
+            .take(|cell| cells.push(ours.get(cell as usize).copied().unwrap_or(u32::MAX)));
+        if let Some(visitor) = run.next_visitor() {
+            next.push(Reverse((visitor, index)));
         }
     }
     count_visitor(&mut cells, &mut partial.totals);
@@ -339,8 +369,17 @@ fn add_up(plan: &Plan, answers: &[(Arc<FileAnswer>, usize)]) -> Partial {
 
 /// One file's pairs not yet merged, and its cells' numbers among the partition's.
 struct Run<'a> {
-    pairs: &'a [(u64, u32)],
+    visitors: &'a [u64],
+    cursor: PairCursor<'a>,
     ours: Vec<u32>,
+}
+
+impl Run<'_> {
+    /// The digest of the next visitor not yet merged.
+    fn next_visitor(&mut self) -> Option<u64> {
+        let number = self.cursor.peek()?;
+        self.visitors.get(number as usize).copied()
+    }
 }
 
 /// How a row's group is found.
@@ -420,12 +459,13 @@ impl Cell {
     }
 }
 
-/// A file's answer to `question`, from its rows.
+/// A file's answer to `question`, from its rows; and the file's visitors, when the answer's
+/// pairs are numbered by them.
 fn answer_file(
     columns: &ColumnCache,
     question: &Question,
     file: &FileId,
-) -> Result<FileAnswer, AnalyticsError> {
+) -> Result<(FileAnswer, Option<Visitors>), AnalyticsError> {
     let mut names = vec!["visitor"];
     if !question.bots {
         names.push("bot");
@@ -456,6 +496,7 @@ fn answer_file(
         buckets,
         cells,
         total,
+        visitors,
         mut pairs,
         ..
     } = reading;
@@ -463,7 +504,7 @@ fn answer_file(
     for visitor in pairs.chunk_by_mut(|a, b| a.0 == b.0) {
         visitor.sort_unstable();
     }
-    Ok(FileAnswer {
+    let answer = FileAnswer {
         groups,
         buckets,
         cells: cells
@@ -471,8 +512,29 @@ fn answer_file(
             .map(|cell| (cell.scans, cell.visitors))
             .collect(),
         total: (total.scans, total.visitors),
-        pairs,
-    })
+        pairs: if question.pairs {
+            Pairs::from_sorted(pairs, visitors.len())
+        } else {
+            Pairs::Unkept
+        },
+    };
+    Ok((answer, question.pairs.then(|| Visitors::from(visitors))))
+}
+
+/// A file's visitors, as [`answer_file`] numbers them: each digest once, in file order.
+fn read_visitors(columns: &ColumnCache, file: &FileId) -> Result<Vec<u64>, AnalyticsError> {
+    let mut visitors = Vec::new();
+    columns.for_each_batch(file, &["visitor"], BATCH_ROWS, |batch| {
+        let digests = column(batch, "visitor")?.as_primitive::<UInt64Type>();
+        for digest in digests.iter().flatten() {
+            if visitors.last() != Some(&digest) {
+                visitors.push(digest);
+            }
+        }
+        Ok(())
+    })?;
+    visitors.shrink_to_fit();
+    Ok(visitors)
 }
 
 /// A file's answer as its rows are read.
@@ -483,7 +545,11 @@ struct Reading {
     buckets: usize,
     cells: Vec<Cell>,
     total: Cell,
-    pairs: Vec<(u64, u32)>,
+    /// Every visitor of the file's rows, counted or not, when pairs are asked for: what
+    /// they are numbered by.
+    visitors: Vec<u64>,
+    /// (visitor's number, cell), once each.
+    pairs: Vec<(u32, u32)>,
 }
 
 impl Reading {
@@ -573,6 +639,13 @@ impl Reading {
             self.cells.resize(cells_needed, Cell::default());
         }
         for row in 0..batch.num_rows() {
+            let visitor = visitors.is_valid(row).then(|| visitors.value(row));
+            if question.pairs
+                && let Some(visitor) = visitor
+                && self.visitors.last() != Some(&visitor)
+            {
+                self.visitors.push(visitor);
+            }
             if bots.is_some_and(|bots| bots.value(row)) {
                 continue;
             }
@@ -598,16 +671,14 @@ impl Reading {
                 }
                 GroupColumn::Flag(flags, ids) => ids[usize::from(flags.value(row))],
             };
-            let visitor = visitors.is_valid(row).then(|| visitors.value(row));
             let cell = group as usize * buckets + local;
             let new_here = self.cells[cell].count(visitor);
             self.total.count(visitor);
-            if question.pairs
-                && new_here
-                && let Some(visitor) = visitor
-            {
+            if question.pairs && new_here && visitor.is_some() {
+                // The row's visitor is the last met: rows are in visitor order.
+                let number = u32::try_from(self.visitors.len() - 1).unwrap_or(u32::MAX);
                 self.pairs
-                    .push((visitor, u32::try_from(cell).unwrap_or(u32::MAX)));
+                    .push((number, u32::try_from(cell).unwrap_or(u32::MAX)));
             }
         }
         Ok(())
@@ -696,11 +767,17 @@ fn clicks_in_file(
 mod tests {
     use super::*;
 
-    fn answer(
-        groups: &[Option<&str>],
-        cells: &[(u64, u64)],
-        pairs: &[(u64, u32)],
-    ) -> (Arc<FileAnswer>, usize) {
+    /// A file's answer with its (visitor digest, cell) pairs, by visitor and cell.
+    fn answer(groups: &[Option<&str>], cells: &[(u64, u64)], pairs: &[(u64, u32)]) -> Counted {
+        let mut visitors: Vec<u64> = pairs.iter().map(|pair| pair.0).collect();
+        visitors.dedup();
+        let numbered = pairs
+            .iter()
+            .map(|(digest, cell)| {
+                let number = visitors.binary_search(digest).unwrap_or(0);
+                (u32::try_from(number).unwrap_or(0), *cell)
+            })
+            .collect();
         let answer = FileAnswer {
             groups: groups
                 .iter()
@@ -710,15 +787,15 @@ mod tests {
             cells: cells.to_vec(),
             total: (
                 cells.iter().map(|cell| cell.0).sum(),
-                pairs
-                    .chunk_by(|a, b| a.0 == b.0)
-                    .count()
-                    .try_into()
-                    .unwrap_or(0),
+                visitors.len().try_into().unwrap_or(0),
             ),
-            pairs: pairs.to_vec(),
+            pairs: Pairs::from_sorted(numbered, visitors.len()),
         };
-        (Arc::new(answer), 0)
+        Counted {
+            answer: Arc::new(answer),
+            offset: 0,
+            visitors: Some(Visitors::from(visitors)),
+        }
     }
 
     #[test]
