@@ -42,12 +42,15 @@ broker_dir=$(mktemp -d -p "${BROKER_DIR:-$work}" broker.XXXXXX)
 data_dir=$(mktemp -d -p "${DATA_DIR:-$work}" data.XXXXXX)
 pid=
 broker=
+flush_probe=
 run_id=soak_$(date +%s)_$$
 # The tenant of the soak's key: the synthetic history's largest (analytics::synthetic).
 tenant=tenant-000
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   if [ -n "$broker" ]; then kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; fi
+  if [ -n "$flush_probe" ]; then kill "$flush_probe" 2>/dev/null || true; wait "$flush_probe" 2>/dev/null || true; fi
+  rm -f "${flush_file:-}"
   PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS qrpool_$run_id WITH (FORCE)" postgres >/dev/null 2>&1 || true
   redis-cli --scan --pattern "qrpool-$run_id:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
   rm -rf "$work" "$broker_dir" "$data_dir"
@@ -129,8 +132,23 @@ curl -sf "$base/readyz" >/dev/null || { echo "qrpool did not become ready" >&2; 
 # backlog flushed at once makes every fsync behind it wait), the broker's SQLite files
 # (database and write-ahead log, MiB); then PostgreSQL's WAL (MiB written, flushes: each
 # group commit of binds is one) and its checkpoints with the time they spent writing and
-# syncing (ms).
+# syncing (ms); then the disk's own flush tail under the WAL (p99 and slowest ms of a 4 KiB
+# append and fdatasync ten times a second, benches/disk-flush-probe.py, on the file system
+# of PostgreSQL's data): when binds' commits are slow in the minutes its flushes are, it is
+# the disk, not qrpool, that the p99 check measures.
 disk=$(basename "$(df --output=source "$work" | tail -n 1)")
+pg_data=$(PGPASSWORD=postgres psql -h 127.0.0.1 -p "${PGPORT:-5432}" -U postgres -Atc "SHOW data_directory" postgres 2>/dev/null || true)
+flush_file=$work/flush-probe.dat
+if [ -n "$pg_data" ] && [ -d "$pg_data/.." ] && [ "$(stat -c %d "$pg_data/..")" != "$(stat -c %d "$work")" ]; then
+  flush_file=$pg_data/../qrpool-soak-flush-probe.$run_id
+fi
+python3 "$repo/benches/disk-flush-probe.py" "$flush_file" --each >"$work/flushes.log" &
+flush_probe=$!
+# p99 and slowest ms of the probe's flushes after Unix time $1 up to $2.
+flush_tail() {
+  awk -v since="$1" -v until="$2" '$1 > since && $1 <= until {print $2}' "$work/flushes.log" |
+    sort -n | awk '{ms[NR] = $1} END {if (NR == 0) print "-", "-"; else print ms[int(NR * 0.99) + (NR * 0.99 > int(NR * 0.99))], ms[NR]}'
+}
 disk_writes() { awk -v disk="$disk" '$3 == disk {print $10 / 2048, $8, $11; found = 1}
   END {if (!found) print 0, 0, 0}' /proc/diskstats; }
 postgres_writes() {
@@ -145,15 +163,19 @@ by_process() {
     cpu[name] += $3; rss[name] += $4} END {for (c in cpu) print c, cpu[c], rss[c]}'
 }
 sample_processes() {
-  local previous now disk_before disk_now pg_before pg_now huge cache answers lag broker_files dirty
+  local previous now disk_before disk_now pg_before pg_now huge cache answers lag broker_files dirty since until flushes
   previous=$(by_process)
   disk_before=$(disk_writes)
   pg_before=$(postgres_writes)
-  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %11s %6s %9s %8s %8s %9s %9s %10s %7s %11s %6s %9s %9s %5s\n' minute clock qrpool% tansu% \
+  since=$(date +%s.%N)
+  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %11s %6s %9s %8s %8s %9s %9s %10s %7s %11s %9s %9s %6s %9s %9s %5s\n' minute clock qrpool% tansu% \
     postgres% redis% soak% qrpool_MiB huge_MiB cache_MiB answers_MiB lag_s tansu_MiB pg_MiB disk_MiB write_ms dirty_MiB broker_MiB wal_MiB \
-    wal_flushes ckpts ckpt_w_ms ckpt_s_ms load
+    wal_flushes flush_p99 flush_max ckpts ckpt_w_ms ckpt_s_ms load
   for ((minute = 1; ; minute++)); do
     sleep 60
+    until=$(date +%s.%N)
+    flushes=$(flush_tail "$since" "$until")
+    since=$until
     now=$(by_process)
     disk_now=$(disk_writes)
     pg_now=$(postgres_writes)
@@ -169,19 +191,19 @@ sample_processes() {
     broker_files=$(du -cm "$broker_dir"/tansu.db* 2>/dev/null | tail -n 1 | cut -f1)
     awk -v minute="$minute" -v clock="$(date -u +%H:%M:%S)" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" \
       -v huge="${huge:-0}" -v cache="${cache:-0}" -v answers="${answers:-0}" -v lag="${lag:-0}" -v broker="${broker_files:-0}" -v dirty="${dirty:-0}" -v disk="$disk_before $disk_now" \
-      -v pg="$pg_before $pg_now" '
+      -v pg="$pg_before $pg_now" -v flushes="$flushes" '
       NR == FNR {before[$1] = $2; next}
       # A process that exited took its time with it: a group never counts below 0.
       {used[$1] = ($2 - before[$1]) / 60 * 100; if (used[$1] < 0) used[$1] = 0; rss[$1] = $3 / 1024}
       END {
-        split(disk, d, " "); split(pg, c, " ")
+        split(disk, d, " "); split(pg, c, " "); split(flushes, f, " ")
         writes = d[5] - d[2]
         wait_ms = 0
         if (writes > 0) wait_ms = (d[6] - d[3]) / writes
-        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9s %11s %6s %9.0f %8.0f %8.0f %9.1f %9s %10s %7.0f %11.0f %6s %9.0f %9.0f %5s\n",
+        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9s %11s %6s %9.0f %8.0f %8.0f %9.1f %9s %10s %7.0f %11.0f %9s %9s %6s %9.0f %9.0f %5s\n",
           minute, clock, used["qrpool"], used["tansu"], used["postgres"], used["redis-server"], used["soak"],
           rss["qrpool"], huge / 1024, cache, answers, lag, rss["tansu"], rss["postgres"], d[4] - d[1], wait_ms, dirty, broker,
-          c[6] - c[1], c[7] - c[2], c[8] - c[3], c[9] - c[4], c[10] - c[5], loadavg}' \
+          c[6] - c[1], c[7] - c[2], f[1], f[2], c[8] - c[3], c[9] - c[4], c[10] - c[5], loadavg}' \
       <(echo "$previous") <(echo "$now")
     previous=$now disk_before=$disk_now pg_before=$pg_now
   done
