@@ -26,6 +26,10 @@ use crate::{BindError, StoreError};
 /// Binds committed in one transaction at most.
 const MAX_BATCH: usize = 512;
 
+/// PostgreSQL commits in flight at once when binds queue behind a slow one (see
+/// [`GroupCommit::start`]); each holds a connection of the pool.
+const COMMITS_IN_FLIGHT: usize = 4;
+
 /// How long start-up keeps trying to reach PostgreSQL before it gives up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -321,8 +325,8 @@ impl SqliteStore {
             sqlx::migrate!("./migrations/postgres"),
         )
         .await?;
-        // SQLite has one writer at a time: one batch writer, batches as large as they come.
-        let commits = GroupCommit::start(SqliteBatches(db.clone()), MAX_BATCH);
+        // SQLite has one writer at a time: one commit at a time, batches as large as they come.
+        let commits = GroupCommit::start(SqliteBatches(db.clone()), MAX_BATCH, 1);
         Ok(SqliteStore {
             db,
             commits,
@@ -450,7 +454,7 @@ impl PostgresStore {
             }
         };
         Self::migrate(&db).await?;
-        let commits = GroupCommit::start(PgBatches(db.clone()), MAX_BATCH);
+        let commits = GroupCommit::start(PgBatches(db.clone()), MAX_BATCH, COMMITS_IN_FLIGHT);
         Ok(PostgresStore { db, commits })
     }
 

@@ -184,3 +184,78 @@ async fn on_postgres_connections_past_their_lifetime_are_replaced_one_at_a_time(
     pool.close().await;
     database.drop_now().await;
 }
+
+/// A commit that stalls (here: another session holds the table, as a slow disk would hold
+/// the flush) does not hold every bind behind it: once a backlog waits, it is committed
+/// beside the stalled one, on a connection of its own, and every bind still lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_binds_queued_behind_a_stalled_commit_are_committed_beside_it() {
+    use std::time::{Duration, Instant};
+
+    use sqlx::Connection as _;
+
+    let database = TestDatabase::create(&Backends::from_env()).await;
+    let mut settings = Settings::default();
+    settings.store.backend = StoreBackend::Postgres;
+    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    let bindings = Bindings::connect(&settings).await.unwrap();
+
+    let mut holder = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE bindings IN EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut watcher = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let mut commits_waiting = async || -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'WITH input AS%'",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap()
+    };
+    let bind = |n: usize| {
+        let bindings = bindings.clone();
+        tokio::spawn(async move {
+            let id = RequestId::generate();
+            (id, bindings.bind(binding(id, n), None, None).await)
+        })
+    };
+
+    // One bind alone: its commit waits on the table.
+    let mut binds = vec![bind(0)];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while commits_waiting().await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first commit never reached the table"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Then a backlog behind it.
+    binds.extend((1..=300).map(bind));
+    let mut most = 1;
+    while most < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        most = most.max(commits_waiting().await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    most = most.max(commits_waiting().await);
+    assert!(
+        (2..=4).contains(&most),
+        "commits waiting on the table at once: {most} (one writer holds every bind behind it)"
+    );
+
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let mut bound = std::collections::HashSet::new();
+    for task in binds {
+        let (id, outcome) = task.await.unwrap();
+        outcome.unwrap_or_else(|error| panic!("bind of {id} failed: {error:#}"));
+        bound.insert(id);
+    }
+    assert_eq!(bound.len(), 301);
+    assert_eq!(bindings.durable().count().await.unwrap(), 301);
+    database.drop_now().await;
+}
