@@ -34,6 +34,14 @@ fn binding(id: RequestId, n: usize) -> Binding {
     }
 }
 
+/// Settings with the store on the test's own PostgreSQL database.
+fn on_postgres(database: &TestDatabase) -> Settings {
+    let mut settings = Settings::default();
+    settings.store.backend = StoreBackend::Postgres;
+    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    settings
+}
+
 /// 400 concurrent binds over 300 distinct ids (100 ids asked for twice, at the same moment).
 async fn each_id_is_bound_once_under_a_concurrent_burst(bindings: Bindings) {
     let ids: Vec<RequestId> = (0..300).map(|_| RequestId::generate()).collect();
@@ -108,9 +116,7 @@ async fn on_sqlite_each_request_id_is_bound_once_under_a_concurrent_burst() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_each_request_id_is_bound_once_under_a_concurrent_burst() {
     let database = TestDatabase::create(&Backends::from_env()).await;
-    let mut settings = Settings::default();
-    settings.store.backend = StoreBackend::Postgres;
-    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    let settings = on_postgres(&database);
     each_id_is_bound_once_under_a_concurrent_burst(Bindings::connect(&settings).await.unwrap())
         .await;
     database.drop_now().await;
@@ -125,9 +131,7 @@ async fn on_postgres_connections_past_their_lifetime_are_replaced_one_at_a_time(
     use std::time::{Duration, Instant};
 
     let database = TestDatabase::create(&Backends::from_env()).await;
-    let mut settings = Settings::default();
-    settings.store.backend = StoreBackend::Postgres;
-    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    let mut settings = on_postgres(&database);
     settings.postgres.max_connections = 4;
     // Spacing: a quarter of 2 s over 4 connections is below the floor of one second.
     settings.postgres.connection_lifetime_secs = 2;
@@ -195,9 +199,7 @@ async fn on_postgres_binds_queued_behind_a_stalled_commit_are_committed_beside_i
     use sqlx::Connection as _;
 
     let database = TestDatabase::create(&Backends::from_env()).await;
-    let mut settings = Settings::default();
-    settings.store.backend = StoreBackend::Postgres;
-    settings.postgres.url = Some(SecretString::from(database.url.clone()));
+    let settings = on_postgres(&database);
     let bindings = Bindings::connect(&settings).await.unwrap();
 
     let mut holder = sqlx::PgConnection::connect(&database.url).await.unwrap();
