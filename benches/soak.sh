@@ -282,6 +282,26 @@ sample_threads() {
     previous=$now metrics_before=$metrics_now
   done
 }
+# What PostgreSQL's processes wait on, five looks a second: the soak database's active
+# backends and the server's own processes (checkpointer, WAL writer, autovacuum), each by its
+# wait event ("CPU" for none: running or waiting for a core), sleeping ones left out. A line
+# a look; summed by second beside the slowest requests and by minute at the end, so that a
+# minute of slow commits says whether they wait on the WAL, a lock, a buffer, I/O or a core.
+sample_waits() {
+  PGPASSWORD=postgres psql -h 127.0.0.1 -p "${PGPORT:-5432}" -U postgres -At -F ' ' postgres <<SQL
+SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'HH24:MI:SS'),
+       coalesce(string_agg(wait || '=' || backends, ',' ORDER BY backends DESC, wait), '-')
+FROM (SELECT CASE WHEN backend_type = 'client backend' THEN '' ELSE replace(backend_type, ' ', '_') || '/' END
+               || coalesce(wait_event_type || ':' || wait_event, 'CPU') AS wait,
+             count(*) AS backends
+      FROM pg_stat_activity
+      WHERE pid <> pg_backend_pid()
+        AND ((backend_type = 'client backend' AND state = 'active' AND datname = 'qrpool_$run_id')
+             OR (backend_type <> 'client backend' AND coalesce(wait_event_type, '') NOT IN ('Activity', 'Timeout')))
+      GROUP BY 1) waits
+\\watch 0.2
+SQL
+}
 soak_started=$(date -u '+%Y-%m-%d %H:%M:%S')
 sample_processes >"$work/processes.log" 2>&1 &
 sampler=$!
@@ -289,6 +309,8 @@ sample_seconds >"$work/seconds.log" 2>&1 &
 second_sampler=$!
 sample_threads >"$work/threads.log" 2>&1 &
 thread_sampler=$!
+sample_waits >"$work/waits.log" 2>&1 &
+wait_sampler=$!
 
 rate_args=(--probe-secs "$probe")
 [ -n "${RATE:-}" ] && rate_args=(--rate "$RATE")
@@ -297,27 +319,44 @@ status=0
 "$repo/target/release/soak" --base "$base" --key "$key" --pid "$pid" "${rate_args[@]}" \
   --minutes "$minutes" --warmup-minutes "$warmup" --binds-by-second "$work/binds.log" |
   tee "$work/soak.log" || status=$?
-kill "$sampler" "$second_sampler" "$thread_sampler" 2>/dev/null || true
+kill "$sampler" "$second_sampler" "$thread_sampler" "$wait_sampler" 2>/dev/null || true
 say "CPU (% of one core) and resident memory by process, a line a minute"
 cat "$work/processes.log"
 say "qrpool's queries' file answers (kept, read from rows), binds' waits over 25 ms (for a code, for a commit) and its threads by CPU, a line a minute"
 cat "$work/threads.log"
 # The three slowest requests of the run other than queries (each a minute's slowest), and the
 # seconds before each.
+# The wait samples summed by clock cut to $1 characters (8: by second, 5: by minute): each
+# wait's backends on average over that time's looks, the most first, at most six.
+waits_by() {
+  awk -v width="$1" '
+    {clock = substr($1, 1, width); looks[clock]++}
+    $2 != "-" {n = split($2, waits, ","); for (i = 1; i <= n; i++) {split(waits[i], kv, "="); sum[clock, kv[1]] += kv[2]; seen[clock, kv[1]] = 1}}
+    END {for (key in seen) {split(key, part, SUBSEP); printf "%s %s %.2f\n", part[1], part[2], sum[key] / looks[part[1]]}}
+  ' "$work/waits.log" | sort -k1,1 -k3,3nr |
+    awk '{if ($1 != clock) {if (clock != "") print clock, line; clock = $1; line = ""; shown = 0}
+          if (shown++ < 6) line = line (line == "" ? "" : ",") $2 "=" $3}
+         END {if (clock != "") print clock, line}'
+}
 say "the seconds before the run's three slowest requests (queries aside)"
 sed -nE 's/.*slowest: (.*) ([0-9]+) ms at ([0-9:]+)$/\2 \3 \1/p' "$work/soak.log" | sort -rn | head -n 3 |
   while read -r ms at kind; do
     echo "-- $kind, $ms ms, due at $at"
     # Each second's line from 12 before to 4 after (a clock, so across midnight too), with the
-    # binds due in it (count, p50, p99 and slowest, ms).
+    # binds due in it (count, p50, p99 and slowest, ms) and what PostgreSQL waited on.
     awk -v at="$at" '
       function seconds(clock, part) {split(clock, part, ":"); return part[1] * 3600 + part[2] * 60 + part[3]}
-      FNR == 1 {if (NR != 1) printf "%s binds bind_p50 bind_p99 bind_max\n", $0; next}
-      NR == FNR {binds[$1] = $2 " " $3 " " $4 " " $5; next}
+      FNR == 1 {file++}
+      file == 1 && FNR == 1 {next}
+      file == 1 {binds[$1] = $2 " " $3 " " $4 " " $5; next}
+      file == 2 {waits[$1] = $2; next}
+      FNR == 1 {printf "%s binds bind_p50 bind_p99 bind_max postgres_waits\n", $0; next}
       {away = (seconds($1) - seconds(at) + 86400 + 43200) % 86400 - 43200}
-      away >= -12 && away <= 4 {print $0, ($1 in binds ? binds[$1] : "0 - - -")}
-    ' "$work/binds.log" "$work/seconds.log"
+      away >= -12 && away <= 4 {print $0, ($1 in binds ? binds[$1] : "0 - - -"), ($1 in waits ? waits[$1] : "-")}
+    ' "$work/binds.log" <(waits_by 8) "$work/seconds.log"
   done
+say "what PostgreSQL's processes waited on, by minute (backends in each, on average over the looks)"
+waits_by 5
 # PostgreSQL logs its checkpoints (log_checkpoints is on by default since 15): when each began
 # and ended, to set beside the minutes' slowest requests.
 pg_log=$(ls -t /var/log/postgresql/postgresql-*-main.log 2>/dev/null | head -n 1 || true)
