@@ -1,9 +1,9 @@
 //! Conversions: what an app reports after a scan of a conversion-tracked link led somewhere
 //! (`POST /v1/conversions`), kept beside the bindings in the same database.
 //!
-//! A click id is the link's key followed by 22 random base62 characters (128 random bits), so
-//! a conversion names its link without a lookup and nobody can guess a click id. The caller's
-//! `conversion_id` makes a report idempotent: sent again, it is the same conversion.
+//! A click id is the link's key followed by a request id (22 base62 characters, 122 random
+//! bits), so a conversion names its link without a lookup and nobody can guess a click id. The
+//! caller's `conversion_id` makes a report idempotent: sent again, it is the same conversion.
 
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;

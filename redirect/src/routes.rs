@@ -319,7 +319,7 @@ async fn answer_scan(
     );
     // A conversion-tracked link sends a click id along, which the scan's event records.
     let click_id = target.track_conversions.then(|| {
-        // The link's key, then 128 random bits: a conversion names its link by it.
+        // The link's key, then a request id (122 random bits): a conversion names its link by it.
         format!("{}{}", link.key, records::RequestId::generate())
     });
     let destination = match &click_id {
