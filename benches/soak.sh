@@ -324,6 +324,10 @@ say "CPU (% of one core) and resident memory by process, a line a minute"
 cat "$work/processes.log"
 say "qrpool's queries' file answers (kept, read from rows), binds' waits over 25 ms (for a code, for a commit) and its threads by CPU, a line a minute"
 cat "$work/threads.log"
+say "the file answers the queries kept over the run, by what the question groups by (MiB)"
+curl -sf --max-time 10 "$base/metrics" |
+  sed -nE 's/^analytics_query_answers_kept_bytes_total\{group_by="([a-z_]+)"\} ([0-9.e+]+)$/\2 \1/p' |
+  sort -gr | awk '{printf "%-14s %9.1f\n", $2, $1 / 1048576}'
 # The three slowest requests of the run other than queries (each a minute's slowest), and the
 # seconds before each.
 # The wait samples summed by clock cut to $1 characters (8: by second, 5: by minute): each

@@ -328,6 +328,10 @@ impl AnswerCache {
         answer.groups.shrink_to_fit();
         let answer = Arc::new(answer);
         if answer.bytes() <= kept.largest {
+            // Which questions fill the budget: bytes kept, by what the question groups by.
+            metrics::counter!("analytics_query_answers_kept_bytes_total",
+                "group_by" => question.group_by.map_or("none", Dimension::name))
+            .increment(answer.bytes());
             kept.answers.insert(key, Entry::Answer(Arc::clone(&answer)));
             if let Some(visitors) = &visitors {
                 kept.keep_visitors(file, visitors);
