@@ -47,6 +47,8 @@ run_id=soak_$(date +%s)_$$
 # The tenant of the soak's key: the synthetic history's largest (analytics::synthetic).
 tenant=tenant-000
 cleanup() {
+  # The samplers (started below), when the run ends early.
+  kill ${sampler:-} ${second_sampler:-} ${thread_sampler:-} ${wait_sampler:-} 2>/dev/null || true
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   if [ -n "$broker" ]; then kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; fi
   if [ -n "$flush_probe" ]; then kill "$flush_probe" 2>/dev/null || true; wait "$flush_probe" 2>/dev/null || true; fi
@@ -242,9 +244,10 @@ sample_seconds() {
 }
 # And where qrpool's own CPU goes, a line a minute: its threads' time by name (numbers
 # dropped, so analytics-0 and analytics-1 are one), the busiest first, in % of one core; with
-# the file answers its queries found kept and those they read from rows that minute, and the
+# the file answers its queries found kept and those they read from rows that minute, the
 # binds that waited more than 25 ms for their code from the pool (`pool_take_seconds`) or for
-# the commit that holds them (`bindings_commit_seconds`, one per group commit).
+# the commit that holds them (`bindings_commit_seconds`, one per group commit), and the binds
+# the server took more than 100 ms over (`http_request_duration_seconds`).
 by_thread() {
   # A thread's name is between the first "(" and the last ")"; its user and system ticks
   # are the 12th and 13th fields after that.
@@ -254,19 +257,23 @@ by_thread() {
     split(substr($0, end + 2), field, " "); ticks[name] += field[12] + field[13]
   } END {for (name in ticks) print name, ticks[name]}'
 }
-# Counters off /metrics: answers kept and read; takes and commits, all and within 25 ms.
+# Counters off /metrics: answers kept and read; takes and commits, all and within 25 ms;
+# binds, all and answered within 100 ms by the server's own clock (the harness's latency
+# counts from when a bind was due, so the two part the server's time from the harness's).
 from_metrics() {
   curl -sf --max-time 10 "$base/metrics" | awk '
     /^analytics_file_answers_total/ {if ($0 ~ /from="cache"/) kept = $2; if ($0 ~ /from="rows"/) rows = $2}
     /^pool_take_seconds_count/ {takes = $2} /^pool_take_seconds_bucket\{le="0.025"\}/ {takes_fast = $2}
     /^bindings_commit_seconds_count/ {commits = $2} /^bindings_commit_seconds_bucket\{le="0.025"\}/ {commits_fast = $2}
-    END {printf "%d %d %d %d %d %d\n", kept, rows, takes, takes_fast, commits, commits_fast}'
+    /^http_request_duration_seconds_count\{route="\/v1\/codes"\}/ {binds = $2}
+    /^http_request_duration_seconds_bucket\{route="\/v1\/codes",le="0.1"\}/ {binds_fast = $2}
+    END {printf "%d %d %d %d %d %d %d %d\n", kept, rows, takes, takes_fast, commits, commits_fast, binds, binds_fast}'
 }
 sample_threads() {
   local previous now metrics_before metrics_now hz threads
   hz=$(getconf CLK_TCK)
   previous=$(by_thread) metrics_before=$(from_metrics)
-  echo "minute clock answers_kept answers_read takes_over_25ms commits_over_25ms  threads by CPU (% of one core)"
+  echo "minute clock answers_kept answers_read takes_over_25ms commits_over_25ms binds_over_100ms  threads by CPU (% of one core)"
   for ((minute = 1; ; minute++)); do
     sleep 60
     now=$(by_thread) metrics_now=$(from_metrics)
@@ -276,8 +283,8 @@ sample_threads() {
     awk -v minute="$minute" -v clock="$(date -u +%H:%M:%S)" -v threads="$threads" \
       -v counts="$metrics_before $metrics_now" 'BEGIN {
         split(counts, c, " ")
-        printf "%-6s %8s %12d %12d %15d %17d %s\n", minute, clock, c[7] - c[1], c[8] - c[2],
-          (c[9] - c[10]) - (c[3] - c[4]), (c[11] - c[12]) - (c[5] - c[6]), threads
+        printf "%-6s %8s %12d %12d %15d %17d %16d %s\n", minute, clock, c[9] - c[1], c[10] - c[2],
+          (c[11] - c[12]) - (c[3] - c[4]), (c[13] - c[14]) - (c[5] - c[6]), (c[15] - c[16]) - (c[7] - c[8]), threads
       }'
     previous=$now metrics_before=$metrics_now
   done
@@ -288,7 +295,8 @@ sample_threads() {
 # a look; summed by second beside the slowest requests and by minute at the end, so that a
 # minute of slow commits says whether they wait on the WAL, a lock, a buffer, I/O or a core.
 sample_waits() {
-  PGPASSWORD=postgres psql -h 127.0.0.1 -p "${PGPORT:-5432}" -U postgres -At -F ' ' postgres <<SQL
+  # exec: the sampler's process is psql itself, so that killing it ends the looks.
+  PGPASSWORD=postgres exec psql -h 127.0.0.1 -p "${PGPORT:-5432}" -U postgres -At -F ' ' postgres <<SQL
 SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'HH24:MI:SS'),
        coalesce(string_agg(wait || '=' || backends, ',' ORDER BY backends DESC, wait), '-')
 FROM (SELECT CASE WHEN backend_type = 'client backend' THEN '' ELSE replace(backend_type, ' ', '_') || '/' END
