@@ -11,11 +11,13 @@
 //! and (the first time after each checkpoint) writes a full copy of it to the WAL. Ids made in
 //! the same hour share their top six bits, so the codes the pool hands out together (it is
 //! first in, first out) go into one sixty-fourth of each index, which stays in memory: on a
-//! table of 4 million binds the WAL per bind fell from ~3.5 KB to ~0.8 KB
-//! (`benches/bindings-wal.sh`, docs/performance.md). The text keeps the value's order (fixed
-//! width, digits and letters in ASCII order), so the text index of the database sees the same
-//! locality under a byte-wise collation. The hour number wraps every 64 hours; it tells nothing
-//! of use about a code, and the 122 bits below it are the whole of what a guesser faces.
+//! table of 4 million binds the WAL a bind writes fell from 2.7-3.2 KB to 1.1 KB, its
+//! full-page images from 0.3-0.4 to under 0.03 (`benches/bindings-wal.sh`,
+//! docs/performance.md; the insert rate on this machine's disk did not move). The text keeps
+//! the value's order (fixed width, digits and letters in ASCII order), so the text index of
+//! the database sees the same locality under a byte-wise collation. The hour number wraps
+//! every 64 hours; it tells nothing of use about a code, and the 122 bits below it are the
+//! whole of what a guesser faces.
 
 use std::fmt;
 use std::str::FromStr;

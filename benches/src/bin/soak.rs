@@ -9,7 +9,8 @@
 //! whatever the answers do, and its latency counts from when it was due (a stall shows in the
 //! percentiles instead of slowing the schedule), each kind of request on connections of its
 //! own, as different clients send them, on an idle one or a new one when all are busy (as a
-//! client's connection pool does: the harness never holds a due request back). The mix is the same in both: of every 1,000
+//! client's connection pool does, up to a bound: within it the harness holds no due request
+//! back). The mix is the same in both: of every 1,000
 //! requests, 300 binds, 550 scans of bound codes, 140 scans of links, 9 link edits; beside
 //! it, analytics queries at a rate of their own (`--queries-per-minute`, 30), as dashboards
 //! are not asked once per thousand scans and each reads a month of the store, taking the
@@ -419,11 +420,12 @@ impl Lane {
 /// `interval * i`, and each kind goes out on connections of its own (a share of
 /// `connections` by its share of the mix, at least 8, opened first), as phones, listing apps
 /// and marketers are different clients: a slow bind holds up no scan. A due request goes out
-/// on an idle connection of its kind, or on a new one when all are busy, as a client's
-/// connection pool does: with a fixed set, a stretch of answers a few milliseconds slower
-/// than the set can carry at the rate queued requests in the harness, and the tail measured
-/// was the harness's queue (a minute of 1-second binds that the server had each answered
-/// within half a second, docs/performance.md#soak).
+/// on an idle connection of its kind, or on a new one when all are busy, up to
+/// [`CONNECTIONS_GROW`] times the first ones, as a client's connection pool does: with a
+/// fixed set, a stretch of answers a few milliseconds slower than the set can carry at the
+/// rate queued requests in the harness, and the tail measured was the harness's queue (a
+/// minute of 1-second binds that the server had each answered within half a second,
+/// docs/performance.md#soak).
 /// Queries, in both, are due every `query_every` on two connections of their own instead of
 /// at their share of the mix.
 async fn run(
@@ -478,7 +480,7 @@ async fn run(
             (Some(interval), None) => {
                 let mut idle = Vec::with_capacity(lane.connections);
                 for _ in 0..lane.connections {
-                    idle.push(target.connect().await?);
+                    idle.push((target.connect().await?, Instant::now()));
                 }
                 let (target, lane, window) =
                     (Arc::clone(target), Arc::clone(lane), Arc::clone(window));
@@ -556,17 +558,32 @@ async fn drive(
     }
 }
 
-/// An open-load lane: each of its requests goes out when due, on an idle connection or a new
-/// one, in a task of its own; a connection goes back to the idle ones once answered.
+/// An open-load lane opens at most this many times the connections it started with: a
+/// client's pool has a bound (a fleet of listing apps, phones behind a carrier's proxies),
+/// and without one a stall of a second or two had the harness open 12,000 connections, whose
+/// requests then all waited on the same Redis and database at once (docs/performance.md#soak).
+/// At the bound, a due request waits for a connection, and its wait counts in its latency.
+const CONNECTIONS_GROW: usize = 8;
+
+/// How long a connection may stay idle in an open-load lane before it is let go: below the
+/// server's keep-alive limit (`server.header_read_timeout_ms`, 15 s), so that no request is
+/// sent on a connection the server is closing that instant (a client's pool is set the same
+/// way; a request lost to that race is not the server's failure).
+const IDLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// An open-load lane: each of its requests goes out when due, on the connection used last
+/// among the idle ones or a new one, in a task of its own; a connection goes back to the idle
+/// ones once answered, and is let go once idle past [`IDLE_LIMIT`].
 async fn dispatch(
     target: Arc<Target>,
     lane: Arc<Lane>,
-    idle: Vec<SendRequest<Full<Bytes>>>,
+    idle: Vec<(SendRequest<Full<Bytes>>, Instant)>,
     interval: Duration,
     started: Instant,
     until: Instant,
     window: Arc<Mutex<Window>>,
 ) {
+    let open = Arc::new(tokio::sync::Semaphore::new(lane.connections * CONNECTIONS_GROW));
     let idle = Arc::new(Mutex::new(idle));
     let busy = Arc::new(AtomicUsize::new(0));
     let mut requests = tokio::task::JoinSet::new();
@@ -577,10 +594,19 @@ async fn dispatch(
             break;
         }
         tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = Arc::clone(&open).acquire_owned().await else {
+            break;
+        };
         lane.sent.fetch_add(1, Ordering::Relaxed);
         let now_busy = busy.fetch_add(1, Ordering::Relaxed) + 1;
         lane.busy_peak.fetch_max(now_busy, Ordering::Relaxed);
-        let sender = idle.lock().ok().and_then(|mut idle| idle.pop());
+        let sender = idle.lock().ok().and_then(|mut idle| {
+            // The most recently used first; pushed as they are answered, the idle ones are in
+            // the order they became idle, so those idle too long are at the bottom.
+            let stale = idle.partition_point(|(_, since)| since.elapsed() >= IDLE_LIMIT);
+            idle.drain(..stale);
+            idle.pop().map(|(sender, _)| sender)
+        });
         let (target, idle, busy, window) = (
             Arc::clone(&target),
             Arc::clone(&idle),
@@ -602,9 +628,10 @@ async fn dispatch(
             if record(&window, i, due, result)
                 && let (Some(sender), Ok(mut idle)) = (sender, idle.lock())
             {
-                idle.push(sender);
+                idle.push((sender, Instant::now()));
             }
             busy.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
         });
         while requests.try_join_next().is_some() {}
     }
