@@ -241,10 +241,16 @@ mod tests {
             let id = RequestId::generate_at(hour(start) + Duration::from_secs(second));
             assert_eq!(top(id), first, "{second} s into the hour");
         }
-        assert_eq!(top(RequestId::generate_at(hour(start + 1))), (first + 1) % 64);
+        assert_eq!(
+            top(RequestId::generate_at(hour(start + 1))),
+            (first + 1) % 64
+        );
         // Sixty-four hours later the same bits again; before the epoch (a clock set wrong), 0.
         assert_eq!(top(RequestId::generate_at(hour(start + 64))), first);
-        assert_eq!(top(RequestId::generate_at(UNIX_EPOCH - Duration::from_secs(1))), 0);
+        assert_eq!(
+            top(RequestId::generate_at(UNIX_EPOCH - Duration::from_secs(1))),
+            0
+        );
     }
 
     #[test]
@@ -256,7 +262,12 @@ mod tests {
                     RequestId::generate_at(UNIX_EPOCH + Duration::from_secs(hour * 3600 + second))
                 })
             })
-            .chain([RequestId(0), RequestId(u128::MAX), RequestId(61), RequestId(62)])
+            .chain([
+                RequestId(0),
+                RequestId(u128::MAX),
+                RequestId(61),
+                RequestId(62),
+            ])
             .collect();
         ids.sort_unstable();
         let texts: Vec<String> = ids.iter().map(ToString::to_string).collect();

@@ -583,7 +583,9 @@ async fn dispatch(
     until: Instant,
     window: Arc<Mutex<Window>>,
 ) {
-    let open = Arc::new(tokio::sync::Semaphore::new(lane.connections * CONNECTIONS_GROW));
+    let open = Arc::new(tokio::sync::Semaphore::new(
+        lane.connections * CONNECTIONS_GROW,
+    ));
     let idle = Arc::new(Mutex::new(idle));
     let busy = Arc::new(AtomicUsize::new(0));
     let mut requests = tokio::task::JoinSet::new();
