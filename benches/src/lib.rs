@@ -1,6 +1,8 @@
 //! What the load harnesses (`bind-load`, `soak`) share: where qrpool serves, and a plain
 //! HTTP/1 connection to it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -8,6 +10,10 @@ use hyper::Uri;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::HeaderValue;
 use hyper_util::rt::TokioIo;
+
+/// Connections this process has open to servers ([`Server::connect`]): each is a descriptor
+/// of the server's too, which a check of the server's descriptors leaves out.
+pub static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
 /// A server named by a base URL, `http://host:port[/prefix]`.
 #[derive(Debug, Clone)]
@@ -47,7 +53,12 @@ impl Server {
             .with_context(|| format!("connecting to {}", self.address))?;
         stream.set_nodelay(true)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            // Ends when the connection closes (its sender dropped, or the server closed it).
+            let _ = connection.await;
+            OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+        });
         Ok(sender)
     }
 }
