@@ -584,11 +584,9 @@ async fn dispatch(
     until: Instant,
     window: Arc<Mutex<Window>>,
 ) {
-    let open = Arc::new(tokio::sync::Semaphore::new(
-        lane.connections * CONNECTIONS_GROW,
-    ));
+    let bound = lane.connections * CONNECTIONS_GROW;
+    let open = Arc::new(tokio::sync::Semaphore::new(bound));
     let idle = Arc::new(Mutex::new(idle));
-    let busy = Arc::new(AtomicUsize::new(0));
     let mut requests = tokio::task::JoinSet::new();
     for n in 0.. {
         let i = lane.nth(n);
@@ -601,8 +599,9 @@ async fn dispatch(
             break;
         };
         lane.sent.fetch_add(1, Ordering::Relaxed);
-        let now_busy = busy.fetch_add(1, Ordering::Relaxed) + 1;
-        lane.busy_peak.fetch_max(now_busy, Ordering::Relaxed);
+        // A permit is held by each request in flight, so each busy connection.
+        lane.busy_peak
+            .fetch_max(bound - open.available_permits(), Ordering::Relaxed);
         let sender = idle.lock().ok().and_then(|mut idle| {
             // The most recently used first; pushed as they are answered, the idle ones are in
             // the order they became idle, so those idle too long are at the bottom.
@@ -610,12 +609,7 @@ async fn dispatch(
             idle.drain(..stale);
             idle.pop().map(|(sender, _)| sender)
         });
-        let (target, idle, busy, window) = (
-            Arc::clone(&target),
-            Arc::clone(&idle),
-            Arc::clone(&busy),
-            Arc::clone(&window),
-        );
+        let (target, idle, window) = (Arc::clone(&target), Arc::clone(&idle), Arc::clone(&window));
         requests.spawn(async move {
             // A connection the server closed while it was idle is opened again; only a
             // failure of the request itself counts.
@@ -633,7 +627,6 @@ async fn dispatch(
             {
                 idle.push((sender, Instant::now()));
             }
-            busy.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
         while requests.try_join_next().is_some() {}
