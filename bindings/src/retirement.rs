@@ -5,8 +5,8 @@
 //! past it, at release and in a sweep every few minutes; but a pool opens its connections
 //! together in the first seconds of load, so they all pass their lifetime together and the
 //! whole pool reconnects at once (in the 30-minute soak every backend was new in minute 30 and
-//! qrpool's descriptors fell from 200 to 105; the slow binds of that minute turned out to
-//! have other causes too, see docs/performance.md). Here a connection past its lifetime is
+//! qrpool's descriptors fell from 200 to 105; the slow binds of that minute were mostly the
+//! soak harness's own queue, see docs/performance.md). Here a connection past its lifetime is
 //! closed at release only when no other was closed for a `spacing`: the pool rolls over a few
 //! minutes, and the connections that replace it are born spread out, so the next generation
 //! retires spread too.
