@@ -188,11 +188,77 @@ impl PairCursor<'_> {
     }
 }
 
+/// The groups of one answer by id, their names in one string.
+///
+/// A question grouped by a value nearly every scan has its own of (a link key, a code's
+/// request id) has nearly a group a visitor; a `String` each cost 24 bytes and an
+/// allocation of its own beside the name, and millions of small allocations kept for
+/// minutes and let go in any order are what fragments a long-running heap. Here a group
+/// costs its name and 4 bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Groups {
+    names: String,
+    /// Where each group's name ends in `names` (the unknown value's is empty).
+    ends: Vec<u32>,
+    /// The id of the unknown value (and of every row, ungrouped), once met.
+    unknown: Option<u32>,
+}
+
+impl Groups {
+    /// Adds a group not met before and gives its id.
+    pub fn push(&mut self, group: Option<&str>) -> Result<u32, AnalyticsError> {
+        let too_many = || AnalyticsError::Corrupt("a file's group names pass 4 GiB".into());
+        let id = u32::try_from(self.ends.len()).map_err(|_| too_many())?;
+        match group {
+            Some(name) => self.names.push_str(name),
+            None => self.unknown = Some(id),
+        }
+        self.ends
+            .push(u32::try_from(self.names.len()).map_err(|_| too_many())?);
+        Ok(id)
+    }
+
+    /// The group of `id`: `Some(None)` for the unknown value, `None` for no such group.
+    pub fn get(&self, id: usize) -> Option<Option<&str>> {
+        let end = *self.ends.get(id)? as usize;
+        if self.unknown.is_some_and(|unknown| unknown as usize == id) {
+            return Some(None);
+        }
+        let start = id
+            .checked_sub(1)
+            .map_or(0, |before| self.ends[before] as usize);
+        self.names.get(start..end).map(Some)
+    }
+
+    /// The id of the unknown value, once met.
+    pub fn unknown(&self) -> Option<u32> {
+        self.unknown
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The memory it holds, as allocated.
+    fn bytes(&self) -> usize {
+        self.names.capacity() + self.ends.capacity() * 4
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.names.shrink_to_fit();
+        self.ends.shrink_to_fit();
+    }
+}
+
 /// One file's answer to one [`Question`].
 #[derive(Debug, Default)]
 pub struct FileAnswer {
-    /// Each group met, by id; `None` is the unknown value (and every row, ungrouped).
-    pub groups: Vec<Option<String>>,
+    /// Each group met, by id.
+    pub groups: Groups,
     /// Buckets per group: the question's edges plus one.
     pub buckets: usize,
     /// (scans, distinct visitors) of each cell, `group * buckets + bucket`.
@@ -207,14 +273,8 @@ impl FileAnswer {
     /// The memory it holds, as allocated (what the cache's budget is a budget of).
     fn bytes(&self) -> u64 {
         use std::mem::size_of;
-        let groups: usize = self
-            .groups
-            .iter()
-            .map(|group| group.as_ref().map_or(0, String::capacity))
-            .sum::<usize>()
-            + self.groups.capacity() * size_of::<Option<String>>();
         let cells = self.cells.capacity() * size_of::<(u64, u64)>();
-        (size_of::<Self>() + groups + cells + self.pairs.bytes()) as u64
+        (size_of::<Self>() + self.groups.bytes() + cells + self.pairs.bytes()) as u64
     }
 }
 
@@ -428,8 +488,10 @@ mod tests {
     fn answer_with_room(pairs: usize, room: usize) -> FileAnswer {
         let mut first = Vec::with_capacity(room);
         first.extend(0..pairs as u32);
+        let mut groups = Groups::default();
+        groups.push(None).expect("one group");
         FileAnswer {
-            groups: vec![None],
+            groups,
             buckets: 1,
             cells: vec![(pairs as u64, pairs as u64)],
             total: (pairs as u64, pairs as u64),
@@ -485,6 +547,30 @@ mod tests {
         assert!(matches!(dense, Pairs::Dense { .. }), "{dense:?}");
         assert_eq!(read_back(&dense), gaps);
         assert_eq!(read_back(&Pairs::Unkept), []);
+    }
+
+    #[test]
+    fn groups_give_back_each_name_and_the_unknown_value_by_id() {
+        let mut groups = Groups::default();
+        let ids: Vec<u32> = [Some("ab"), None, Some(""), Some("é"), Some("xyz")]
+            .into_iter()
+            .map(|group| groups.push(group).expect("an id"))
+            .collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4]);
+        assert_eq!(groups.len(), 5);
+        assert_eq!(groups.get(0), Some(Some("ab")));
+        assert_eq!(groups.get(1), Some(None), "the unknown value");
+        assert_eq!(
+            groups.get(2),
+            Some(Some("")),
+            "an empty name is not the unknown value"
+        );
+        assert_eq!(groups.get(3), Some(Some("é")));
+        assert_eq!(groups.get(4), Some(Some("xyz")));
+        assert_eq!(groups.get(5), None);
+        // A name and four bytes a group, in two allocations.
+        groups.shrink_to_fit();
+        assert_eq!(groups.bytes(), "ab".len() + "é".len() + "xyz".len() + 5 * 4);
     }
 
     #[test]

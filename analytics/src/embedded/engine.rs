@@ -33,7 +33,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, ListArray, Rec
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rayon::prelude::*;
 
-use super::answer_cache::{FileAnswer, PairCursor, Pairs, Question, Visitors};
+use super::answer_cache::{FileAnswer, Groups, PairCursor, Pairs, Question, Visitors};
 use super::background;
 use super::column_cache::{self, ColumnCache, FileId};
 use super::{EmbeddedStore, live_files};
@@ -272,7 +272,11 @@ fn file_question(
 /// Adds the files' answers up into the partition's; a visitor of several files counts once.
 fn add_up(plan: &Plan, files: &[Counted]) -> Partial {
     let cell_of = |answer: &FileAnswer, offset: usize, cell: usize| {
-        let group = answer.groups[cell / answer.buckets].clone();
+        let group = answer
+            .groups
+            .get(cell / answer.buckets)
+            .flatten()
+            .map(str::to_owned);
         (plan.bucket(offset + cell % answer.buckets), group)
     };
     let mut partial = Partial::default();
@@ -540,8 +544,9 @@ fn read_visitors(columns: &ColumnCache, file: &FileId) -> Result<Vec<u64>, Analy
 /// A file's answer as its rows are read.
 #[derive(Default)]
 struct Reading {
-    groups: Vec<Option<String>>,
-    group_ids: HashMap<Option<String>, u32>,
+    groups: Groups,
+    /// The id of each named group met (the unknown value's is in `groups`).
+    group_ids: HashMap<String, u32>,
     buckets: usize,
     cells: Vec<Cell>,
     total: Cell,
@@ -553,34 +558,36 @@ struct Reading {
 }
 
 impl Reading {
-    fn group_id(&mut self, group: Option<String>) -> u32 {
-        if let Some(id) = self.group_ids.get(&group) {
-            return *id;
+    fn group_id(&mut self, group: Option<&str>) -> Result<u32, AnalyticsError> {
+        let met = match group {
+            None => self.groups.unknown(),
+            Some(name) => self.group_ids.get(name).copied(),
+        };
+        if let Some(id) = met {
+            return Ok(id);
         }
-        let id = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
-        self.groups.push(group.clone());
-        self.group_ids.insert(group, id);
-        id
+        let id = self.groups.push(group)?;
+        if let Some(name) = group {
+            self.group_ids.insert(name.to_owned(), id);
+        }
+        Ok(id)
     }
 
     fn batch(&mut self, question: &Question, batch: &RecordBatch) -> Result<(), AnalyticsError> {
         // Rows without a value (and every row, ungrouped) share this group.
-        let null_group = self.group_id(None);
+        let null_group = self.group_id(None)?;
         let group = match question.group_by {
             None => GroupColumn::None,
             Some(dimension) if dimension.is_flag() => GroupColumn::Flag(
                 column(batch, dimension.name())?.as_boolean(),
-                [
-                    self.group_id(Some("false".into())),
-                    self.group_id(Some("true".into())),
-                ],
+                [self.group_id(Some("false"))?, self.group_id(Some("true"))?],
             ),
             Some(dimension) => {
                 let array = dictionary(batch, dimension.name())?;
                 let values = array.values().as_string::<i32>();
                 let ids = (0..values.len())
-                    .map(|index| self.group_id(Some(values.value(index).to_owned())))
-                    .collect();
+                    .map(|index| self.group_id(Some(values.value(index))))
+                    .collect::<Result<_, _>>()?;
                 GroupColumn::Text {
                     keys: array.keys().values(),
                     array,
@@ -778,11 +785,12 @@ mod tests {
                 (u32::try_from(number).unwrap_or(0), *cell)
             })
             .collect();
+        let mut named = Groups::default();
+        for group in groups {
+            named.push(*group).expect("a group id");
+        }
         let answer = FileAnswer {
-            groups: groups
-                .iter()
-                .map(|group| group.map(str::to_owned))
-                .collect(),
+            groups: named,
             buckets: 1,
             cells: cells.to_vec(),
             total: (
