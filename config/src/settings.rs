@@ -65,6 +65,10 @@ pub struct ServerSettings {
     /// Connections open at once, at most; more are answered `503` and closed, instead of
     /// each holding a descriptor and a task until the process cannot accept any.
     pub max_connections: usize,
+    /// Connections the kernel completes before the process accepts them, at most (the
+    /// kernel caps it at `net.core.somaxconn`): beyond it, a connection's SYN is dropped and
+    /// its client waits a second to send it again.
+    pub listen_backlog: u32,
 }
 
 /// Bounds on the connections a process serves (see [`ServerSettings::connection_limits`]).
@@ -92,6 +96,7 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             header_read_timeout_ms: 15_000,
             max_connections: 10_000,
+            listen_backlog: 4096,
         }
     }
 }
@@ -858,6 +863,12 @@ impl Settings {
         if self.server.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.server.listen_backlog == 0 {
+            return Err(ConfigError::invalid(
+                "server.listen_backlog",
                 "must be at least 1",
             ));
         }

@@ -190,14 +190,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
     // The port first: a port in use should fail the start before any other work.
-    let listener = tokio::net::TcpListener::bind(settings.server.listen)
-        .await
+    let listener = service::serve::listen(settings.server.listen, settings.server.listen_backlog)
         .with_context(|| {
-            format!(
-                "binding {} (setting `server.listen`)",
-                settings.server.listen
-            )
-        })?;
+        format!(
+            "binding {} (setting `server.listen`)",
+            settings.server.listen
+        )
+    })?;
     let app = App::build(&settings, parts).await?;
     // `up` is the one-process path people try first: fill the pool before answering, so the
     // first bind finds a code. A lone pregen serves its health endpoints at once and fills
@@ -243,14 +242,13 @@ async fn analytics_ingest(settings: &Settings) -> anyhow::Result<()> {
         .context("joining the analytics ingest group")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let listener = tokio::net::TcpListener::bind(settings.server.listen)
-        .await
+    let listener = service::serve::listen(settings.server.listen, settings.server.listen_backlog)
         .with_context(|| {
-            format!(
-                "binding {} (setting `server.listen`)",
-                settings.server.listen
-            )
-        })?;
+        format!(
+            "binding {} (setting `server.listen`)",
+            settings.server.listen
+        )
+    })?;
     let readiness = service::Readiness::default().with("analytics", move || {
         let store = store.clone();
         Box::pin(async move { store.check().await.map_err(|error| error.to_string()) })
