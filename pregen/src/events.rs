@@ -27,8 +27,9 @@ pub(crate) fn draining(issuer: &str, codes_per_sec: f64, seconds_left: f64) {
     metrics::gauge!("pool_seconds_left", "issuer" => issuer.to_owned()).set(seconds_left);
 }
 
-/// The low-water alarm: a gauge an operator can alert on, and a warning in the log. At start
-/// an empty pool is expected and not warned about.
+/// The low-water mark: a gauge an operator can alert on (with a `for:` longer than a
+/// refill), and a warning in the log when `warn` (see `low_water_alarm`; at start an empty
+/// pool is expected and not warned about).
 pub(crate) fn low_water(issuer: &str, depth: u64, low_water: u64, warn: bool) {
     let below = depth < low_water;
     metrics::gauge!("pool_below_low_water", "issuer" => issuer.to_owned())

@@ -18,6 +18,7 @@ pub mod quota;
 mod shared_redis;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -50,6 +51,8 @@ pub struct Pregen {
     issuer: Arc<Issuer>,
     settings: PregenSettings,
     drain: Arc<std::sync::Mutex<drain::DrainRate>>,
+    /// Whether the last decision found the pool below low water.
+    was_below_low_water: Arc<AtomicBool>,
 }
 
 /// What one scheduling decision asks for.
@@ -88,6 +91,7 @@ impl Pregen {
             issuer: Arc::new(issuer),
             settings: settings.pregen.clone(),
             drain: Arc::default(),
+            was_below_low_water: Arc::default(),
         })
     }
 
@@ -243,13 +247,15 @@ impl Pregen {
         if let Some(rate) = rate {
             events::draining(self.issuer.name(), rate, drain::seconds_left(depth, rate));
         }
+        let plan = self.plan(depth, starting);
+        let below = depth < self.settings.low_water;
+        let was_below = self.was_below_low_water.swap(below, Ordering::Relaxed);
         events::low_water(
             self.issuer.name(),
             depth,
             self.settings.low_water,
-            !starting,
+            !starting && low_water_alarm(below, was_below, plan.off_peak),
         );
-        let plan = self.plan(depth, starting);
         if plan.missing == 0 {
             return Ok(0);
         }
@@ -287,9 +293,31 @@ impl Pregen {
     }
 }
 
+/// Whether a pool below low water is news for an operator. Inside an off-peak window (every
+/// hour, without windows) low water is where refills start, and a busy lane crosses it each
+/// time it drains to it, a warning a refill: news only when the refill since the last check
+/// has not brought it back. Outside the windows the pool was meant to last until the next
+/// one, and falling below low water at all is.
+fn low_water_alarm(below: bool, was_below: bool, off_peak: bool) -> bool {
+    below && (was_below || !off_peak)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn low_water_warns_when_a_refill_did_not_bring_the_pool_back_or_outside_the_windows() {
+        // Off peak: the first crossing is the refill's cue; still below at the next check is not.
+        assert!(!low_water_alarm(true, false, true));
+        assert!(low_water_alarm(true, true, true));
+        // At peak, the pool was meant to last.
+        assert!(low_water_alarm(true, false, false));
+        assert!(low_water_alarm(true, true, false));
+        // Above low water, nothing to say.
+        assert!(!low_water_alarm(false, true, true));
+        assert!(!low_water_alarm(false, true, false));
+    }
 
     async fn pregen_in(
         dir: &std::path::Path,
