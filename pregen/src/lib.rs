@@ -294,10 +294,10 @@ impl Pregen {
 }
 
 /// Whether a pool below low water is news for an operator. Inside an off-peak window (every
-/// hour, without windows) low water is where refills start, and a busy lane crosses it each
-/// time it drains to it, a warning a refill: news only when the refill since the last check
-/// has not brought it back. Outside the windows the pool was meant to last until the next
-/// one, and falling below low water at all is.
+/// hour, without windows) low water is where refills start, and a busy lane reaches it on
+/// every cycle: news only when the refill since the last check has not brought the pool
+/// back. Outside the windows the pool was meant to last until the next one, and falling
+/// below low water at all is.
 fn low_water_alarm(below: bool, was_below: bool, off_peak: bool) -> bool {
     below && (was_below || !off_peak)
 }
