@@ -65,8 +65,8 @@ impl ForPeer for axum::Router {
 /// arrive at once (a client's pool growing in a burst, a load balancer reconnecting) while the
 /// accept loop waits for a core, the kernel drops the SYNs beyond it, and each of those
 /// clients sends its SYN again after the first retransmission timeout: a request a second
-/// late. The soak met it as binds and scans of 1,060 ms (`nstat`: 241 listen overflows, 212
-/// SYNs retransmitted). nginx asks for 511, Go for `somaxconn`.
+/// late (the soak's one-second requests: docs/performance.md, Soak). nginx asks for 511, Go
+/// for `somaxconn`.
 pub fn listen(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()?
