@@ -3,7 +3,11 @@
 //! consumer group (`<group_id>.<issuer>`), so a lane's depth is that group's lag.
 //!
 //! Writer: an idempotent producer (`enable.idempotence`, `acks=all`): a retried send never
-//! enqueues a code twice. Reader: offsets are *stored* only up to the lowest code still in
+//! enqueues a code twice. An idempotent producer can fail for good: after a broker restart
+//! that lost its producer state, librdkafka raises a *fatal* error ("out of order sequence
+//! number") and refuses every send after it (librdkafka#3584). The writer then makes a new
+//! producer, which gets a new producer id; the codes of the failed batch are not sent again
+//! (pregen renders new ones), so nothing is enqueued twice. Reader: offsets are *stored* only up to the lowest code still in
 //! flight ([`crate::offsets`]) and librdkafka commits the stored offsets; so a binder that
 //! dies re-delivers every code it had not bound yet, and nothing more is lost than a
 //! re-delivery of codes that the binding store then skips as already bound.
@@ -87,7 +91,8 @@ pub async fn ensure_topic(settings: &KafkaSettings, topic: &str) -> Result<(), P
 /// Enqueues codes on the lane of their issuer.
 #[derive(Clone)]
 pub struct KafkaWriter {
-    producer: FutureProducer,
+    /// Replaced when librdkafka declares it fatally failed (see the module doc).
+    producer: Arc<Mutex<FutureProducer>>,
     settings: Arc<KafkaSettings>,
     /// Lanes whose topic exists, with the probe that reads their binder group's offsets.
     lanes: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
@@ -109,21 +114,37 @@ impl std::fmt::Debug for KafkaWriter {
 
 impl KafkaWriter {
     pub async fn connect(settings: &KafkaSettings) -> Result<Self, PoolError> {
-        let mut producer = base_config(settings);
-        producer
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000");
-        for (key, value) in &settings.producer_options {
-            producer.set(key, value);
-        }
-        let producer: FutureProducer = producer.create()?;
         Ok(KafkaWriter {
-            producer,
+            producer: Arc::new(Mutex::new(new_producer(settings)?)),
             settings: Arc::new(settings.clone()),
             lanes: Arc::default(),
         })
+    }
+
+    fn producer(&self) -> FutureProducer {
+        lock(&self.producer).clone()
+    }
+
+    /// Makes a new producer when `used` failed for good and is still the one in use (another
+    /// push may have replaced it already). The next push then sends again.
+    fn renew_if_fatal(&self, used: &FutureProducer) {
+        let Some((code, reason)) = used.client().fatal_error() else {
+            return;
+        };
+        let mut current = lock(&self.producer);
+        if current.client().fatal_error().is_none() {
+            return;
+        }
+        match new_producer(&self.settings) {
+            Ok(fresh) => {
+                *current = fresh;
+                metrics::counter!("pool_producers_renewed_total").increment(1);
+                tracing::warn!(%code, %reason, "the pool's Kafka producer failed for good; a new one takes over");
+            }
+            Err(error) => {
+                tracing::error!(%error, %code, %reason, "the pool's Kafka producer failed for good and a new one cannot be made; retried on the next push");
+            }
+        }
     }
 
     /// `issuer`'s lane, creating its topic on first use.
@@ -150,7 +171,9 @@ impl KafkaWriter {
                 topics.insert(record.issuer.as_str(), lane.topic.clone());
             }
         }
+        let producer = self.producer();
         let sends = records.iter().map(|record| {
+            let producer = &producer;
             let key = record.request_id.to_text();
             let payload = record.encode();
             let topic = &topics[record.issuer.as_str()];
@@ -158,14 +181,17 @@ impl KafkaWriter {
                 let message = FutureRecord::to(topic)
                     .key(key.as_bytes())
                     .payload(&payload);
-                self.producer
+                producer
                     .send(message, Timeout::After(BROKER_TIMEOUT))
                     .await
                     .map(drop)
                     .map_err(|(error, _)| error)
             }
         });
-        futures::future::try_join_all(sends).await?;
+        if let Err(error) = futures::future::try_join_all(sends).await {
+            self.renew_if_fatal(&producer);
+            return Err(error.into());
+        }
         Ok(())
     }
 
@@ -193,7 +219,7 @@ impl KafkaWriter {
     /// The issuers that have a lane on the brokers (configured or not: a lane left by an
     /// issuer since removed may still hold codes).
     pub(crate) async fn issuers(&self) -> Result<Vec<String>, PoolError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let metadata = tokio::task::spawn_blocking(move || {
             producer.client().fetch_metadata(None, BROKER_TIMEOUT)
         })
@@ -214,12 +240,25 @@ impl KafkaWriter {
     }
 
     pub(crate) async fn flush(&self) -> Result<(), PoolError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         tokio::task::spawn_blocking(move || producer.flush(Timeout::After(BROKER_TIMEOUT)))
             .await
             .map_err(|_| PoolError::Kafka(KafkaError::Canceled))??;
         Ok(())
     }
+}
+
+fn new_producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
+    let mut producer = base_config(settings);
+    producer
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    for (key, value) in &settings.producer_options {
+        producer.set(key, value);
+    }
+    producer.create()
 }
 
 fn depth_blocking(probe: &BaseConsumer, topic: &str) -> Result<Vec<(i32, u64)>, PoolError> {
