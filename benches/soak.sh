@@ -9,7 +9,9 @@
 #
 #   benches/soak.sh                          30 minutes, 5 of them warm-up
 #   MINUTES=6 WARMUP=2 benches/soak.sh       a short one
-#   RATE=2000 benches/soak.sh                a fixed rate instead of half the probe's
+#   RATE=2000 benches/soak.sh                a fixed rate instead of half the probe's (the probe
+#                                            still runs: runs at one rate then compare, the
+#                                            warm-up loaded alike; PROBE_SECS=0 skips it)
 #   BROKER_STORAGE=memory benches/soak.sh    the broker on tansu's memory engine
 #   BROKER_DIR=/dev/shm benches/soak.sh      the broker's SQLite files in a folder of their own
 #                                            under /dev/shm, off PostgreSQL's disk (in
@@ -321,7 +323,7 @@ sample_waits >"$work/waits.log" 2>&1 &
 wait_sampler=$!
 
 rate_args=(--probe-secs "$probe")
-[ -n "${RATE:-}" ] && rate_args=(--rate "$RATE")
+[ -n "${RATE:-}" ] && rate_args+=(--rate "$RATE")
 say "soak: $minutes minutes ($warmup of warm-up)"
 status=0
 "$repo/target/release/soak" --base "$base" --key "$key" --pid "$pid" "${rate_args[@]}" \

@@ -130,7 +130,8 @@ struct Args {
     /// Seconds of closed load to measure the mix's capacity; 0 skips it.
     #[arg(long, default_value_t = 0)]
     probe_secs: u64,
-    /// Requests/s of the soak; by default half the probe's capacity.
+    /// Requests/s of the soak; by default half the probe's capacity (the probe still runs
+    /// when both are given).
     #[arg(long)]
     rate: Option<u32>,
     #[arg(long, default_value_t = 30)]
@@ -881,10 +882,12 @@ async fn main() -> anyhow::Result<()> {
     let target = Arc::new(prepare(&args).await?);
     let window = Arc::new(Mutex::new(Window::default()));
 
-    let rate = match (args.rate, args.probe_secs) {
-        (Some(rate), _) => rate,
-        (None, 0) => bail!("give --rate, or --probe-secs to measure the capacity first"),
-        (None, seconds) => {
+    // The probe runs whenever asked, a fixed rate or not: it loads the warm-up's first
+    // minutes as every run's, so that runs at one rate compare (memory's check is against the
+    // warm-up's highest).
+    let capacity = match args.probe_secs {
+        0 => None,
+        seconds => {
             let query_every = Duration::from_secs(60) / args.queries_per_minute.max(1);
             // The same load for as long again first, not counted: by then the pool has been
             // drawn down and pregen refills it, as it must all through the soak. A probe on a
@@ -922,11 +925,16 @@ async fn main() -> anyhow::Result<()> {
             }
             let capacity = done as f64 / elapsed.as_secs_f64();
             println!(
-                "capacity of the mix: {capacity:.0} requests/s (closed load, {} connections); the soak runs at half",
+                "capacity of the mix: {capacity:.0} requests/s (closed load, {} connections)",
                 args.connections
             );
-            (capacity / 2.0) as u32
+            Some(capacity)
         }
+    };
+    let rate = match (args.rate, capacity) {
+        (Some(rate), _) => rate,
+        (None, Some(capacity)) => (capacity / 2.0) as u32,
+        (None, None) => bail!("give --rate, or --probe-secs to measure the capacity first"),
     };
     println!(
         "soak: {rate} requests/s for {} minutes, warm-up {} minutes; {} analytics queries a minute",
