@@ -20,6 +20,7 @@ mod distributed;
 mod embedded;
 mod idempotency;
 mod issuers;
+mod listener;
 mod pages;
 mod redirect;
 mod startup;
