@@ -1,15 +1,18 @@
-//! The threads the store's heavy work runs on — queries and merges — a step below the
-//! threads that answer scans and binds.
+//! The threads the store's heavy work runs on — queries and merges — below the threads that
+//! answer scans and binds.
 //!
 //! A dashboard's question reads millions of rows and a merge rewrites today's partition;
-//! both can wait, a bind at peak cannot. While cores are free the priority changes nothing.
-//! When they are all busy, the scheduler gives each of these threads about a tenth of the
-//! share of one at the default priority (nice 10 against 0), so the API keeps its latency
-//! and the dashboards slow down instead; the ingest waits for a merge, so new scans become
-//! queryable later (`analytics_lag_seconds`), never lost. Databases do the same: ClickHouse
-//! has `os_thread_priority` for queries, RocksDB lowers its compaction threads.
+//! both can wait, a bind at peak cannot. These threads run under Linux's `SCHED_IDLE`: they
+//! get what the other threads leave, and a woken request thread preempts them at once. While
+//! cores are free it changes nothing; when they are all busy the dashboards slow down and the
+//! ingest waits for a merge, so new scans become queryable later (`analytics_lag_seconds`),
+//! never lost. A lower niceness was not enough: at nice 10 these threads still took 14-21 %
+//! of a core in the soak's slowest minutes on a machine 85 % busy (docs/performance.md).
+//! Databases do the same: ClickHouse has `os_thread_priority`, RocksDB lowers its compaction
+//! threads. Where `SCHED_IDLE` is refused (a sandbox that filters the call) they fall back to
+//! nice 10 above the process.
 //!
-//! A thread's niceness can be raised but not lowered again without privileges, so these are
+//! A thread's priority can be lowered but not raised again without privileges, so these are
 //! threads of their own (a rayon pool of one per core), never the runtime's blocking threads
 //! nor rayon's global pool, which renders the codes that keep the pool filled.
 
@@ -40,16 +43,35 @@ pub fn run<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// Makes the calling thread nicer (on Linux, niceness is a thread's, not the process's).
+/// Puts the calling thread under `SCHED_IDLE`, or makes it nicer where that is refused (on
+/// Linux both are a thread's, not the process's).
 fn lower_this_thread() {
     #[cfg(target_os = "linux")]
     {
+        use thread_priority::ThreadPriority;
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+
+        let idle = set_thread_priority_and_policy(
+            thread_native_id(),
+            // The only priority SCHED_IDLE has.
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        );
+        let Err(refused) = idle else { return };
         let thread = rustix::thread::gettid();
         let lowered = rustix::process::getpriority_process(Some(thread)).and_then(|now| {
             rustix::process::setpriority_process(Some(thread), (now + NICER_BY).min(NICEST))
         });
-        if let Err(error) = lowered {
-            tracing::warn!(%error, "could not lower the priority of an analytics thread");
+        match lowered {
+            Ok(()) => {
+                tracing::info!(%refused, "SCHED_IDLE refused: analytics threads run at nice +10 instead");
+            }
+            Err(error) => {
+                tracing::warn!(%refused, %error, "could not lower the priority of an analytics thread");
+            }
         }
     }
 }
@@ -57,29 +79,31 @@ fn lower_this_thread() {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy,
+    };
 
-    fn niceness_of_this_thread() -> std::io::Result<i32> {
-        Ok(rustix::process::getpriority_process(Some(
-            rustix::thread::gettid(),
-        ))?)
+    fn policy_of_this_thread() -> ThreadSchedulePolicy {
+        thread_schedule_policy().expect("the thread's scheduling policy")
     }
 
     #[test]
-    fn work_runs_nicer_than_its_caller_and_its_parallel_parts_too() {
+    fn work_runs_under_sched_idle_and_its_parallel_parts_too() {
         use rayon::prelude::*;
-        let caller = niceness_of_this_thread().expect("the caller's niceness");
+        let caller = policy_of_this_thread();
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        assert_ne!(caller, idle, "the test thread starts as any thread does");
         let (outer, inner) = run(|| {
-            let outer = niceness_of_this_thread().expect("niceness inside");
-            let inner: Vec<i32> = (0..64)
+            let outer = policy_of_this_thread();
+            let inner: Vec<ThreadSchedulePolicy> = (0..64)
                 .into_par_iter()
-                .map(|_| niceness_of_this_thread().expect("niceness of a part"))
+                .map(|_| policy_of_this_thread())
                 .collect();
             (outer, inner)
         });
-        let expected = (caller + NICER_BY).min(NICEST);
-        assert_eq!(outer, expected);
-        assert!(inner.iter().all(|nice| *nice == expected), "{inner:?}");
+        assert_eq!(outer, idle);
+        assert!(inner.iter().all(|policy| *policy == idle), "{inner:?}");
         // The caller itself is left as it was.
-        assert_eq!(niceness_of_this_thread().expect("again"), caller);
+        assert_eq!(policy_of_this_thread(), caller);
     }
 }
