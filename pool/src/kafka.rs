@@ -7,8 +7,9 @@
 //! that lost its producer state, librdkafka raises a *fatal* error ("out of order sequence
 //! number") and refuses every send after it (librdkafka#3584). The writer then makes a new
 //! producer, which gets a new producer id; the codes of the failed batch are not sent again
-//! (pregen renders new ones), so nothing is enqueued twice. Reader: offsets are *stored* only up to the lowest code still in
-//! flight ([`crate::offsets`]) and librdkafka commits the stored offsets; so a binder that
+//! (pregen renders new ones), so nothing is enqueued twice.
+//!
+//! Reader: offsets are *stored* only up to the lowest code still in flight ([`crate::offsets`]) and librdkafka commits the stored offsets; so a binder that
 //! dies re-delivers every code it had not bound yet, and nothing more is lost than a
 //! re-delivery of codes that the binding store then skips as already bound.
 //!
@@ -127,24 +128,31 @@ impl KafkaWriter {
 
     /// Makes a new producer when `used` failed for good and is still the one in use (another
     /// push may have replaced it already). The next push then sends again.
-    fn renew_if_fatal(&self, used: &FutureProducer) {
+    fn renew_if_fatal(&self, used: FutureProducer) {
         let Some((code, reason)) = used.client().fatal_error() else {
             return;
         };
-        let mut current = lock(&self.producer);
-        if current.client().fatal_error().is_none() {
-            return;
-        }
-        match new_producer(&self.settings) {
-            Ok(fresh) => {
-                *current = fresh;
-                metrics::counter!("pool_producers_renewed_total").increment(1);
-                tracing::warn!(%code, %reason, "the pool's Kafka producer failed for good; a new one takes over");
+        let replaced = {
+            let mut current = lock(&self.producer);
+            if current.client().fatal_error().is_none() {
+                None
+            } else {
+                match new_producer(&self.settings) {
+                    Ok(fresh) => Some(std::mem::replace(&mut *current, fresh)),
+                    Err(error) => {
+                        tracing::error!(%error, %code, %reason, "the pool's Kafka producer failed for good and a new one cannot be made; retried on the next push");
+                        None
+                    }
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, %code, %reason, "the pool's Kafka producer failed for good and a new one cannot be made; retried on the next push");
-            }
+        };
+        if replaced.is_some() {
+            metrics::counter!("pool_producers_renewed_total").increment(1);
+            tracing::warn!(%code, %reason, "the pool's Kafka producer failed for good; a new one takes over");
         }
+        // Dropping a producer purges it and waits up to half a second for its threads: not on
+        // the runtime's threads.
+        tokio::task::spawn_blocking(move || drop((used, replaced)));
     }
 
     /// `issuer`'s lane, creating its topic on first use.
@@ -189,7 +197,7 @@ impl KafkaWriter {
             }
         });
         if let Err(error) = futures::future::try_join_all(sends).await {
-            self.renew_if_fatal(&producer);
+            self.renew_if_fatal(producer);
             return Err(error.into());
         }
         Ok(())
