@@ -5,7 +5,10 @@
 # (benches/src/bin/soak.rs) prints a line a minute and a verdict: resident memory after the
 # warm-up never goes 10 % above the warm-up's highest, open descriptors stay flat, every minute's p99 is within 1.5x
 # the first five minutes', no request fails, no scan event is dropped. Non-zero exit when one
-# of those fails.
+# of those fails. Its logs (the per-second and per-minute samples, qrpool's and the broker's
+# own) are kept in target/soak/<run>/; copy nothing out of a running soak's folders: a copy of
+# the data folder while it runs wrote as much to the disk as the run itself and took the p99
+# with it (docs/performance.md, run H).
 #
 #   benches/soak.sh                          30 minutes, 5 of them warm-up
 #   MINUTES=6 WARMUP=2 benches/soak.sh       a short one
@@ -55,7 +58,12 @@ cleanup() {
   if [ -n "$broker" ]; then kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; fi
   if [ -n "$flush_probe" ]; then kill "$flush_probe" 2>/dev/null || true; wait "$flush_probe" 2>/dev/null || true; fi
   rm -f "${flush_file:-}"
-  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS qrpool_$run_id WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  if [ -d "$work" ]; then
+    mkdir -p "$repo/target/soak/$run_id"
+    cp "$work"/*.log "$work"/*.toml "$repo/target/soak/$run_id/" 2>/dev/null || true
+    echo "logs kept in target/soak/$run_id/" >&2
+  fi
+  PGPASSWORD=postgres psql -h 127.0.0.1 -p "${PGPORT:-5432}" -U postgres -qc "DROP DATABASE IF EXISTS qrpool_$run_id WITH (FORCE)" postgres >/dev/null 2>&1 || true
   redis-cli --scan --pattern "qrpool-$run_id:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
   rm -rf "$work" "$broker_dir" "$data_dir"
 }
@@ -84,7 +92,7 @@ esac
 broker=$!
 wait_for_port "$kafka_port" "the soak's tansu"
 
-PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE qrpool_$run_id" postgres
+PGPASSWORD=postgres psql -h 127.0.0.1 -p "${PGPORT:-5432}" -U postgres -qc "CREATE DATABASE qrpool_$run_id" postgres
 # The harness stands for the load balancer in front: it names each scan's phone in
 # X-Forwarded-For, and qrpool believes it from loopback.
 cat >"$work/qrpool.toml" <<'TOML'
@@ -156,7 +164,7 @@ flush_tail() {
 disk_writes() { awk -v disk="$disk" '$3 == disk {print $10 / 2048, $8, $11; found = 1}
   END {if (!found) print 0, 0, 0}' /proc/diskstats; }
 postgres_writes() {
-  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -Atc "SELECT wal_bytes / 1048576, wal_sync,
+  PGPASSWORD=postgres psql -h 127.0.0.1 -p "${PGPORT:-5432}" -U postgres -Atc "SELECT wal_bytes / 1048576, wal_sync,
     checkpoints_timed + checkpoints_req, checkpoint_write_time, checkpoint_sync_time
     FROM pg_stat_wal, pg_stat_bgwriter" postgres 2>/dev/null | tr '|' ' ' || echo 0 0 0 0 0
 }
