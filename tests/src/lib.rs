@@ -69,6 +69,15 @@ pub fn qrpool_binary() -> std::path::PathBuf {
     binary
 }
 
+/// A port on loopback that nothing listened on a moment ago, for a server a test starts
+/// itself (a process of its own, which cannot be handed a bound socket).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on loopback")
+        .port()
+}
+
 /// A short random suffix, so that tests never share a database, key or topic.
 pub fn unique(prefix: &str) -> String {
     let suffix: u64 = rand::rng().random();

@@ -191,10 +191,7 @@ impl OwnServer {
         let ip = netns.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |ns| {
             IpAddr::V4(ns.inside_ip)
         });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::free_port();
         let dir = tempfile::tempdir().expect("a folder for the server");
         let mut server = OwnServer {
             kind,

@@ -50,11 +50,7 @@ async fn start_broker(port: u16) -> Child {
 async fn binds_go_on_while_kafka_is_down_and_the_app_still_stops_cleanly() {
     let backends = Backends::from_env();
     let database = TestDatabase::create(&backends).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = tests::free_port();
     let mut broker = start_broker(port).await;
 
     let topic = unique("qrpool-pool");

@@ -548,11 +548,7 @@ async fn on_kafka_scans_reach_clickhouse_through_the_ingest_and_read_back_alike(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_clickhouse_is_away_the_api_says_so_and_the_ingest_catches_up_when_it_returns() {
     let chdb_data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = tests::free_port();
     let chdb = Chdb::start_at(port, chdb_data.path());
     let backends = Backends::from_env();
     let database = TestDatabase::create(&backends).await;

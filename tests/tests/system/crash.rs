@@ -104,11 +104,7 @@ async fn a_binder_killed_mid_load_loses_no_binding_and_binds_no_code_twice() {
     let settings = distributed_settings(&backends, &database, &topic, &prefix);
     let key = TestApp::make_key(&settings, &Tenant::default(), "bind read").await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kafka.toml");

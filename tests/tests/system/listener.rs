@@ -36,11 +36,7 @@ fn signal(process: &Process, signal: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_connections_waits_for_a_stopped_qrpool_and_none_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut process = Process(
         Command::new(qrpool_binary())
