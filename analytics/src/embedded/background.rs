@@ -6,8 +6,9 @@
 //! get what the other threads leave, and a woken request thread preempts them at once. While
 //! cores are free it changes nothing; when they are all busy the dashboards slow down and the
 //! ingest waits for a merge, so new scans become queryable later (`analytics_lag_seconds`),
-//! never lost. A lower niceness was not enough: at nice 10 these threads still took 14-21 %
-//! of a core in the soak's slowest minutes on a machine 85 % busy (docs/performance.md).
+//! never lost. At nice 10 these threads took 14-21 % of a core in the soak's slowest minutes
+//! on a machine 85 % busy, under SCHED_IDLE 3-6 %; on a machine that stays full, a dashboard
+//! question can then run out of its time limit (docs/performance.md, runs I and J).
 //! Databases do the same: ClickHouse has `os_thread_priority`, RocksDB lowers its compaction
 //! threads. Where `SCHED_IDLE` is refused (a sandbox that filters the call) they fall back to
 //! nice 10 above the process.
@@ -61,6 +62,14 @@ fn lower_this_thread() {
             ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
         );
         let Err(refused) = idle else { return };
+        // The call sets the policy, then a niceness of 0, which an unprivileged process
+        // already nicer than 0 may not: the policy holds all the same.
+        let policy = thread_priority::unix::thread_schedule_policy();
+        if policy.is_ok_and(|policy| {
+            policy == ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle)
+        }) {
+            return;
+        }
         let thread = rustix::thread::gettid();
         let lowered = rustix::process::getpriority_process(Some(thread)).and_then(|now| {
             rustix::process::setpriority_process(Some(thread), (now + NICER_BY).min(NICEST))

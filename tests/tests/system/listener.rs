@@ -90,7 +90,7 @@ async fn a_burst_of_connections_waits_for_a_stopped_qrpool_and_none_is_dropped()
         "connections that got through at once"
     );
 
-    // And once it runs again it serves them.
+    // Running again, it serves a new connection (the burst's are closed unanswered).
     drop(connected);
     let response = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 200);
