@@ -189,7 +189,7 @@ fn maintain(
     // and scans come first (the ingest waits for it; events are then queryable later, and
     // `analytics_lag_seconds` says by how much).
     let store = ingest.store().clone();
-    let merged = background::run(|| store.compact(today))?;
+    let merged = background::merge(|| store.compact(today))?;
     metrics::counter!("analytics_files_merged_total").increment(merged.files_merged);
     let cutoff = cutoff(today, retention_days);
     let dropped = ingest.store().drop_days_before(cutoff)?;

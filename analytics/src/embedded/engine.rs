@@ -68,7 +68,7 @@ impl EmbeddedStore {
         let first = query.from.date_naive();
         let last = (query.to - Duration::microseconds(1)).date_naive();
         let days: Vec<NaiveDate> = first.iter_days().take_while(|day| *day <= last).collect();
-        let partials = background::run(|| {
+        let partials = background::query(|| {
             days.par_iter()
                 .map(|day| {
                     if abandoned.load(Ordering::Relaxed) {
@@ -721,7 +721,7 @@ impl EmbeddedStore {
         let first = from.date_naive();
         let last = (to - Duration::microseconds(1)).date_naive();
         let days: Vec<NaiveDate> = first.iter_days().take_while(|day| *day <= last).collect();
-        let found = background::run(|| {
+        let found = background::query(|| {
             days.par_iter()
                 .map(|day| {
                     let dir = self.partition_dir(*day, tenant);
