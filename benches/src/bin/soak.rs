@@ -25,7 +25,10 @@
 //! process (`--pid`) never goes more than 10 % above the warm-up's highest, its open
 //! descriptors (less the harness's connections to it) in the median minute stay within 16
 //! of the warm-up's, each minute's p99 is within 1.5x the first five minutes', no request
-//! failed, and `scan_events_dropped_total` is 0. It exits non-zero when one of those fails.
+//! failed, `scan_events_dropped_total` is 0, and at least 99 % of the binds after the warm-up
+//! took a code from the pool (a bind that finds its lane dry draws one on demand and
+//! succeeds, so neither the errors nor the latencies would show a soak that has stopped
+//! measuring the pool). It exits non-zero when one of those fails.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -680,6 +683,14 @@ async fn metric(base: &str, name: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
+/// Binds made so far, and how many of them drew their code on demand for want of a pooled one.
+async fn binds_and_drawn_on_demand(base: &str) -> anyhow::Result<(f64, f64)> {
+    Ok((
+        metric(base, "binder_binds_total").await?,
+        metric(base, "binder_on_demand_codes_total").await?,
+    ))
+}
+
 /// A GET on a connection of its own (for /metrics, once a minute).
 async fn reqwest_free_get(base: &str, path: &str) -> anyhow::Result<String> {
     let server = Server::parse(base)?;
@@ -972,6 +983,8 @@ async fn main() -> anyhow::Result<()> {
     let mut errors = Vec::new();
     let mut minute = 0_u64;
     let mut p99s = Vec::new();
+    // Binds, and of them drawn on demand, when the warm-up ended.
+    let mut binds_at_warmup = (0.0, 0.0);
     let mut bind_seconds = args
         .binds_by_second
         .as_deref()
@@ -1013,6 +1026,7 @@ async fn main() -> anyhow::Result<()> {
         if minute <= args.warmup_minutes {
             warmup_rss_peak = warmup_rss_peak.max(use_now.0);
             after_warmup = Some((use_now.0, own_fds));
+            binds_at_warmup = binds_and_drawn_on_demand(&args.base).await?;
         } else {
             rss_peak = rss_peak.max(use_now.0);
             fds_after.push(own_fds);
@@ -1111,6 +1125,18 @@ async fn main() -> anyhow::Result<()> {
     verdict(
         dropped == 0.0,
         format!("scan events dropped: {}", dropped as u64),
+    );
+    let (binds, on_demand) = binds_and_drawn_on_demand(&args.base).await?;
+    let binds = binds - binds_at_warmup.0;
+    let pooled = binds - (on_demand - binds_at_warmup.1);
+    verdict(
+        binds > 0.0 && pooled >= 0.99 * binds,
+        format!(
+            "binds after the warm-up that took a pooled code: {} of {} ({:.1} %; limit 99 %, the rest drawn on demand)",
+            pooled as u64,
+            binds as u64,
+            100.0 * pooled / binds.max(1.0)
+        ),
     );
     if !failed.is_empty() {
         bail!("the soak failed {} of its checks", failed.len());
