@@ -107,9 +107,9 @@ echo "$tenant = [\"shop.example\"]" >>"$work/qrpool.toml"
 # tansu (SQLite) once left a heartbeat unanswered for over 6 s; the binder's consumer then left
 # the group and joined again with a new member id, and tansu 0.6's coordinator, which keeps a
 # departed leader as the leader of a group still forming, never assigned the partitions again:
-# every bind of that run drew its code on demand (docs/performance.md#soak). Apache Kafka
-# evicts such a leader; tansu is the stand-in here, and the check below says when the pool
-# stopped serving binds.
+# the binds after it drew their codes on demand (docs/performance.md#soak). Apache Kafka
+# evicts such a leader; tansu is the stand-in here, and the harness checks that the binds took
+# pooled codes (benches/src/bin/soak.rs).
 settings=(
   QRPOOL_CONFIG="$work/qrpool.toml"
   QRPOOL_POOL__BACKEND=kafka QRPOOL_STORE__BACKEND=postgres
