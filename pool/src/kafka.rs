@@ -9,9 +9,10 @@
 //! producer, which gets a new producer id; the codes of the failed batch are not sent again
 //! (pregen renders new ones), so nothing is enqueued twice.
 //!
-//! Reader: offsets are *stored* only up to the lowest code still in flight ([`crate::offsets`]) and librdkafka commits the stored offsets; so a binder that
-//! dies re-delivers every code it had not bound yet, and nothing more is lost than a
-//! re-delivery of codes that the binding store then skips as already bound.
+//! Reader: offsets are *stored* only up to the lowest code still in flight
+//! ([`crate::offsets`]) and librdkafka commits the stored offsets; so a binder that dies
+//! re-delivers every code it had not bound yet, and nothing more is lost than a re-delivery
+//! of codes that the binding store then skips as already bound.
 //!
 //! The reader's prefetch is librdkafka's own, per partition: each partition's messages come
 //! through a queue of their own (split from the consumer's), read by a task that hands codes

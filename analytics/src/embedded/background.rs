@@ -12,8 +12,8 @@
 //! - **Queries** run at nice 10 above the process: a person is waiting on each, within a time
 //!   limit. Under `SCHED_IDLE` too, on a machine kept full by scans and binds, dashboard
 //!   questions ran out of their 5 s (docs/performance.md, run J); at nice 10 they keep a
-//!   tenth of a nice-0 thread's share, which is what they take anyway (3-6 % of a core in
-//!   the soak).
+//!   tenth of a nice-0 thread's share, which is what they take anyway (2-7 % of a core in
+//!   the soak's run M).
 //!
 //! Databases do the same: ClickHouse has `os_thread_priority`, RocksDB lowers its compaction
 //! threads. Where `SCHED_IDLE` is refused (a sandbox that filters the call) merges fall back

@@ -670,25 +670,33 @@ fn record(window: &Mutex<Window>, i: usize, due: Instant, result: Result<(), Str
     }
 }
 
-/// The sum of the samples of metric `name`, as `/metrics` shows it now.
-async fn metric(base: &str, name: &str) -> anyhow::Result<f64> {
-    let text = reqwest_free_get(base, "/metrics").await?;
-    Ok(text
-        .lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
+/// `/metrics` as the server showed it when scraped.
+struct Metrics(String);
 
-/// Binds made so far, and how many of them drew their code on demand for want of a pooled one.
-async fn binds_and_drawn_on_demand(base: &str) -> anyhow::Result<(f64, f64)> {
-    Ok((
-        metric(base, "binder_binds_total").await?,
-        metric(base, "binder_on_demand_codes_total").await?,
-    ))
+impl Metrics {
+    async fn scrape(base: &str) -> anyhow::Result<Metrics> {
+        Ok(Metrics(reqwest_free_get(base, "/metrics").await?))
+    }
+
+    /// The sum of the samples of metric `name`.
+    fn sum(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Binds made, and how many of them drew their code on demand for want of a pooled one.
+    fn binds_and_drawn_on_demand(&self) -> (f64, f64) {
+        (
+            self.sum("binder_binds_total"),
+            self.sum("binder_on_demand_codes_total"),
+        )
+    }
 }
 
 /// A GET on a connection of its own (for /metrics, once a minute).
@@ -1026,7 +1034,11 @@ async fn main() -> anyhow::Result<()> {
         if minute <= args.warmup_minutes {
             warmup_rss_peak = warmup_rss_peak.max(use_now.0);
             after_warmup = Some((use_now.0, own_fds));
-            binds_at_warmup = binds_and_drawn_on_demand(&args.base).await?;
+            if minute == args.warmup_minutes {
+                binds_at_warmup = Metrics::scrape(&args.base)
+                    .await?
+                    .binds_and_drawn_on_demand();
+            }
         } else {
             rss_peak = rss_peak.max(use_now.0);
             fds_after.push(own_fds);
@@ -1050,15 +1062,16 @@ async fn main() -> anyhow::Result<()> {
     for p99 in &p99s {
         worst_ratio = worst_ratio.max(p99.as_secs_f64() / baseline.as_secs_f64().max(1e-9));
     }
-    let dropped = metric(&args.base, "scan_events_dropped_total").await?;
+    let end = Metrics::scrape(&args.base).await?;
+    let dropped = end.sum("scan_events_dropped_total");
     // Not a check of the soak's, but what its analytics queries read: the events the store
     // took (from the files, or relayed from the events topic on Kafka) and how far behind.
     println!(
         "\nanalytics: {} scan events written, {} ingested into the store ({} relayed from the events topic); lag of the last round {:.1} s",
-        metric(&args.base, "scan_events_written_total").await? as u64,
-        metric(&args.base, "analytics_ingested_events_total").await? as u64,
-        metric(&args.base, "analytics_relayed_events_total").await? as u64,
-        metric(&args.base, "analytics_lag_seconds").await?,
+        end.sum("scan_events_written_total") as u64,
+        end.sum("analytics_ingested_events_total") as u64,
+        end.sum("analytics_relayed_events_total") as u64,
+        end.sum("analytics_lag_seconds"),
     );
     let (_, fds_base) = after_warmup.context("the soak is longer than its warm-up")?;
     // A leak climbs and stays; a merge holds its inputs (up to 25 files) open only while it
@@ -1126,7 +1139,7 @@ async fn main() -> anyhow::Result<()> {
         dropped == 0.0,
         format!("scan events dropped: {}", dropped as u64),
     );
-    let (binds, on_demand) = binds_and_drawn_on_demand(&args.base).await?;
+    let (binds, on_demand) = end.binds_and_drawn_on_demand();
     let binds = binds - binds_at_warmup.0;
     let pooled = binds - (on_demand - binds_at_warmup.1);
     verdict(
