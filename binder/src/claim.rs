@@ -230,14 +230,10 @@ impl Binder {
         request: &BindRequest<'_>,
         params: Params,
     ) -> Result<Bound, ClaimError> {
-        let record = match local.issue(1).await {
-            Ok(mut records) => records.pop(),
-            Err(error) => {
-                tracing::error!(%error, "drawing a code on demand failed");
-                None
-            }
-        }
-        .ok_or(ClaimError::PoolDry)?;
+        let record = local.draw_now().await.map_err(|error| {
+            tracing::error!(%error, "drawing a code on demand failed");
+            ClaimError::PoolDry
+        })?;
         let binding = new_binding(&record, request, &params, self.binding_ttl);
         match self
             .bindings
