@@ -22,10 +22,18 @@
 //! instead, as an earlier reader did, made librdkafka drop what it had fetched ahead and wait
 //! out a fetch on every resume: about 1,000 codes/s from a topic a plain consumer reads at
 //! 75,000/s (`benches/src/bin/pool-drain.rs` measures the reader).
+//!
+//! A reader that holds no partition takes no code: its binder draws every code on demand and
+//! binds still succeed, so nothing but this reader's watch says so. That happens when a group
+//! has more binders than the lane has partitions, and with tansu 0.6, whose coordinator never
+//! forms a group again once its leader's session ran out while it was forming (see
+//! `docs/operations.md`). After [`STARVED_AFTER_SESSIONS`] session timeouts without a partition
+//! while the lane has codes, the reader warns once and [`KafkaReader::holding_check`] fails
+//! (an optional line of `/readyz`) until a partition comes back.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
@@ -56,6 +64,11 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// (1 s) suits queues of 100,000 messages; ours hold a few hundred codes, which a busy binder
 /// takes in a few milliseconds.
 const FULL_QUEUE_RECHECK_MS: &str = "5";
+
+/// Session timeouts a reader may hold no partition of a lane that has codes before it says
+/// so: a rebalance takes up to one (the group waits for every member's next heartbeat), and
+/// a binder that just started or lost its broker for a moment must not raise an alarm.
+pub const STARVED_AFTER_SESSIONS: u32 = 3;
 
 /// Kilobytes a partition's prefetch queue may hold (librdkafka overshoots by one fetch):
 /// codes are about a kilobyte, so this only caps a `prefetch` set far too high.
@@ -270,7 +283,10 @@ fn new_producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> 
     producer.create()
 }
 
-fn depth_blocking(probe: &BaseConsumer, topic: &str) -> Result<Vec<(i32, u64)>, PoolError> {
+fn depth_blocking<C: ConsumerContext>(
+    probe: &impl Consumer<C>,
+    topic: &str,
+) -> Result<Vec<(i32, u64)>, PoolError> {
     let metadata = probe.fetch_metadata(Some(topic), BROKER_TIMEOUT)?;
     let mut partitions = TopicPartitionList::new();
     for meta in metadata.topics().iter().filter(|t| t.name() == topic) {
@@ -313,6 +329,9 @@ struct ReaderInner {
     given_back: Arc<Mutex<VecDeque<Delivery>>>,
     tracker: Arc<Mutex<OffsetTracker>>,
     fetcher: JoinHandle<()>,
+    /// What the holding watch found last; see the module doc.
+    holding: Arc<Mutex<Holding>>,
+    watch: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for ReaderInner {
@@ -326,6 +345,7 @@ impl std::fmt::Debug for ReaderInner {
 impl Drop for ReaderInner {
     fn drop(&mut self) {
         self.fetcher.abort();
+        self.watch.abort();
     }
 }
 
@@ -385,6 +405,18 @@ impl KafkaReader {
             }
             .run(queues),
         );
+        let holding = Arc::new(Mutex::new(Holding::default()));
+        let watch = tokio::spawn(
+            HoldingWatch {
+                consumer: Arc::clone(&consumer),
+                issuer: issuer.to_owned(),
+                topic: topic.clone(),
+                tracker: Arc::clone(&tracker),
+                holding: Arc::clone(&holding),
+                session: Duration::from_millis(u64::from(settings.session_timeout_ms)),
+            }
+            .run(),
+        );
         Ok(KafkaReader {
             inner: Arc::new(ReaderInner {
                 consumer,
@@ -395,6 +427,8 @@ impl KafkaReader {
                 given_back,
                 tracker,
                 fetcher,
+                holding,
+                watch,
             }),
         })
     }
@@ -477,9 +511,19 @@ impl KafkaReader {
         Ok(())
     }
 
+    /// Fails while this reader has held no partition of a lane that has codes for
+    /// [`STARVED_AFTER_SESSIONS`] session timeouts (see the module doc); for `/readyz`.
+    pub(crate) fn holding_check(&self) -> Result<(), PoolError> {
+        match &lock(&self.inner.holding).starved {
+            Some(starved) => Err(PoolError::Starved(starved.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Stops fetching and commits every stored offset synchronously.
     pub(crate) async fn close(&self) -> Result<(), PoolError> {
         self.inner.fetcher.abort();
+        self.inner.watch.abort();
         // A partition a rebalance took away is no longer ours to commit (librdkafka refuses
         // with "erroneous state"); its new owner redelivers from the last commit and the
         // binding store skips codes already bound.
@@ -624,6 +668,102 @@ async fn accept(
             lock(tracker).done(partition, offset, epoch);
             None
         }
+    }
+}
+
+/// A reader's partitions as its watch last saw them.
+#[derive(Debug, Default)]
+struct Holding {
+    /// Since when the reader has held no partition, when it holds none.
+    none_since: Option<Instant>,
+    /// Set once the reader has held none for too long while the lane had codes.
+    starved: Option<Starved>,
+}
+
+/// A reader that takes no code from a lane that has codes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "this binder has held no partition of `{topic}` for {held_none_secs} s while the lane holds \
+     {depth} codes: its binds take no pooled code (more binders than partitions, or a group the \
+     broker does not form again)"
+)]
+pub struct Starved {
+    pub topic: String,
+    pub held_none_secs: u64,
+    pub depth: u64,
+}
+
+/// Looks every half session at whether its reader holds a partition, and reads the lane's
+/// depth when it has held none for [`STARVED_AFTER_SESSIONS`] sessions.
+struct HoldingWatch {
+    consumer: Arc<StreamConsumer<LaneContext>>,
+    issuer: String,
+    topic: String,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    holding: Arc<Mutex<Holding>>,
+    session: Duration,
+}
+
+impl HoldingWatch {
+    async fn run(self) {
+        let mut every = tokio::time::interval(self.session / 2);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let held = lock(&self.tracker).held();
+            metrics::gauge!("pool_partitions_held", "issuer" => self.issuer.clone())
+                .set(held as f64);
+            if held > 0 {
+                let was = std::mem::take(&mut *lock(&self.holding));
+                if was.starved.is_some() {
+                    let held_none_secs = was.none_since.map(|since| since.elapsed().as_secs());
+                    tracing::info!(issuer = %self.issuer, partitions = held, ?held_none_secs, "this binder holds pool partitions again");
+                }
+                continue;
+            }
+            let none_since = *lock(&self.holding)
+                .none_since
+                .get_or_insert_with(Instant::now);
+            let held_none_for = none_since.elapsed();
+            if held_none_for < self.session * STARVED_AFTER_SESSIONS {
+                continue;
+            }
+            let depth = match self.depth().await {
+                Ok(depth) => depth,
+                // The pool's own readiness check names a broker that does not answer.
+                Err(error) => {
+                    tracing::debug!(%error, issuer = %self.issuer, "reading the lane's depth failed");
+                    continue;
+                }
+            };
+            let starved = (depth > 0).then(|| Starved {
+                topic: self.topic.clone(),
+                held_none_secs: held_none_for.as_secs(),
+                depth,
+            });
+            let mut holding = lock(&self.holding);
+            match (&holding.starved, &starved) {
+                (None, Some(starved)) => {
+                    tracing::warn!(issuer = %self.issuer, error = %starved, "binds take no pooled codes");
+                    metrics::counter!("pool_reader_starved_total", "issuer" => self.issuer.clone())
+                        .increment(1);
+                }
+                (Some(_), None) => {
+                    tracing::info!(issuer = %self.issuer, "the lane is empty; this binder holding none of it no longer matters");
+                }
+                _ => {}
+            }
+            holding.starved = starved;
+        }
+    }
+
+    async fn depth(&self) -> Result<u64, PoolError> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.topic.clone();
+        let depths = tokio::task::spawn_blocking(move || depth_blocking(&*consumer, &topic))
+            .await
+            .map_err(|_| PoolError::Kafka(KafkaError::Canceled))??;
+        Ok(depths.iter().map(|(_, depth)| depth).sum())
     }
 }
 

@@ -37,6 +37,8 @@ pub enum PoolError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("Kafka topic `{topic}`: {reason}")]
     Topic { topic: String, reason: String },
+    #[error(transparent)]
+    Starved(#[from] kafka::Starved),
     #[error("embedded pool folder `{path}` cannot be created")]
     DataDir {
         path: std::path::PathBuf,
@@ -195,6 +197,16 @@ impl PoolReader {
         match self {
             PoolReader::Embedded(lane) => lane.check().await,
             PoolReader::Kafka(reader) => reader.check().await,
+        }
+    }
+
+    /// Fails while this reader takes no code from a lane that has codes (a Kafka reader left
+    /// without partitions; see [`KafkaReader`]); for `/readyz`, where it is optional: binds
+    /// still succeed, on codes drawn on demand.
+    pub fn holding_check(&self) -> Result<(), PoolError> {
+        match self {
+            PoolReader::Embedded(_) => Ok(()),
+            PoolReader::Kafka(reader) => reader.holding_check(),
         }
     }
 

@@ -87,6 +87,11 @@ impl OffsetTracker {
         })
     }
 
+    /// How many partitions the group has given us.
+    pub(crate) fn held(&self) -> usize {
+        self.partitions.len()
+    }
+
     /// The commit point of every assigned partition that has one.
     pub(crate) fn commit_points(&self) -> Vec<(i32, i64)> {
         self.partitions

@@ -255,6 +255,23 @@ impl App {
                 let pool = pool.clone();
                 Box::pin(async move { pool.check().await.map_err(|error| error.to_string()) })
             });
+            // A binder that takes no pooled code still binds, on codes drawn on demand:
+            // named, still ready.
+            let lanes = readers.clone();
+            readiness = readiness.with_optional("pool partitions", move || {
+                let starved: Vec<String> = lanes
+                    .iter()
+                    .filter_map(|reader| reader.holding_check().err())
+                    .map(|error| error.to_string())
+                    .collect();
+                Box::pin(async move {
+                    if starved.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(starved.join("; "))
+                    }
+                })
+            });
         } else if let Some(writer) = &writer {
             let pool = writer.clone();
             let issuer = settings.pregen.issuer.clone();

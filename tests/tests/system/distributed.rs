@@ -309,3 +309,101 @@ async fn a_reader_takes_every_code_of_a_batched_lane_through_a_small_prefetch() 
     );
     reader.close().await.unwrap();
 }
+
+/// A binder left without partitions while its lane has codes takes none of them (every bind
+/// draws on demand and still succeeds): after three session timeouts its reader says so
+/// (`/readyz`'s optional `pool partitions` line), and stops saying so once it holds one.
+/// Here a group has more binders than its lane has partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binder_without_partitions_of_a_lane_with_codes_says_so_until_it_gets_one() {
+    use pool::{KafkaReader, KafkaWriter, PoolReader, PoolWriter};
+    use records::{PoolRecord, RequestId};
+
+    let backends = Backends::from_env();
+    let topic = unique("qrpool-pool");
+    let settings = config::KafkaSettings {
+        brokers: backends.kafka_brokers.clone(),
+        pool_topic: topic.clone(),
+        group_id: format!("{topic}-binders"),
+        partitions: 1,
+        session_timeout_ms: 6_000,
+        prefetch: 16,
+        ..config::KafkaSettings::default()
+    };
+    let writer = PoolWriter::Kafka(KafkaWriter::connect(&settings).await.unwrap());
+    let codes: Vec<PoolRecord> = (0..50)
+        .map(|_| {
+            let request_id = RequestId::generate();
+            PoolRecord {
+                request_id,
+                issuer: config::LOCAL_ISSUER.into(),
+                content: format!("https://qr.example.com/m/{request_id}"),
+                image: None,
+                created_at: chrono::Utc::now(),
+            }
+        })
+        .collect();
+    // One at a time: tansu 0.6 answers a partition's end as the last batch's first offset
+    // plus one, so a lane written in one batch of 50 would read as 1 code deep.
+    for code in &codes {
+        writer.push(std::slice::from_ref(code)).await.unwrap();
+    }
+    writer.flush().await.unwrap();
+
+    let connect = || async {
+        PoolReader::Kafka(
+            KafkaReader::connect(&settings, config::LOCAL_ISSUER)
+                .await
+                .unwrap(),
+        )
+    };
+    let (first, second) = tokio::join!(connect(), connect());
+    // Neither takes a code, so the lane keeps all 50 whoever holds its one partition.
+    let started = std::time::Instant::now();
+    let starved_after = Duration::from_millis(6_000 * 3);
+    let (holder, idle, problem) = loop {
+        match (first.holding_check(), second.holding_check()) {
+            (Ok(()), Err(problem)) => break (first, second, problem),
+            (Err(problem), Ok(())) => break (second, first, problem),
+            (Err(a), Err(b)) => panic!("both binders say they hold nothing: {a}; {b}"),
+            (Ok(()), Ok(())) => {
+                assert!(
+                    started.elapsed() < starved_after + Duration::from_secs(30),
+                    "neither binder said it holds no partition in {:?}",
+                    started.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    assert!(
+        started.elapsed() >= starved_after,
+        "said after {:?}, before three session timeouts",
+        started.elapsed()
+    );
+    let said = problem.to_string();
+    assert!(
+        said.contains(&format!("`{topic}.local`")) && said.contains("50 codes"),
+        "the warning names the lane and its depth: {said}"
+    );
+
+    // The holder leaves; the group gives the partition to the idle binder, which says no more.
+    holder.close().await.unwrap();
+    drop(holder);
+    let left = std::time::Instant::now();
+    while let Err(problem) = idle.holding_check() {
+        assert!(
+            left.elapsed() < Duration::from_secs(30),
+            "still starved {:?} after the holder left: {problem}",
+            left.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let delivery = idle
+        .take(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the binder that got the partition takes its codes");
+    idle.ack(&delivery);
+    idle.close().await.unwrap();
+}
