@@ -255,8 +255,25 @@ impl App {
                 let pool = pool.clone();
                 Box::pin(async move { pool.check().await.map_err(|error| error.to_string()) })
             });
-            // A binder that takes no pooled code still binds, on codes drawn on demand:
-            // named, still ready.
+        } else if let Some(writer) = &writer {
+            let pool = writer.clone();
+            let issuer = settings.pregen.issuer.clone();
+            readiness = readiness.with("pool", move || {
+                let (pool, issuer) = (pool.clone(), issuer.clone());
+                Box::pin(async move {
+                    pool.depth(&issuer)
+                        .await
+                        .map(drop)
+                        .map_err(|error| error.to_string())
+                })
+            });
+        }
+        // A Kafka binder that holds no partition takes no pooled code and still binds, on
+        // codes drawn on demand: named, still ready.
+        if readers
+            .iter()
+            .any(|reader| matches!(reader, PoolReader::Kafka(_)))
+        {
             let lanes = readers.clone();
             readiness = readiness.with_optional("pool partitions", move || {
                 let starved: Vec<String> = lanes
@@ -270,18 +287,6 @@ impl App {
                     } else {
                         Err(starved.join("; "))
                     }
-                })
-            });
-        } else if let Some(writer) = &writer {
-            let pool = writer.clone();
-            let issuer = settings.pregen.issuer.clone();
-            readiness = readiness.with("pool", move || {
-                let (pool, issuer) = (pool.clone(), issuer.clone());
-                Box::pin(async move {
-                    pool.depth(&issuer)
-                        .await
-                        .map(drop)
-                        .map_err(|error| error.to_string())
                 })
             });
         }

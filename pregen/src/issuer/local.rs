@@ -56,7 +56,7 @@ impl LocalIssuer {
         ids.into_iter()
             .zip(urls)
             .zip(pngs)
-            .map(|((request_id, content), png)| record(request_id, content, png?, created_at))
+            .map(|((request_id, content), png)| Ok(record(request_id, content, png?, created_at)))
             .collect()
     }
 
@@ -73,7 +73,7 @@ impl LocalIssuer {
         })
         .await?;
         events::rendered(1, started.elapsed());
-        record(request_id, content, png?, Utc::now())
+        Ok(record(request_id, content, png?, Utc::now()))
     }
 }
 
@@ -82,8 +82,8 @@ fn record(
     content: String,
     png: Vec<u8>,
     created_at: chrono::DateTime<Utc>,
-) -> Result<PoolRecord, IssueError> {
-    Ok(PoolRecord {
+) -> PoolRecord {
+    PoolRecord {
         request_id,
         issuer: config::LOCAL_ISSUER.to_owned(),
         content,
@@ -92,5 +92,5 @@ fn record(
             bytes: png,
         }),
         created_at,
-    })
+    }
 }

@@ -238,31 +238,27 @@ async fn scan_events_reach_the_events_topic() {
     database.drop_now().await;
 }
 
-/// The reader as the binder uses it, on a lane written in multi-record batches (production's
-/// producer settings) through a prefetch far smaller than the lane: every code arrives, once.
-/// The reader that paused full partitions stopped delivering here (17,386 of 20,000 in the
-/// pool-drain bench) and was slow before that.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_takes_every_code_of_a_batched_lane_through_a_small_prefetch() {
-    use pool::{KafkaReader, KafkaWriter, PoolReader, PoolWriter};
-    use records::{PoolRecord, RequestId};
-
-    let backends = Backends::from_env();
+/// Pool settings for a lane of its own on the test broker, with `partitions` and a prefetch
+/// of 16 codes.
+fn lane_of_its_own(partitions: i32) -> config::KafkaSettings {
     let topic = unique("qrpool-pool");
-    let settings = config::KafkaSettings {
-        brokers: backends.kafka_brokers.clone(),
-        pool_topic: topic.clone(),
+    config::KafkaSettings {
+        brokers: Backends::from_env().kafka_brokers,
         group_id: format!("{topic}-binders"),
-        partitions: 4,
+        pool_topic: topic,
+        partitions,
         session_timeout_ms: 6_000,
         prefetch: 16,
         ..config::KafkaSettings::default()
-    };
-    let writer = PoolWriter::Kafka(KafkaWriter::connect(&settings).await.unwrap());
-    let written: Vec<PoolRecord> = (0..2_000)
+    }
+}
+
+/// `count` local codes without their pictures: a reader never looks at them.
+fn unrendered_codes(count: usize) -> Vec<records::PoolRecord> {
+    (0..count)
         .map(|_| {
-            let request_id = RequestId::generate();
-            PoolRecord {
+            let request_id = records::RequestId::generate();
+            records::PoolRecord {
                 request_id,
                 issuer: config::LOCAL_ISSUER.into(),
                 content: format!("https://qr.example.com/m/{request_id}"),
@@ -270,7 +266,21 @@ async fn a_reader_takes_every_code_of_a_batched_lane_through_a_small_prefetch() 
                 created_at: chrono::Utc::now(),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The reader as the binder uses it, on a lane written in multi-record batches (production's
+/// producer settings) through a prefetch far smaller than the lane: every code arrives, once.
+/// The reader that paused full partitions stopped delivering here (17,386 of 20,000 in the
+/// pool-drain bench) and was slow before that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_takes_every_code_of_a_batched_lane_through_a_small_prefetch() {
+    use pool::{KafkaReader, KafkaWriter, PoolReader, PoolWriter};
+    use records::RequestId;
+
+    let settings = lane_of_its_own(4);
+    let writer = PoolWriter::Kafka(KafkaWriter::connect(&settings).await.unwrap());
+    let written = unrendered_codes(2_000);
     writer.push(&written).await.unwrap();
     writer.flush().await.unwrap();
 
@@ -317,32 +327,11 @@ async fn a_reader_takes_every_code_of_a_batched_lane_through_a_small_prefetch() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binder_without_partitions_of_a_lane_with_codes_says_so_until_it_gets_one() {
     use pool::{KafkaReader, KafkaWriter, PoolReader, PoolWriter};
-    use records::{PoolRecord, RequestId};
 
-    let backends = Backends::from_env();
-    let topic = unique("qrpool-pool");
-    let settings = config::KafkaSettings {
-        brokers: backends.kafka_brokers.clone(),
-        pool_topic: topic.clone(),
-        group_id: format!("{topic}-binders"),
-        partitions: 1,
-        session_timeout_ms: 6_000,
-        prefetch: 16,
-        ..config::KafkaSettings::default()
-    };
+    let settings = lane_of_its_own(1);
+    let topic = settings.pool_topic.clone();
     let writer = PoolWriter::Kafka(KafkaWriter::connect(&settings).await.unwrap());
-    let codes: Vec<PoolRecord> = (0..50)
-        .map(|_| {
-            let request_id = RequestId::generate();
-            PoolRecord {
-                request_id,
-                issuer: config::LOCAL_ISSUER.into(),
-                content: format!("https://qr.example.com/m/{request_id}"),
-                image: None,
-                created_at: chrono::Utc::now(),
-            }
-        })
-        .collect();
+    let codes = unrendered_codes(50);
     // One at a time: tansu 0.6 answers a partition's end as the last batch's first offset
     // plus one, so a lane written in one batch of 50 would read as 1 code deep.
     for code in &codes {
