@@ -3,10 +3,11 @@
 # of binds, scans of codes, scans of links, link edits and analytics queries for 30 minutes,
 # at half the capacity a 20-second probe of the same mix measures first. The harness
 # (benches/src/bin/soak.rs) prints a line a minute and a verdict: resident memory after the
-# warm-up never goes 10 % above the warm-up's highest, open descriptors stay flat, every minute's p99 is within 1.5x
-# the first five minutes', no request fails, no scan event is dropped, 99 % of the binds take a
-# pooled code. Non-zero exit when one of those fails. Its logs (the per-second and per-minute samples, qrpool's and the broker's
-# own) are kept in target/soak/<run>/; copy nothing out of a running soak's folders: a copy of
+# warm-up never goes 10 % above the warm-up's highest, open descriptors stay flat, every
+# minute's p99 is within 1.5x the first five minutes', no request fails, no scan event is
+# dropped, 99 % of the binds take a pooled code. Non-zero exit when one of those fails. Its
+# logs (the per-second and per-minute samples, qrpool's and the broker's own) are kept in
+# target/soak/<run>/; copy nothing out of a running soak's folders: a copy of
 # the data folder while it runs wrote as much to the disk as the run itself and took the p99
 # with it (docs/performance.md, run H).
 #
@@ -241,8 +242,9 @@ written_by() {
     { read -r comm <"$pid_dir/comm"; } 2>/dev/null || continue
     [ "$pid_dir" = "/proc/$pid" ] && comm=qrpool
     case $comm in qrpool | tansu | postgres | soak) ;; *) continue ;; esac
-    # Read with builtins: an awk per process was some 25 processes started a second, and the
-    # samplers took 4.3 % of the machine in run L's profile.
+    # Read with builtins: an awk per matching process (PostgreSQL alone runs a dozen under
+    # load) started that many processes a second, and the samplers took 4.3 % of the machine
+    # in run L's profile.
     bytes=0
     { while read -r field value; do
       [ "$field" = write_bytes: ] && { bytes=$value; break; }

@@ -346,10 +346,12 @@ async fn a_binder_without_partitions_of_a_lane_with_codes_says_so_until_it_gets_
                 .unwrap(),
         )
     };
+    // Before connecting: each reader counts from its own start, which comes after this.
+    let started = std::time::Instant::now();
     let (first, second) = tokio::join!(connect(), connect());
     // Neither takes a code, so the lane keeps all 50 whoever holds its one partition.
-    let started = std::time::Instant::now();
-    let starved_after = Duration::from_millis(6_000 * 3);
+    let starved_after = Duration::from_millis(u64::from(settings.session_timeout_ms))
+        * pool::kafka::STARVED_AFTER_SESSIONS;
     let (holder, idle, problem) = loop {
         match (first.holding_check(), second.holding_check()) {
             (Ok(()), Err(problem)) => break (first, second, problem),
