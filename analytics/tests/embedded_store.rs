@@ -312,6 +312,96 @@ fn a_question_asked_again_reads_only_the_files_written_since() {
 }
 
 #[test]
+fn a_merge_hands_the_answers_of_its_file_to_the_questions_asked_lately() {
+    use analytics::embedded::compact::PARTS_BEFORE_MERGE;
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("scans");
+    let store = EmbeddedStore::open(&dir.path().join("analytics"))
+        .unwrap()
+        .with_query_cache(64 << 20);
+    // One tenant's day, written as that day's parts, a round at a time; the merges treat it
+    // as today (merged by size tiers, not yet into one file).
+    let day = first_day();
+    let tenant = synthetic::tenant(0);
+    let events = synthetic::events(&synthetic::Shape {
+        tenants: 1,
+        days: 1,
+        ..shape(PARTS_BEFORE_MERGE * 2 * 150, 9)
+    });
+    let rounds: Vec<&[ScanEvent]> = events.chunks(150).collect();
+    let mut ingest = Ingest::open(store.clone(), &events_dir).unwrap();
+    let mut seen = Vec::new();
+    let mut ingest_rounds = |rounds: &[&[ScanEvent]], seen: &mut Vec<ScanEvent>| {
+        for round in rounds {
+            append(&events_dir, round);
+            ingest.round().unwrap();
+            seen.extend_from_slice(round);
+        }
+    };
+    let partition = store.partition_dir(day, &tenant);
+    let files = || live_files(&partition).unwrap().0.len();
+    ingest_rounds(&rounds[..PARTS_BEFORE_MERGE], &mut seen);
+    store.compact_partition(day, &tenant, day).unwrap();
+    ingest_rounds(
+        &rounds[PARTS_BEFORE_MERGE..PARTS_BEFORE_MERGE + 1],
+        &mut seen,
+    );
+    assert_eq!(files(), 2, "a merged file and a part");
+    // Asked as the console asks (up to the moment of asking, by hour) and over a fixed range.
+    let questions = || {
+        [
+            ScansQuery {
+                from: day.and_hms_opt(0, 0, 0).unwrap().and_utc(),
+                to: Utc::now(),
+                ..whole_range(0, Granularity::Hour, None)
+            },
+            whole_range(0, Granularity::None, Some(Dimension::Country)),
+        ]
+    };
+    let ask = |seen: &[ScanEvent]| {
+        for query in questions() {
+            assert_eq!(
+                store.query(&query).unwrap(),
+                reference::answer(&query, seen),
+                "{query:?}"
+            );
+        }
+    };
+    ask(&seen);
+    let read = store.file_answers_read();
+    assert_eq!(read, 2 * 2, "each file once a question");
+    let kept = store.kept_answer_bytes();
+    // The next parts fill level 0 again and are merged: the new file takes their place.
+    ingest_rounds(
+        &rounds[PARTS_BEFORE_MERGE + 1..2 * PARTS_BEFORE_MERGE],
+        &mut seen,
+    );
+    ask(&seen);
+    let read = store.file_answers_read();
+    assert_eq!(
+        read,
+        4 + 2 * (PARTS_BEFORE_MERGE as u64 - 1),
+        "the new parts read"
+    );
+    let before_merge = store.kept_answer_bytes();
+    assert!(before_merge > kept);
+    store.compact_partition(day, &tenant, day).unwrap();
+    assert_eq!(files(), 2, "two merged files");
+    ask(&seen);
+    assert_eq!(
+        store.file_answers_read(),
+        read,
+        "the merged file's answers were kept before anyone asked"
+    );
+    // And what was kept of the parts it merged is gone, not left to crowd the budget.
+    assert!(
+        store.kept_answer_bytes() < before_merge,
+        "{} of {before_merge}",
+        store.kept_answer_bytes()
+    );
+}
+
+#[test]
 fn a_crash_between_files_and_checkpoint_counts_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let events_dir = dir.path().join("scans");

@@ -336,6 +336,9 @@ impl App {
         let mut scan_writer = None;
         let mut link_purge = None;
         let mut analytics_feed = None;
+        // The store the analytics API asks, when this process serves it: the ingest shares
+        // it, so that a merge hands the answers of the file it makes to the queries.
+        let mut queried_store: Option<analytics::embedded::EmbeddedStore> = None;
         let mut analytics_relay = None;
         if let (true, Some(bindings), Some(keys)) = (parts.binder, &bindings, &keys)
             && settings.analytics.enabled
@@ -345,6 +348,9 @@ impl App {
                 .context("opening the analytics store")?;
             // On Kafka the scan events are on the events topic: the embedded store this API
             // reads is filled from there, here.
+            if let analytics::Store::Embedded(embedded) = &store {
+                queried_store = Some(embedded.clone());
+            }
             if let (PoolBackend::Kafka, analytics::Store::Embedded(embedded)) =
                 (settings.pool.backend, &store)
             {
@@ -354,10 +360,8 @@ impl App {
                 let events_dir = settings.embedded.data_dir.join("scans");
                 let relay = analytics::TopicRelay::open(settings, embedded.root(), &events_dir)
                     .context("opening the relay of scan events into the analytics store")?;
-                let ingest_store = analytics::embedded::EmbeddedStore::open(embedded.root())
-                    .context("opening the analytics store")?;
                 analytics_feed = Some(
-                    analytics::FileFeed::open(ingest_store, &events_dir, settings)
+                    analytics::FileFeed::open(embedded.clone(), &events_dir, settings)
                         .context("opening the analytics ingest")?
                         .appended_under(relay.appending()),
                 );
@@ -416,10 +420,13 @@ impl App {
                     && settings.analytics.enabled
                     && settings.analytics.backend == config::AnalyticsBackend::Embedded
                 {
-                    let store = analytics::embedded::EmbeddedStore::open(
-                        &settings.embedded.data_dir.join("analytics"),
-                    )
-                    .context("opening the analytics store")?;
+                    let store = match &queried_store {
+                        Some(queried) => queried.clone(),
+                        None => analytics::embedded::EmbeddedStore::open(
+                            &settings.embedded.data_dir.join("analytics"),
+                        )
+                        .context("opening the analytics store")?,
+                    };
                     analytics_feed = Some(
                         analytics::FileFeed::open(store, events_dir, settings)
                             .context("opening the analytics ingest")?,

@@ -381,25 +381,88 @@ impl AnswerCache {
         }
         metrics::counter!("analytics_file_answers_total", "from" => "rows").increment(1);
         self.read.fetch_add(1, Ordering::Relaxed);
-        let (mut answer, visitors) = compute()?;
+        let (answer, visitors) = compute()?;
+        Ok((
+            self.keep(file, question, answer, visitors.as_ref()),
+            visitors,
+        ))
+    }
+
+    /// Keeps `answer` of `file` to `question` when small enough (and the visitors its pairs
+    /// number, when given), as if it had been asked: how a merge hands over the answers of
+    /// the file it made before any question reaches it.
+    pub fn keep(
+        &self,
+        file: &FileId,
+        question: &Question,
+        mut answer: FileAnswer,
+        visitors: Option<&Visitors>,
+    ) -> Arc<FileAnswer> {
         // Pairs are pushed as the rows are read, so their vectors have up to twice the room
         // they need; kept for minutes, the room is given back first.
         answer.pairs.shrink_to_fit();
         answer.groups.shrink_to_fit();
         let answer = Arc::new(answer);
+        let Some(kept) = &self.kept else {
+            return answer;
+        };
         if answer.bytes() <= kept.largest {
             // Which questions fill the budget: bytes kept, by what the question groups by.
             metrics::counter!("analytics_query_answers_kept_bytes_total",
                 "group_by" => question.group_by.map_or("none", Dimension::name))
             .increment(answer.bytes());
-            kept.answers.insert(key, Entry::Answer(Arc::clone(&answer)));
-            if let Some(visitors) = &visitors {
+            kept.answers.insert(
+                Key::Answer(file.clone(), question.clone()),
+                Entry::Answer(Arc::clone(&answer)),
+            );
+            if let Some(visitors) = visitors {
                 kept.keep_visitors(file, visitors);
             }
             metrics::gauge!("analytics_query_answers_bytes")
                 .set((kept.answers.weighted_size() * 1024) as f64);
         }
-        Ok((answer, visitors))
+        answer
+    }
+
+    /// Whether answers are kept at all (a store that keeps none has no use for answers
+    /// computed ahead).
+    pub fn keeps(&self) -> bool {
+        self.kept.is_some()
+    }
+
+    /// Keeps the scan times `file` spans, known before its footer is read again (a merge
+    /// read them off the file it wrote).
+    pub fn keep_span(&self, file: &FileId, span: Option<(i64, i64)>) {
+        if let Some(kept) = &self.kept {
+            kept.spans.insert(file.clone(), span);
+        }
+    }
+
+    /// Lets go of everything kept of the files `gone` names (deleted by a merge, by
+    /// retention, by erasure).
+    ///
+    /// The cache would let them go in time, but not soon: it admits a new entry only when
+    /// the entry it would evict was asked for less often, and the inputs of a merge were
+    /// asked for by every question until the moment they went. Left in place, they keep out
+    /// the answers of the file that replaced them, which are then read from rows at every
+    /// question.
+    pub fn forget(&self, gone: impl Fn(&Path) -> bool) {
+        let Some(kept) = &self.kept else {
+            return;
+        };
+        for (key, _) in kept.answers.iter() {
+            let file = match &*key {
+                Key::Answer(file, _) | Key::Visitors(file) => file,
+            };
+            if gone(&file.path) {
+                kept.answers.invalidate(&*key);
+            }
+        }
+        for (file, _) in kept.spans.iter() {
+            if gone(&file.path) {
+                kept.spans.invalidate(&*file);
+            }
+        }
     }
 
     /// The visitors of `file` that its answers' pairs are numbered by: kept, or from `read`.
@@ -444,7 +507,7 @@ impl Kept {
 }
 
 /// The least and greatest `at` of the file, from its row groups' statistics.
-fn read_span(path: &Path) -> Result<Option<(i64, i64)>, AnalyticsError> {
+pub(super) fn read_span(path: &Path) -> Result<Option<(i64, i64)>, AnalyticsError> {
     let file = std::fs::File::open(path).map_err(|source| AnalyticsError::io(path, source))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let mut span: Option<(i64, i64)> = None;
@@ -597,6 +660,38 @@ mod tests {
             .expect("the kept answer");
         assert!(Arc::ptr_eq(&kept, &again));
         assert!(cache.kept_bytes() < 64 << 10, "{}", cache.kept_bytes());
+    }
+
+    #[test]
+    fn forgetting_files_lets_go_of_their_answers_visitors_and_spans_only() {
+        let cache = AnswerCache::new(64 << 20);
+        let gone = file("day=2026-12-07/t/L0-0000000000000000-0000000000000100.parquet");
+        let stays = file("day=2026-12-07/t/L1-0000000000000000-0000000000000050.parquet");
+        for file in [&gone, &stays] {
+            cache.keep(
+                file,
+                &today_question(),
+                answer_with_room(10_000, 10_000),
+                Some(&Visitors::from(vec![1, 2, 3])),
+            );
+            cache.keep_span(file, Some((1, 2)));
+        }
+        let both = cache.kept_bytes();
+        cache.forget(|path| path == gone.path);
+        let one = cache.kept_bytes();
+        assert!(one * 2 <= both + 2048 && one > 0, "{one} of {both}");
+        let asked_again = |file: &FileId| {
+            cache
+                .answer(file, &today_question(), || {
+                    Err(AnalyticsError::Corrupt("read again".into()))
+                })
+                .is_ok()
+        };
+        assert!(asked_again(&stays), "kept");
+        assert!(!asked_again(&gone), "let go: read from rows");
+        assert_eq!(cache.span(&stays).expect("kept"), Some((1, 2)));
+        // Its span is read from the file again (which is not there).
+        assert!(cache.span(&gone).is_err());
     }
 
     #[test]

@@ -109,6 +109,19 @@ impl ColumnCache {
         })
     }
 
+    /// Lets go of the columns of the files `gone` names (see [`super::answer_cache::AnswerCache::forget`]
+    /// for why this is not left to the cache's own evictions).
+    pub fn forget(&self, gone: impl Fn(&Path) -> bool) {
+        let Some(cache) = &self.columns else {
+            return;
+        };
+        for (key, _) in cache.iter() {
+            if gone(&key.0.path) {
+                cache.invalidate(&*key);
+            }
+        }
+    }
+
     /// Calls `each` with the batches of `file` holding `columns` (by name, in that order),
     /// `batch_rows` rows each: from memory when kept, else decoded (and kept when the file
     /// is small enough, streamed when not).

@@ -85,7 +85,21 @@ impl EmbeddedStore {
                 end: inputs.iter().map(|(name, _)| name.end).max().unwrap_or(0),
             };
             let paths: Vec<PathBuf> = inputs.iter().map(|(_, path)| path.clone()).collect();
-            merge_files(&paths, &dir.join(name.text()))?;
+            let written = merge_files(&paths, &dir.join(name.text()))?;
+            // The partition as it will be: a file a further merge takes at once is not
+            // worth answering ahead.
+            let after: Vec<(FileName, PathBuf)> = live
+                .iter()
+                .filter(|(_, path)| !paths.contains(path))
+                .cloned()
+                .chain([(name, written.target.clone())])
+                .collect();
+            if next_merge(&after, day < today).is_none() {
+                let pairs = day >= today || after.len() > 1;
+                self.hand_over_answers(tenant, day, &written.temporary, &written.target, pairs);
+            }
+            written.publish()?;
+            self.forget(|path| paths.iter().any(|input| input == path));
             for path in &paths {
                 remove(path)?;
             }
@@ -101,6 +115,7 @@ impl EmbeddedStore {
         for day in self.days()?.into_iter().filter(|day| *day < cutoff) {
             let dir = self.day_dir(day);
             std::fs::remove_dir_all(&dir).map_err(|source| AnalyticsError::io(&dir, source))?;
+            self.forget(|path| path.starts_with(&dir));
             dropped.push(day);
         }
         Ok(dropped)
@@ -112,7 +127,10 @@ impl EmbeddedStore {
         for day in self.days()? {
             let dir = self.partition_dir(day, tenant);
             match std::fs::remove_dir_all(&dir) {
-                Ok(()) => erased += 1,
+                Ok(()) => {
+                    self.forget(|path| path.starts_with(&dir));
+                    erased += 1;
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(AnalyticsError::io(&dir, source)),
             }
@@ -157,12 +175,32 @@ const READ_ROWS: usize = 1 << 10;
 /// Rows a merge gathers before handing them to the writer.
 const WRITE_ROWS: usize = 8 << 10;
 
-/// Merges the rows of `paths`, each already in file order, into one file `target` in file
+/// A merged file, written and synced beside the place it goes to, not yet in it: until
+/// [`Written::publish`], queries read the files it merged.
+struct Written {
+    temporary: PathBuf,
+    target: PathBuf,
+}
+
+impl Written {
+    /// Puts the file in its place, durably: from here on it stands for the files it merged
+    /// (see [`super::live_files`]).
+    fn publish(self) -> Result<(), AnalyticsError> {
+        std::fs::rename(&self.temporary, &self.target)
+            .map_err(|source| AnalyticsError::io(&self.target, source))?;
+        match self.target.parent() {
+            Some(dir) => super::sync_dir(dir),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Merges the rows of `paths`, each already in file order, into one file for `target` in file
 /// order. It streams: a batch of each input is in memory at once (a page of each of its
 /// columns behind it), the rows gathered for the next write and the row group being
 /// written, so its memory grows with the number of inputs, not with their size (reading it
 /// all at once took about 0.7 KB a row; see `docs/performance.md`).
-fn merge_files(paths: &[PathBuf], target: &std::path::Path) -> Result<(), AnalyticsError> {
+fn merge_files(paths: &[PathBuf], target: &std::path::Path) -> Result<Written, AnalyticsError> {
     merge_files_in(paths, target, READ_ROWS, WRITE_ROWS)
 }
 
@@ -171,7 +209,7 @@ fn merge_files_in(
     target: &std::path::Path,
     read_rows: usize,
     write_rows: usize,
-) -> Result<(), AnalyticsError> {
+) -> Result<Written, AnalyticsError> {
     let mut inputs = Vec::with_capacity(paths.len());
     for path in paths {
         if let Some(input) = Input::open(path, read_rows)? {
@@ -228,11 +266,10 @@ fn merge_files_in(
     let file = writer.into_inner()?;
     file.sync_data()
         .map_err(|source| AnalyticsError::io(&temporary, source))?;
-    std::fs::rename(&temporary, target).map_err(|source| AnalyticsError::io(target, source))?;
-    match target.parent() {
-        Some(dir) => super::sync_dir(dir),
-        None => Ok(()),
-    }
+    Ok(Written {
+        temporary,
+        target: target.to_owned(),
+    })
 }
 
 /// Where a row goes in a file: by visitor (unknown last), then time.
@@ -575,7 +612,10 @@ mod tests {
             paths.push(path);
         }
         let target = dir.path().join("L2-1.parquet");
-        merge_files_in(&paths, &target, 7, 50).unwrap();
+        merge_files_in(&paths, &target, 7, 50)
+            .unwrap()
+            .publish()
+            .unwrap();
 
         let merged = read_all(&target);
         let keys: Vec<OrderKey> = merged

@@ -23,7 +23,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,7 +33,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, DictionaryArray, ListArray, Rec
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rayon::prelude::*;
 
-use super::answer_cache::{FileAnswer, Groups, PairCursor, Pairs, Question, Visitors};
+use super::answer_cache::{self, FileAnswer, Groups, PairCursor, Pairs, Question, Visitors};
 use super::background;
 use super::column_cache::{self, ColumnCache, FileId};
 use super::{EmbeddedStore, live_files};
@@ -64,6 +64,9 @@ impl EmbeddedStore {
         query: &ScansQuery,
         abandoned: &AtomicBool,
     ) -> Result<Answer, AnalyticsError> {
+        if self.answers.keeps() {
+            self.asked.record(query, Utc::now());
+        }
         let buckets = query.bucket_starts();
         let first = query.from.date_naive();
         let last = (query.to - Duration::microseconds(1)).date_naive();
@@ -168,6 +171,71 @@ impl EmbeddedStore {
         }
         let counted: Vec<Counted> = counted.into_iter().map(|(_, counted)| counted).collect();
         Ok(add_up(&plan, &counted))
+    }
+}
+
+impl EmbeddedStore {
+    /// Puts the questions asked lately about `tenant`'s `day` to a merged file written at
+    /// `written`, not yet in its place `target`, and keeps the answers as those of the file
+    /// at `target`: the first question after the merge finds them kept instead of reading
+    /// the whole new file (see [`super::asked`]). Runs on the merge's thread; the file's
+    /// columns are streamed, not kept (they would crowd the queries' out, and a merged file
+    /// of today is most often larger than a file's share of the budget).
+    ///
+    /// An answer is only ever kept ahead, so a failure here costs time, not a right answer:
+    /// it is logged and the merge goes on.
+    pub(super) fn hand_over_answers(
+        &self,
+        tenant: &str,
+        day: NaiveDate,
+        written: &Path,
+        target: &Path,
+        pairs: bool,
+    ) {
+        if !self.answers.keeps() {
+            return;
+        }
+        let queries = self.asked.about(tenant, day, Utc::now());
+        if queries.is_empty() {
+            return;
+        }
+        let answered = (|| -> Result<usize, AnalyticsError> {
+            let reading = FileId::of(written)?;
+            // A rename keeps a file's length and modification time: the key it will have.
+            let file = FileId {
+                path: target.to_owned(),
+                ..reading.clone()
+            };
+            let span = answer_cache::read_span(written)?;
+            self.answers.keep_span(&file, span);
+            let mut questions: Vec<Question> = Vec::new();
+            for query in &queries {
+                let buckets = query.bucket_starts();
+                let plan = plan(query, &buckets, day);
+                if let Some((question, _)) = file_question(query, &plan, span, pairs)
+                    && !questions.contains(&question)
+                {
+                    questions.push(question);
+                }
+            }
+            let streamed = ColumnCache::new(0);
+            for question in &questions {
+                let (answer, visitors) = answer_file(&streamed, question, &reading)?;
+                self.answers
+                    .keep(&file, question, answer, visitors.as_ref());
+            }
+            Ok(questions.len())
+        })();
+        match answered {
+            Ok(answered) => {
+                metrics::counter!("analytics_file_answers_total", "from" => "merge")
+                    .increment(answered as u64);
+                tracing::debug!(tenant, %day, answered, "answers of a merged file kept ahead");
+            }
+            Err(error) => {
+                tracing::warn!(tenant, %day, %error, "answering a merged file ahead failed; its first questions read its rows");
+            }
+        }
     }
 }
 

@@ -21,6 +21,7 @@
 //! same range at a higher level ([`live_files`]).
 
 pub mod answer_cache;
+pub mod asked;
 pub mod background;
 pub mod column_cache;
 pub mod compact;
@@ -163,6 +164,9 @@ pub struct EmbeddedStore {
     /// Each file's answers to the questions asked of it (none unless
     /// [`EmbeddedStore::with_query_cache`]).
     answers: answer_cache::AnswerCache,
+    /// The questions asked lately, put by a merge to the file it makes (while answers are
+    /// kept).
+    asked: asked::Asked,
     /// Turns to answer a query from the async API ([`crate::Store`]); as many as asked for
     /// by [`EmbeddedStore::with_concurrent_queries`], unbounded otherwise.
     turns: Arc<tokio::sync::Semaphore>,
@@ -177,6 +181,7 @@ impl EmbeddedStore {
             root: root.to_owned(),
             columns: column_cache::ColumnCache::new(0),
             answers: answer_cache::AnswerCache::new(0),
+            asked: asked::Asked::default(),
             turns: Arc::new(tokio::sync::Semaphore::new(
                 tokio::sync::Semaphore::MAX_PERMITS,
             )),
@@ -202,6 +207,12 @@ impl EmbeddedStore {
         self.answers = answer_cache::AnswerCache::new(answers);
         self.columns = column_cache::ColumnCache::new(bytes - answers);
         self
+    }
+
+    /// Lets go of what is kept of the files `gone` names, deleted or about to be.
+    fn forget(&self, gone: impl Fn(&Path) -> bool) {
+        self.answers.forget(&gone);
+        self.columns.forget(&gone);
     }
 
     /// Bytes of file answers kept now (see [`EmbeddedStore::with_query_cache`]).
