@@ -11,7 +11,8 @@
 //! for its largest file. Once the day is over, whatever is left becomes one file. Each merge
 //! keeps the file order (visitor, then time) and is written whole before the files it
 //! replaces are deleted (see [`super::live_files`] for why a crash in between counts nothing
-//! twice).
+//! twice). Before its file is put in place, the questions asked lately are put to it and
+//! their answers kept ([`super::asked`]); once it is, what was kept of its inputs is let go.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
