@@ -346,11 +346,11 @@ impl App {
             let store = analytics::Store::open(settings)
                 .await
                 .context("opening the analytics store")?;
-            // On Kafka the scan events are on the events topic: the embedded store this API
-            // reads is filled from there, here.
             if let analytics::Store::Embedded(embedded) = &store {
                 queried_store = Some(embedded.clone());
             }
+            // On Kafka the scan events are on the events topic: the embedded store this API
+            // reads is filled from there, here.
             if let (PoolBackend::Kafka, analytics::Store::Embedded(embedded)) =
                 (settings.pool.backend, &store)
             {

@@ -172,9 +172,7 @@ impl EmbeddedStore {
         let counted: Vec<Counted> = counted.into_iter().map(|(_, counted)| counted).collect();
         Ok(add_up(&plan, &counted))
     }
-}
 
-impl EmbeddedStore {
     /// Puts the questions asked lately about `tenant`'s `day` to a merged file written at
     /// `written`, not yet in its place `target`, and keeps the answers as those of the file
     /// at `target`: the first question after the merge finds them kept instead of reading
