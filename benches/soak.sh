@@ -22,6 +22,11 @@
 #                                            production the broker has disks of its own)
 #   DATA_DIR=/dev/shm benches/soak.sh        qrpool's data folder (the analytics store) there too
 #   PGPORT=5433 benches/soak.sh              another PostgreSQL on loopback (user postgres)
+#   PG_SHARED_BUFFERS=2GB benches/soak.sh    a PostgreSQL of the run's own (initdb'd for it on
+#                                            PGPORT, 5433 unless set, removed after) with
+#                                            shared_buffers sized as docs/operations.md says:
+#                                            the machine's Debian default is 128 MB, which a
+#                                            young table's index inserts outgrow within minutes
 #   SESSION_TIMEOUT_MS=6000 benches/soak.sh  the binder group's session timeout (30000 by default: below)
 #   QUERY_CACHE_MB=32 benches/soak.sh        the analytics query cache's budget (MiB; 512 by default)
 #   QRPOOL_BIN=/tmp/qrpool-x benches/soak.sh another build of qrpool (any name: its columns
@@ -49,6 +54,7 @@ broker_dir=$(mktemp -d -p "${BROKER_DIR:-$work}" broker.XXXXXX)
 data_dir=$(mktemp -d -p "${DATA_DIR:-$work}" data.XXXXXX)
 pid=
 broker=
+own_postgres=
 flush_probe=
 run_id=soak_$(date +%s)_$$
 # The tenant of the soak's key: the synthetic history's largest (analytics::synthetic).
@@ -66,6 +72,11 @@ cleanup() {
     echo "logs kept in target/soak/$run_id/" >&2
   fi
   PGPASSWORD=postgres psql -h 127.0.0.1 -p "${PGPORT:-5432}" -U postgres -qc "DROP DATABASE IF EXISTS qrpool_$run_id WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  if [ -n "$own_postgres" ]; then
+    cp "$own_postgres/postgresql.log" "$repo/target/soak/$run_id/" 2>/dev/null || true
+    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$own_postgres" -m fast -w stop >/dev/null 2>&1 || true
+    rm -rf "$own_postgres"
+  fi
   redis-cli --scan --pattern "qrpool-$run_id:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
   rm -rf "$work" "$broker_dir" "$data_dir"
 }
@@ -74,6 +85,25 @@ trap cleanup EXIT
 apt_install curl procps
 start_redis
 start_postgres
+if [ -n "${PG_SHARED_BUFFERS:-}" ]; then
+  export PGPORT=${PGPORT:-5433}
+  pg_bin=/usr/lib/postgresql/$(ls /etc/postgresql | sort -V | tail -n 1)/bin
+  # Under /var/tmp, not the run's folder: PostgreSQL runs as its own user, who cannot enter
+  # a folder of mktemp's.
+  own_postgres=$(mktemp -d -p /var/tmp qrpool-soak-postgres.XXXXXX)
+  chown postgres "$own_postgres"
+  say "a PostgreSQL of the soak's own on :$PGPORT, shared_buffers = $PG_SHARED_BUFFERS"
+  runuser -u postgres -- "$pg_bin/initdb" -D "$own_postgres" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
+  cat >>"$own_postgres/postgresql.conf" <<CONF
+port = $PGPORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$own_postgres'
+shared_buffers = $PG_SHARED_BUFFERS
+log_checkpoints = on
+log_line_prefix = '%m [%p] '
+CONF
+  runuser -u postgres -- "$pg_bin/pg_ctl" -D "$own_postgres" -l "$own_postgres/postgresql.log" -w start >/dev/null
+fi
 start_kafka_protocol_broker # builds tansu once, if it is missing
 say "building release binaries"
 cargo build --release --locked --quiet -p qrpool -p benches
@@ -183,21 +213,29 @@ by_process() {
   ps -eo pid=,comm=,cputimes=,rss= | awk -v qrpool="$pid" '{name = $1 == qrpool ? "qrpool" : $2
     cpu[name] += $3; rss[name] += $4} END {for (c in cpu) print c, cpu[c], rss[c]}'
 }
+# The machine's CPU ticks: all, idle (with I/O wait), and stolen by the hypervisor. This
+# machine is a virtual one: in the minutes another guest takes its cores (steal, 1-14 % a
+# minute on 2026-12-07), every process here answers slower, and the p99 check reads that too.
+machine_ticks() {
+  awk '/^cpu / {print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6, $9; exit}' /proc/stat
+}
 sample_processes() {
-  local previous now disk_before disk_now pg_before pg_now huge cache answers lag depth broker_files dirty since until flushes
+  local previous now disk_before disk_now pg_before pg_now huge cache answers lag depth broker_files dirty since until flushes cpu_before cpu_now
   previous=$(by_process)
+  cpu_before=$(machine_ticks)
   disk_before=$(disk_writes)
   pg_before=$(postgres_writes)
   since=$(date +%s.%N)
-  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %11s %6s %9s %8s %8s %9s %9s %10s %7s %11s %9s %9s %6s %9s %9s %5s %10s\n' minute clock qrpool% tansu% \
+  printf '%-6s %8s %8s %8s %8s %8s %8s %10s %9s %9s %11s %6s %9s %8s %8s %9s %9s %10s %7s %11s %9s %9s %6s %9s %9s %5s %10s %6s %5s\n' minute clock qrpool% tansu% \
     postgres% redis% soak% qrpool_MiB huge_MiB cache_MiB answers_MiB lag_s tansu_MiB pg_MiB disk_MiB write_ms dirty_MiB broker_MiB wal_MiB \
-    wal_flushes flush_p99 flush_max ckpts ckpt_w_ms ckpt_s_ms load pool_depth
+    wal_flushes flush_p99 flush_max ckpts ckpt_w_ms ckpt_s_ms load pool_depth steal% idle%
   for ((minute = 1; ; minute++)); do
     sleep 60
     until=$(date +%s.%N)
     flushes=$(flush_tail "$since" "$until")
     since=$until
     now=$(by_process)
+    cpu_now=$(machine_ticks)
     disk_now=$(disk_writes)
     pg_now=$(postgres_writes)
     # Of qrpool's resident memory, how much is in transparent huge pages.
@@ -214,21 +252,22 @@ sample_processes() {
     broker_files=$(du -cm "$broker_dir"/tansu.db* 2>/dev/null | tail -n 1 | cut -f1)
     awk -v minute="$minute" -v clock="$(date -u +%H:%M:%S)" -v loadavg="$(cut -d' ' -f1 /proc/loadavg)" \
       -v huge="${huge:-0}" -v cache="${cache:-0}" -v answers="${answers:-0}" -v lag="${lag:-0}" -v broker="${broker_files:-0}" -v dirty="${dirty:-0}" -v disk="$disk_before $disk_now" \
-      -v pg="$pg_before $pg_now" -v flushes="$flushes" -v depth="${depth:-0}" '
+      -v pg="$pg_before $pg_now" -v flushes="$flushes" -v depth="${depth:-0}" -v cpu="$cpu_before $cpu_now" '
       NR == FNR {before[$1] = $2; next}
       # A process that exited took its time with it: a group never counts below 0.
       {used[$1] = ($2 - before[$1]) / 60 * 100; if (used[$1] < 0) used[$1] = 0; rss[$1] = $3 / 1024}
       END {
-        split(disk, d, " "); split(pg, c, " "); split(flushes, f, " ")
+        split(disk, d, " "); split(pg, c, " "); split(flushes, f, " "); split(cpu, t, " ")
+        ticks = t[4] - t[1]; if (ticks <= 0) ticks = 1
         writes = d[5] - d[2]
         wait_ms = 0
         if (writes > 0) wait_ms = (d[6] - d[3]) / writes
-        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9s %11s %6s %9.0f %8.0f %8.0f %9.1f %9s %10s %7.0f %11.0f %9s %9s %6s %9.0f %9.0f %5s %10s\n",
+        printf "%-6s %8s %8.0f %8.0f %8.0f %8.0f %8.0f %10.0f %9.0f %9s %11s %6s %9.0f %8.0f %8.0f %9.1f %9s %10s %7.0f %11.0f %9s %9s %6s %9.0f %9.0f %5s %10s %6.0f %5.0f\n",
           minute, clock, used["qrpool"], used["tansu"], used["postgres"], used["redis-server"], used["soak"],
           rss["qrpool"], huge / 1024, cache, answers, lag, rss["tansu"], rss["postgres"], d[4] - d[1], wait_ms, dirty, broker,
-          c[6] - c[1], c[7] - c[2], f[1], f[2], c[8] - c[3], c[9] - c[4], c[10] - c[5], loadavg, depth}' \
+          c[6] - c[1], c[7] - c[2], f[1], f[2], c[8] - c[3], c[9] - c[4], c[10] - c[5], loadavg, depth, (t[6] - t[3]) / ticks * 100, (t[5] - t[2]) / ticks * 100}' \
       <(echo "$previous") <(echo "$now")
-    previous=$now disk_before=$disk_now pg_before=$pg_now
+    previous=$now disk_before=$disk_now pg_before=$pg_now cpu_before=$cpu_now
   done
 }
 # And a line a second of who wrote how much (MiB, from each process group's /proc/<pid>/io),
@@ -402,6 +441,7 @@ waits_by 5
 # PostgreSQL logs its checkpoints (log_checkpoints is on by default since 15): when each began
 # and ended, to set beside the minutes' slowest requests.
 pg_log=$(ls -t /var/log/postgresql/postgresql-*-main.log 2>/dev/null | head -n 1 || true)
+[ -n "$own_postgres" ] && pg_log=$own_postgres/postgresql.log
 if [ -n "$pg_log" ] && [ -r "$pg_log" ]; then
   say "PostgreSQL's checkpoints during the soak"
   awk -v since="$soak_started" 'substr($0, 1, 19) >= since && /checkpoint (starting|complete)/' "$pg_log" |
