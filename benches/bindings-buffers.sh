@@ -29,13 +29,9 @@ seconds=${SECONDS_EACH:-60}
 port=${PORT:-5433}
 work=$(mktemp -d)
 cluster=
-pg_bin=
 stop_cluster() {
-  if [ -n "$cluster" ]; then
-    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$cluster" -m fast -w stop >/dev/null 2>&1 || true
-    rm -rf "$cluster"
-    cluster=
-  fi
+  stop_postgres_of_its_own "$cluster"
+  cluster=
 }
 cleanup() {
   stop_cluster
@@ -44,22 +40,11 @@ cleanup() {
 trap cleanup EXIT
 
 start_postgres # installs PostgreSQL (and pgbench) when missing
-pg_bin=/usr/lib/postgresql/$(ls /etc/postgresql | sort -V | tail -n 1)/bin
 psql_() { psql -h 127.0.0.1 -p "$port" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 
 printf '%-8s %9s %9s %8s %8s %8s %8s %8s %12s\n' buffers binds 'pkeys MB' batches p50_ms p99_ms p999_ms max_ms blocks_read
 for size in $sizes; do
-  # Under /var/tmp: PostgreSQL runs as its own user, who cannot enter a folder of mktemp's.
-  cluster=$(mktemp -d -p /var/tmp qrpool-bindings-buffers.XXXXXX)
-  chown postgres "$cluster"
-  runuser -u postgres -- "$pg_bin/initdb" -D "$cluster" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
-  cat >>"$cluster/postgresql.conf" <<CONF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$cluster'
-shared_buffers = $size
-CONF
-  runuser -u postgres -- "$pg_bin/pg_ctl" -D "$cluster" -l "$cluster/postgresql.log" -w start >/dev/null
+  cluster=$(start_postgres_of_its_own "$port" "$size")
   psql_ -c "CREATE DATABASE bench" postgres
   for migration in bindings/migrations/postgres/*.sql; do psql_ -f "$migration" bench; done
   # 22 hexadecimal characters of one hour's range: a fixed first digit and a second among

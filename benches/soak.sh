@@ -74,8 +74,7 @@ cleanup() {
   PGPASSWORD=postgres psql -h 127.0.0.1 -p "${PGPORT:-5432}" -U postgres -qc "DROP DATABASE IF EXISTS qrpool_$run_id WITH (FORCE)" postgres >/dev/null 2>&1 || true
   if [ -n "$own_postgres" ]; then
     cp "$own_postgres/postgresql.log" "$repo/target/soak/$run_id/" 2>/dev/null || true
-    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$own_postgres" -m fast -w stop >/dev/null 2>&1 || true
-    rm -rf "$own_postgres"
+    stop_postgres_of_its_own "$own_postgres"
   fi
   redis-cli --scan --pattern "qrpool-$run_id:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
   rm -rf "$work" "$broker_dir" "$data_dir"
@@ -87,22 +86,8 @@ start_redis
 start_postgres
 if [ -n "${PG_SHARED_BUFFERS:-}" ]; then
   export PGPORT=${PGPORT:-5433}
-  pg_bin=/usr/lib/postgresql/$(ls /etc/postgresql | sort -V | tail -n 1)/bin
-  # Under /var/tmp, not the run's folder: PostgreSQL runs as its own user, who cannot enter
-  # a folder of mktemp's.
-  own_postgres=$(mktemp -d -p /var/tmp qrpool-soak-postgres.XXXXXX)
-  chown postgres "$own_postgres"
   say "a PostgreSQL of the soak's own on :$PGPORT, shared_buffers = $PG_SHARED_BUFFERS"
-  runuser -u postgres -- "$pg_bin/initdb" -D "$own_postgres" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
-  cat >>"$own_postgres/postgresql.conf" <<CONF
-port = $PGPORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$own_postgres'
-shared_buffers = $PG_SHARED_BUFFERS
-log_checkpoints = on
-log_line_prefix = '%m [%p] '
-CONF
-  runuser -u postgres -- "$pg_bin/pg_ctl" -D "$own_postgres" -l "$own_postgres/postgresql.log" -w start >/dev/null
+  own_postgres=$(start_postgres_of_its_own "$PGPORT" "$PG_SHARED_BUFFERS" "log_checkpoints = on" "log_line_prefix = '%m [%p] '")
 fi
 start_kafka_protocol_broker # builds tansu once, if it is missing
 say "building release binaries"

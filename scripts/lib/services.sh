@@ -77,6 +77,34 @@ start_postgres() {
   fi
 }
 
+# A PostgreSQL of a benchmark's own on 127.0.0.1:$1 with `shared_buffers = $2`, any further
+# settings ("name = value" lines) after: initdb'd into a new folder under /var/tmp (PostgreSQL
+# runs as its own user, who cannot enter a folder of mktemp's), trust logins as postgres.
+# Prints the folder; stop_postgres_of_its_own removes it. The machine's PostgreSQL (start_postgres)
+# stays as it is: the tests share it.
+start_postgres_of_its_own() {
+  local port=$1 buffers=$2 dir setting
+  shift 2
+  dir=$(mktemp -d -p /var/tmp qrpool-postgres.XXXXXX)
+  as_root chown postgres "$dir"
+  as_root runuser -u postgres -- "$(postgres_bin)/initdb" -D "$dir" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
+  {
+    echo "port = $port"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "unix_socket_directories = '$dir'"
+    echo "shared_buffers = $buffers"
+    for setting in "$@"; do echo "$setting"; done
+  } >>"$dir/postgresql.conf"
+  as_root runuser -u postgres -- "$(postgres_bin)/pg_ctl" -D "$dir" -l "$dir/postgresql.log" -w start >/dev/null
+  echo "$dir"
+}
+stop_postgres_of_its_own() {
+  [ -n "${1:-}" ] && [ -d "$1" ] || return 0
+  as_root runuser -u postgres -- "$(postgres_bin)/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1 || true
+  as_root rm -rf "$1"
+}
+postgres_bin() { echo "/usr/lib/postgresql/$(ls /etc/postgresql | sort -V | tail -n 1)/bin"; }
+
 start_kafka_protocol_broker() {
   listening 9092 && return 0
   if [ ! -x "$tansu_bin" ]; then
