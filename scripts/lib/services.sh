@@ -65,9 +65,7 @@ start_postgres() {
   if ! listening 5432; then
     apt_install postgresql
     say "starting PostgreSQL on 127.0.0.1:5432"
-    local version
-    version=$(ls /etc/postgresql | sort -V | tail -n 1)
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(postgres_version)" main start
     wait_for_port 5432 PostgreSQL
   fi
   # The tests connect as postgres/postgres over TCP; a fresh cluster wants a password there.
@@ -88,13 +86,14 @@ start_postgres_of_its_own() {
   dir=$(mktemp -d -p /var/tmp qrpool-postgres.XXXXXX)
   as_root chown postgres "$dir"
   as_root runuser -u postgres -- "$(postgres_bin)/initdb" -D "$dir" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
+  # The folder is PostgreSQL's user's now: the settings go in as root too.
   {
     echo "port = $port"
     echo "listen_addresses = '127.0.0.1'"
     echo "unix_socket_directories = '$dir'"
     echo "shared_buffers = $buffers"
     for setting in "$@"; do echo "$setting"; done
-  } >>"$dir/postgresql.conf"
+  } | as_root tee -a "$dir/postgresql.conf" >/dev/null
   as_root runuser -u postgres -- "$(postgres_bin)/pg_ctl" -D "$dir" -l "$dir/postgresql.log" -w start >/dev/null
   echo "$dir"
 }
@@ -103,7 +102,9 @@ stop_postgres_of_its_own() {
   as_root runuser -u postgres -- "$(postgres_bin)/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1 || true
   as_root rm -rf "$1"
 }
-postgres_bin() { echo "/usr/lib/postgresql/$(ls /etc/postgresql | sort -V | tail -n 1)/bin"; }
+postgres_bin() { echo "/usr/lib/postgresql/$(postgres_version)/bin"; }
+# The newest PostgreSQL Debian installed (its clusters are under /etc/postgresql/<version>).
+postgres_version() { ls /etc/postgresql | sort -V | tail -n 1; }
 
 start_kafka_protocol_broker() {
   listening 9092 && return 0
