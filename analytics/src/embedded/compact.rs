@@ -175,6 +175,14 @@ fn next_merge(
 const READ_ROWS: usize = 1 << 10;
 /// Rows a merge gathers before handing them to the writer.
 const WRITE_ROWS: usize = 8 << 10;
+/// What the row group being written may hold in memory before a merge closes it. The
+/// writer keeps a row group encoded in memory until it is closed, up to the 1 M rows of
+/// [`schema::writer_properties`] (about 30 MiB of the soak's scans): closing it at 12 MiB took
+/// a merge of eighteen files of 167,000 rows 17 MiB lower at its peak in the same time, and
+/// makes groups of about 426,000 rows, so a day of up to that many scans is still one group
+/// and what the month's queries read is unchanged (`analytics-bench merge`,
+/// docs/performance.md).
+const ROW_GROUP_BYTES: usize = 12 << 20;
 
 /// A merged file, written and synced beside the place it goes to, not yet in it: until
 /// [`Written::publish`], queries read the files it merged.
@@ -199,21 +207,36 @@ impl Written {
 /// Merges the rows of `paths`, each already in file order, into one file for `target` in file
 /// order. It streams: a batch of each input is in memory at once (a page of each of its
 /// columns behind it), the rows gathered for the next write and the row group being
-/// written, so its memory grows with the number of inputs, not with their size (reading it
+/// written (closed at [`ROW_GROUP_BYTES`]), so its memory grows with the number of inputs, not with their size (reading it
 /// all at once took about 0.7 KB a row; see `docs/performance.md`).
 fn merge_files(paths: &[PathBuf], target: &std::path::Path) -> Result<Written, AnalyticsError> {
-    merge_files_in(paths, target, READ_ROWS, WRITE_ROWS)
+    merge_files_in(
+        paths,
+        target,
+        Sizes {
+            read_rows: READ_ROWS,
+            write_rows: WRITE_ROWS,
+            row_group_bytes: ROW_GROUP_BYTES,
+        },
+    )
+}
+
+/// How much of its work a merge holds at once.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    read_rows: usize,
+    write_rows: usize,
+    row_group_bytes: usize,
 }
 
 fn merge_files_in(
     paths: &[PathBuf],
     target: &std::path::Path,
-    read_rows: usize,
-    write_rows: usize,
+    sizes: Sizes,
 ) -> Result<Written, AnalyticsError> {
     let mut inputs = Vec::with_capacity(paths.len());
     for path in paths {
-        if let Some(input) = Input::open(path, read_rows)? {
+        if let Some(input) = Input::open(path, sizes.read_rows)? {
             inputs.push(input);
         }
     }
@@ -241,7 +264,7 @@ fn merge_files_in(
         held_index.push(held.len());
         held.push(input.batch.clone());
     }
-    let mut gathered: Vec<(usize, usize)> = Vec::with_capacity(write_rows);
+    let mut gathered: Vec<(usize, usize)> = Vec::with_capacity(sizes.write_rows);
     while let Some(Reverse((_, index))) = next.pop() {
         let input = &mut inputs[index];
         gathered.push((held_index[index], input.row));
@@ -252,9 +275,12 @@ fn merge_files_in(
             }
             next.push(Reverse((input.key(), index)));
         }
-        if gathered.len() == write_rows || next.is_empty() {
+        if gathered.len() == sizes.write_rows || next.is_empty() {
             let batches: Vec<&RecordBatch> = held.iter().collect();
             writer.write(&interleave_record_batch(&batches, &gathered)?)?;
+            if writer.in_progress_size() > sizes.row_group_bytes {
+                writer.flush()?;
+            }
             gathered.clear();
             // Only the inputs' current batches can be referred to from now on.
             held.clear();
@@ -408,11 +434,21 @@ mod tests {
 
     /// The ids in a partition's live files, each as often as it is there.
     fn ids_in(dir: &Path) -> Vec<Vec<u8>> {
-        let mut ids: Vec<Vec<u8>> = live_files(dir)
+        let batches: Vec<RecordBatch> = live_files(dir)
             .unwrap()
             .0
             .iter()
             .flat_map(|(_, path)| read_all(path))
+            .collect();
+        let mut ids = ids_of(&batches);
+        ids.sort();
+        ids
+    }
+
+    /// The ids of `batches`' rows, in their order.
+    fn ids_of(batches: &[RecordBatch]) -> Vec<Vec<u8>> {
+        batches
+            .iter()
             .flat_map(|batch| {
                 let ids = batch
                     .column_by_name("id")
@@ -423,9 +459,7 @@ mod tests {
                     .map(|row| ids.value(row).to_vec())
                     .collect::<Vec<_>>()
             })
-            .collect();
-        ids.sort();
-        ids
+            .collect()
     }
 
     /// A store under `root` with one partition's folder made, and its day, tenant and folder.
@@ -613,10 +647,16 @@ mod tests {
             paths.push(path);
         }
         let target = dir.path().join("L2-1.parquet");
-        merge_files_in(&paths, &target, 7, 50)
+        let sizes = Sizes {
+            read_rows: 7,
+            write_rows: 50,
+            row_group_bytes: ROW_GROUP_BYTES,
+        };
+        merge_files_in(&paths, &target, sizes)
             .unwrap()
             .publish()
             .unwrap();
+        assert_eq!(row_groups(&target), 1, "3,000 rows are far below the cap");
 
         let merged = read_all(&target);
         let keys: Vec<OrderKey> = merged
@@ -643,5 +683,62 @@ mod tests {
         expected.sort();
         assert_eq!(ids, expected);
         assert!(!dir.path().join(".L2-1.parquet.tmp").exists());
+    }
+
+    fn row_groups(path: &Path) -> usize {
+        let file = std::fs::File::open(path).unwrap();
+        ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .metadata()
+            .num_row_groups()
+    }
+
+    #[test]
+    fn a_merge_closes_its_row_group_once_it_holds_its_size_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = day_of_events(3_000);
+        let lines = lines_of(&json);
+        let mut paths = Vec::new();
+        for (index, chunk) in lines.chunks(1_000).enumerate() {
+            let path = dir.path().join(format!("in-{index}.parquet"));
+            write_sorted(&path, chunk);
+            paths.push(path);
+        }
+        let target = dir.path().join("L1-1.parquet");
+        let sizes = Sizes {
+            read_rows: 64,
+            write_rows: 100,
+            row_group_bytes: 32 << 10,
+        };
+        merge_files_in(&paths, &target, sizes)
+            .unwrap()
+            .publish()
+            .unwrap();
+
+        let groups = row_groups(&target);
+        assert!(
+            groups > 1,
+            "3,000 scans in one row group despite a 32 KiB cap"
+        );
+        // Each group is closed at the first write that takes it over the cap, so none is
+        // much larger than the others.
+        let file = std::fs::File::open(&target).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let rows: Vec<i64> = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|group| group.num_rows())
+            .collect();
+        assert_eq!(rows.iter().sum::<i64>(), 3_000, "{rows:?}");
+        assert!(
+            rows[..rows.len() - 1].iter().all(|&n| n % 100 == 0),
+            "groups end on a write: {rows:?}"
+        );
+        let mut ids = ids_of(&read_all(&target));
+        let mut expected: Vec<Vec<u8>> = lines.iter().map(|line| line.id.to_vec()).collect();
+        ids.sort();
+        expected.sort();
+        assert_eq!(ids, expected, "every scan once");
     }
 }

@@ -7,9 +7,11 @@
 //! analytics-bench ingest --dir D [--keep-parts]
 //!     ingests them all into D/analytics (Parquet by day and tenant), then merges the days
 //!     (unless --keep-parts); prints events/s of the ingest and the time of the merges
-//! analytics-bench merge --dir D
-//!     merges what `ingest --keep-parts` left, as when the days are over, in a process of its
-//!     own: prints the merges' time and the resident memory they took at their peak
+//! analytics-bench merge --dir D [--ask TENANT] [--today DAY]
+//!     merges what `ingest --keep-parts` left, as when the days are over (or as during DAY),
+//!     in a process of its own: prints the merges' time and the resident memory they took at
+//!     their peak (with --ask, after the dashboard's questions of TENANT, which the merges
+//!     then answer ahead)
 //! analytics-bench query --dir D --tenant T --runs 15
 //!     the dashboard's queries over the last 30 days of T, each run RUNS times; one JSON line
 //!     per query: its name, the median and the fastest time, and its answer's totals
@@ -67,6 +69,20 @@ enum Command {
     Merge {
         #[arg(long)]
         dir: PathBuf,
+        /// Before merging, ask the dashboard's questions of TENANT's days with the API's
+        /// 512 MiB query cache, as a console open on them does: the merges then answer them
+        /// ahead for the files they write, as qrpool's do, and the peak counts that too.
+        #[arg(long, value_name = "TENANT")]
+        ask: Option<String>,
+        #[arg(long, default_value = "2026-11-01")]
+        first_day: NaiveDate,
+        #[arg(long, default_value_t = 1)]
+        days: i64,
+        /// Merge as qrpool does while DAY is today: that day's files by level (sixteen parts
+        /// into one), their answers kept for counting visitors across files; by default every
+        /// day is over and becomes one file.
+        #[arg(long, value_name = "DAY")]
+        today: Option<NaiveDate>,
     },
     Query {
         #[arg(long)]
@@ -86,6 +102,9 @@ enum Command {
         cache_mb: u64,
     },
 }
+
+/// `analytics.query_cache_mb`'s default.
+const QUERY_CACHE_MB: u64 = 512;
 
 /// The questions a dashboard asks of one tenant's month.
 pub fn dashboard(
@@ -213,11 +232,24 @@ fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        Command::Merge { dir } => {
-            let store = EmbeddedStore::open(&dir.join("analytics"))?;
+        Command::Merge {
+            dir,
+            ask,
+            first_day,
+            days,
+            today,
+        } => {
+            let mut store = EmbeddedStore::open(&dir.join("analytics"))?;
+            if let Some(tenant) = ask {
+                store = store.with_query_cache(QUERY_CACHE_MB << 20);
+                let tenant = Tenant::parse(&tenant).context("--ask")?;
+                for (_, query) in dashboard(&tenant, first_day, days) {
+                    store.query(&query)?;
+                }
+            }
             let before = resident_peak_reset()?;
             let started = Instant::now();
-            let merged = store.compact(NaiveDate::MAX)?;
+            let merged = store.compact(today.unwrap_or(NaiveDate::MAX))?;
             let took = started.elapsed().as_secs_f64();
             let peak = resident_kib("VmHWM")?;
             println!(
