@@ -21,12 +21,14 @@
 #                                            under /dev/shm, off PostgreSQL's disk (in
 #                                            production the broker has disks of its own)
 #   DATA_DIR=/dev/shm benches/soak.sh        qrpool's data folder (the analytics store) there too
-#   PGPORT=5433 benches/soak.sh              another PostgreSQL on loopback (user postgres)
-#   PG_SHARED_BUFFERS=2GB benches/soak.sh    a PostgreSQL of the run's own (initdb'd for it on
-#                                            PGPORT, 5433 unless set, removed after) with
-#                                            shared_buffers sized as docs/operations.md says:
-#                                            the machine's Debian default is 128 MB, which a
-#                                            young table's index inserts outgrow within minutes
+#   PG_SHARED_BUFFERS=4GB benches/soak.sh    the shared_buffers of the PostgreSQL the soak runs
+#                                            on, one of its own (initdb'd for it on PGPORT, 5433
+#                                            unless set, removed after): 2GB by default, sized
+#                                            for the binds of an hour as docs/operations.md says
+#                                            (the Debian default of 128 MB is outgrown by a
+#                                            young table's index inserts within minutes, and
+#                                            the binds' p99 climbs with it: runs P and R)
+#   PG_SHARED_BUFFERS= benches/soak.sh       the machine's PostgreSQL (PGPORT, 5432 unless set) as it is
 #   SESSION_TIMEOUT_MS=6000 benches/soak.sh  the binder group's session timeout (30000 by default: below)
 #   QUERY_CACHE_MB=32 benches/soak.sh        the analytics query cache's budget (MiB; 512 by default)
 #   QRPOOL_BIN=/tmp/qrpool-x benches/soak.sh another build of qrpool (any name: its columns
@@ -84,10 +86,11 @@ trap cleanup EXIT
 apt_install curl procps
 start_redis
 start_postgres
-if [ -n "${PG_SHARED_BUFFERS:-}" ]; then
+shared_buffers=${PG_SHARED_BUFFERS-2GB}
+if [ -n "$shared_buffers" ]; then
   export PGPORT=${PGPORT:-5433}
-  say "a PostgreSQL of the soak's own on :$PGPORT, shared_buffers = $PG_SHARED_BUFFERS"
-  own_postgres=$(start_postgres_of_its_own "$PGPORT" "$PG_SHARED_BUFFERS" "log_checkpoints = on" "log_line_prefix = '%m [%p] '")
+  say "a PostgreSQL of the soak's own on :$PGPORT, shared_buffers = $shared_buffers"
+  own_postgres=$(start_postgres_of_its_own "$PGPORT" "$shared_buffers" "log_checkpoints = on" "log_line_prefix = '%m [%p] '")
 fi
 start_kafka_protocol_broker # builds tansu once, if it is missing
 say "building release binaries"
