@@ -177,11 +177,10 @@ const READ_ROWS: usize = 1 << 10;
 const WRITE_ROWS: usize = 8 << 10;
 /// What the row group being written may hold in memory before a merge closes it. The
 /// writer keeps a row group encoded in memory until it is closed, up to the 1 M rows of
-/// [`schema::writer_properties`] (about 30 MiB of the soak's scans): closing it at 12 MiB took
-/// a merge of eighteen files of 167,000 rows 17 MiB lower at its peak in the same time, and
-/// makes groups of about 426,000 rows, so a day of up to that many scans is still one group
-/// and what the month's queries read is unchanged (`analytics-bench merge`,
-/// docs/performance.md).
+/// [`schema::writer_properties`]: closing it at 12 MiB took a merge of eighteen files of
+/// 167,000 rows 17 MiB lower at its peak in the same time, and makes groups of about 426,000
+/// rows, so a day of up to that many scans is still one group and what the month's queries
+/// read is unchanged (`analytics-bench merge`, docs/performance.md).
 const ROW_GROUP_BYTES: usize = 12 << 20;
 
 /// A merged file, written and synced beside the place it goes to, not yet in it: until
@@ -207,8 +206,9 @@ impl Written {
 /// Merges the rows of `paths`, each already in file order, into one file for `target` in file
 /// order. It streams: a batch of each input is in memory at once (a page of each of its
 /// columns behind it), the rows gathered for the next write and the row group being
-/// written (closed at [`ROW_GROUP_BYTES`]), so its memory grows with the number of inputs, not with their size (reading it
-/// all at once took about 0.7 KB a row; see `docs/performance.md`).
+/// written (closed at [`ROW_GROUP_BYTES`]), so its memory grows with the number of inputs,
+/// not with their size (reading it all at once took about 0.7 KB a row; see
+/// `docs/performance.md`).
 fn merge_files(paths: &[PathBuf], target: &std::path::Path) -> Result<Written, AnalyticsError> {
     merge_files_in(
         paths,
