@@ -720,8 +720,7 @@ mod tests {
             groups > 1,
             "3,000 scans in one row group despite a 32 KiB cap"
         );
-        // Each group is closed at the first write that takes it over the cap, so none is
-        // much larger than the others.
+        // A group is closed only after a whole write (100 rows), the last one aside.
         let file = std::fs::File::open(&target).unwrap();
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
         let rows: Vec<i64> = builder

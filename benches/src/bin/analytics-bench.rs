@@ -103,9 +103,6 @@ enum Command {
     },
 }
 
-/// `analytics.query_cache_mb`'s default.
-const QUERY_CACHE_MB: u64 = 512;
-
 /// The questions a dashboard asks of one tenant's month.
 pub fn dashboard(
     tenant: &Tenant,
@@ -241,7 +238,8 @@ fn main() -> anyhow::Result<()> {
         } => {
             let mut store = EmbeddedStore::open(&dir.join("analytics"))?;
             if let Some(tenant) = ask {
-                store = store.with_query_cache(QUERY_CACHE_MB << 20);
+                let cache_mb = config::AnalyticsSettings::default().query_cache_mb;
+                store = store.with_query_cache(cache_mb << 20);
                 let tenant = Tenant::parse(&tenant).context("--ask")?;
                 for (_, query) in dashboard(&tenant, first_day, days) {
                     store.query(&query)?;

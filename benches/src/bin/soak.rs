@@ -392,15 +392,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Resident memory (KiB) and open descriptors of `pid`.
 fn process_use(pid: u32) -> anyhow::Result<(u64, usize)> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    Ok((resident_kib(pid)?, fds))
+}
+
+/// Resident memory (KiB) of `pid`: all the per-second reader needs, without listing the
+/// process's descriptors every second.
+fn resident_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status (is qrpool running?)"))?;
-    let rss = status
+    status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    Ok((rss, fds))
+        .context("no VmRSS")
 }
 
 /// qrpool's resident memory, read every second.
@@ -408,7 +413,7 @@ fn process_use(pid: u32) -> anyhow::Result<(u64, usize)> {
 /// It is a sawtooth, not a level: the answers and columns kept for today's newest files
 /// climb by about a MiB a second until the merge of their level lets them go, and the merge
 /// itself holds its inputs, its row group and the answers it computes ahead for two or three
-/// seconds at the top (run S: 680 → 750 MiB over 80 s, 790-818 for two seconds, back to 680).
+/// seconds at the top (run S: 690 → 750 MiB over 80 s, 790-818 for two seconds, back to 690).
 /// One sample a minute lands anywhere on it, and the highest of 25 such samples after the
 /// warm-up against the highest of 5 in it failed runs whose memory did not grow. A leak
 /// raises the sawtooth's middle; the median of every second over as long a stretch as the
@@ -439,7 +444,7 @@ impl Resident {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 every.tick().await;
-                let Ok((kib, _)) = process_use(pid) else {
+                let Ok(kib) = resident_kib(pid) else {
                     break;
                 };
                 if let Ok(mut seconds) = seconds.lock() {
