@@ -323,7 +323,7 @@ async fn experiment(
     let key = LinkKey::parse(&key).map_err(|_| Problem::not_found("link"))?;
     let link = service
         .links
-        .get_owned(&key, &caller.tenant)
+        .servable_owned(&key, &caller.tenant, Utc::now())
         .await
         .map_err(|error| {
             tracing::error!(%error, "the link store failed");
@@ -511,7 +511,7 @@ async fn record_conversion(
     // Another tenant's click is as unknown as no click at all.
     let owned = service
         .links
-        .get_owned(&link_key, &caller.tenant)
+        .servable_owned(&link_key, &caller.tenant, Utc::now())
         .await
         .map_err(|error| {
             tracing::error!(%error, "the link store failed");

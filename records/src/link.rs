@@ -285,6 +285,12 @@ impl LinkTarget {
             && self.effective_end.is_none_or(|end| at < end)
     }
 
+    /// Whether this version serves at every time from `now` on: a version before it can
+    /// never serve again once it is the newest.
+    pub fn serves_for_good_from(&self, now: DateTime<Utc>) -> bool {
+        self.effective_start.is_none_or(|start| start <= now) && self.effective_end.is_none()
+    }
+
     /// Where this version sends one scan.
     pub fn serve<'a>(&'a self, key: &LinkKey, visit: &Visit<'_>) -> Served<'a> {
         let rule = self.rules.iter().find(|rule| {
@@ -414,7 +420,9 @@ pub struct LinkVersion {
     pub note: Option<String>,
 }
 
-/// A link with every version it has had, oldest first: what a scan needs to resolve it.
+/// A link with its versions, oldest first: what a scan needs to resolve it. As read for scans
+/// and edits, only the versions that may still serve ([`Link::servable_from`]); the whole
+/// history is paged through apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     /// Layout of this record where it is cached (Redis); a reader drops other layouts.
@@ -456,18 +464,15 @@ impl Link {
     /// still says which version an edit starts from. [`Link::effective`] answers the same for
     /// every time from `now` on.
     ///
-    /// Caches hold this: a link edited every few seconds for months has thousands of
-    /// versions, and each scan that missed the cache would otherwise read all of them.
+    /// Caches and the store's reads hold this: a link edited every few seconds for months has
+    /// thousands of versions, and each scan that missed the cache, and each edit, would
+    /// otherwise read all of them.
     #[must_use]
     pub fn servable_from(mut self, now: DateTime<Utc>) -> Link {
-        let serves_for_good = |target: &LinkTarget| {
-            target.effective_start.is_none_or(|start| start <= now)
-                && target.effective_end.is_none()
-        };
         let floor = self
             .versions
             .iter()
-            .rposition(|version| serves_for_good(&version.target))
+            .rposition(|version| version.target.serves_for_good_from(now))
             .unwrap_or(0);
         let last = self.versions.len().saturating_sub(1);
         let mut index = 0;

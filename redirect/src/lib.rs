@@ -7,9 +7,9 @@
 //! - [`Redirects`]: the tiered lookup a scan goes through — in-process cache, then Redis, then
 //!   the database — with concurrent misses on one key coalesced into one database read, a
 //!   short negative cache for unknown keys, and change events that drop every process's copy
-//!   of a link that changed. The caches hold a link without the versions that can never serve
-//!   again ([`Link::servable_from`]), so a link edited thousands of times costs a scan no more
-//!   than a new one;
+//!   of a link that changed. The database read, the caches and the read after each edit hold
+//!   a link without the versions that can never serve again ([`Link::servable_from`]), so a
+//!   link edited thousands of times costs a scan or an edit no more than a new one;
 //! - [`routes`]: `GET /r/{key}` for scanners and the links admin API for marketers;
 //! - [`allow`]: which destinations a tenant may send scanners to (no open redirect).
 
@@ -131,7 +131,7 @@ impl Redirects {
         metrics::counter!("redirect_lookups_total", "tier" => "database").increment(1);
         let Some(link) = self
             .store
-            .get(key)
+            .servable(key, chrono::Utc::now())
             .await
             .map_err(|error| Lookup::Store(Arc::new(error)))?
         else {
@@ -140,7 +140,6 @@ impl Redirects {
             }
             return Err(Lookup::Missing);
         };
-        let link = link.servable_from(chrono::Utc::now());
         if let Some(redis) = &self.redis {
             redis
                 .set_json(&Self::redis_key(redis, key), &link, self.ttl_secs)
@@ -167,16 +166,17 @@ impl Redirects {
         if let Some(missing) = &self.missing {
             missing.invalidate(key).await;
         }
-        let link = self.store.get(key).await;
+        let link = self.store.servable(key, chrono::Utc::now()).await;
         match &link {
             Ok(Some(found)) => {
-                let servable = found.clone().servable_from(chrono::Utc::now());
                 if let Some(redis) = &self.redis {
                     redis
-                        .set_json(&Self::redis_key(redis, key), &servable, self.ttl_secs)
+                        .set_json(&Self::redis_key(redis, key), found, self.ttl_secs)
                         .await;
                 }
-                self.local.insert(key.clone(), Arc::new(servable)).await;
+                self.local
+                    .insert(key.clone(), Arc::new(found.clone()))
+                    .await;
             }
             Ok(None) | Err(_) => self.local.invalidate(key).await,
         }

@@ -10,7 +10,7 @@
 //! | `DELETE /v1/links/{key}` | `admin` | soft delete: scans get `410` until restored or purged |
 //! | `POST /v1/links/{key}/restore` | `admin` | undoes a delete within the retention window |
 //! | `POST /v1/links/{key}/rollback` `{"version": n}` | `admin` | a new version with version `n`'s target |
-//! | `GET /v1/links/{key}/versions` | `read` | every version, oldest first |
+//! | `GET /v1/links/{key}/versions?after=&limit=` | `read` | its versions, oldest first, a page at a time |
 //! | `GET /v1/links/{key}/audit` | `read` | every change: who, when, what |
 //! | `GET /v1/links/{key}/qr.png` (`qr.svg`) `?scale=&margin=&dark=&light=&ec=` | `read` | the link's printed URL as a QR code |
 //! | `GET /v1/links/openapi.json` | anyone | the OpenAPI 3.1 document of these routes |
@@ -442,7 +442,7 @@ impl LinkService {
         let key = LinkKey::parse(key).map_err(|_| Problem::not_found("link"))?;
         self.redirects
             .store()
-            .get_owned(&key, tenant)
+            .servable_owned(&key, tenant, Utc::now())
             .await
             .map_err(store_unavailable)?
             .ok_or_else(|| Problem::not_found("link"))
@@ -701,10 +701,12 @@ async fn rollback_link(
     let caller = service.keys.authorize(&headers, Scope::Admin).await?;
     let JsonObject(body) = body?;
     let link = service.owned(&key, &caller.tenant).await?;
-    let old = link
-        .versions
-        .iter()
-        .find(|v| v.version == body.version)
+    let old = service
+        .redirects
+        .store()
+        .version(&link.key, body.version)
+        .await
+        .map_err(store_unavailable)?
         .ok_or_else(|| edit_problem(EditError::NoSuchVersion(body.version)))?;
     let edit = Edit {
         key: &link.key,
@@ -764,14 +766,40 @@ async fn set_deleted(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionsQuery {
+    after: Option<u32>,
+    limit: Option<u32>,
+}
+
 async fn link_versions(
     State(service): State<Arc<LinkService>>,
     Path(key): Path<String>,
     headers: HeaderMap,
+    query: Result<Query<VersionsQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let caller = service.keys.authorize(&headers, Scope::Read).await?;
-    let link = service.owned(&key, &caller.tenant).await?;
-    Ok(Json(serde_json::json!({ "key": link.key, "versions": link.versions })).into_response())
+    let Query(query) = query.map_err(|error| invalid(error.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid(format!("`limit` is 1 to {MAX_PAGE}")));
+    }
+    let key = LinkKey::parse(&key).map_err(|_| Problem::not_found("link"))?;
+    let versions = service
+        .redirects
+        .store()
+        .versions(&key, &caller.tenant, query.after.unwrap_or(0), limit)
+        .await
+        .map_err(store_unavailable)?
+        .ok_or_else(|| Problem::not_found("link"))?;
+    let next = (versions.len() == limit as usize)
+        .then(|| versions.last().map(|version| version.version))
+        .flatten();
+    Ok(
+        Json(serde_json::json!({ "key": key, "versions": versions, "next_after": next }))
+            .into_response(),
+    )
 }
 
 async fn link_audit(

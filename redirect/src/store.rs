@@ -117,7 +117,34 @@ fn to_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+impl VersionRow {
+    fn into_version(self) -> Result<LinkVersion, LinkStoreError> {
+        Ok(LinkVersion {
+            version: to_u32(self.version, "version")?,
+            target: self.target.0,
+            created_at: self.created_at,
+            created_by: self.created_by,
+            note: self.note,
+        })
+    }
+}
+
 impl LinkRow {
+    /// The link this row heads, with `versions` (oldest first).
+    fn into_link(self, key: &LinkKey, versions: Vec<LinkVersion>) -> Result<Link, LinkStoreError> {
+        Ok(Link {
+            v: Link::LAYOUT,
+            key: key.clone(),
+            tenant: Tenant::parse(&self.tenant)
+                .map_err(|_| LinkStoreError::Corrupt(format!("tenant {}", self.tenant)))?,
+            status: self.status()?,
+            created_at: self.created_at,
+            deleted_at: self.deleted_at,
+            tags: self.tags()?,
+            versions,
+        })
+    }
+
     fn status(&self) -> Result<RedirectStatus, LinkStoreError> {
         u16::try_from(self.status)
             .ok()
@@ -161,6 +188,11 @@ const INSERT_AUDIT: &str = "INSERT INTO link_audit (link_key, tenant, at, actor,
                             VALUES ($1, $2, $3, $4, $5, $6, $7)";
 const INSERT_VERSION: &str = "INSERT INTO link_versions (link_key, version, target, created_at, created_by, note) \
                               VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// How many versions, newest first, a read of what can still serve asks for first; each
+/// further batch of the same read is twice as large, up to [`MAX_SERVABLE_BATCH`].
+const FIRST_SERVABLE_BATCH: i64 = 4;
+const MAX_SERVABLE_BATCH: i64 = 512;
 
 /// The link tables; cheap to clone.
 #[derive(Debug, Clone)]
@@ -247,66 +279,141 @@ impl LinkStore {
         })
     }
 
-    /// A link with all its versions, deleted or not; `None` if there is none (or it was
-    /// purged).
-    pub async fn get(&self, key: &LinkKey) -> Result<Option<Link>, LinkStoreError> {
-        let (row, versions): (Option<LinkRow>, Vec<VersionRow>) = on_db!(self, db => {
-            let row = sqlx::query_as(
+    /// The link behind `key` as scans from `now` on see it, deleted or not: its current
+    /// version and those that may still serve ([`Link::servable_from`]); `None` if there is
+    /// none (or it was purged).
+    ///
+    /// Versions are read newest first, in batches, down to the newest one that serves for
+    /// good: nearly always the current one, so a link edited ten thousand times costs one
+    /// short read, as a new one does. `GET /v1/links/{key}/versions` pages through the rest
+    /// ([`LinkStore::versions`]).
+    pub async fn servable(
+        &self,
+        key: &LinkKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Link>, LinkStoreError> {
+        let row: Option<LinkRow> = on_db!(self, db => {
+            sqlx::query_as(
                 "SELECT link_key, tenant, status, created_at, deleted_at, version, tags FROM links \
                  WHERE link_key = $1",
             )
             .bind(key.as_str())
             .fetch_optional(db)
-            .await?;
-            let versions = if row.is_some() {
+            .await?
+        });
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut versions = Vec::new();
+        // Bounded by the version the row names, so that an edit committed meanwhile is
+        // either wholly seen or not at all.
+        let mut below = row.version.saturating_add(1);
+        let mut batch = FIRST_SERVABLE_BATCH;
+        loop {
+            let rows: Vec<VersionRow> = on_db!(self, db => {
                 sqlx::query_as(
                     "SELECT version, target, created_at, created_by, note FROM link_versions \
-                     WHERE link_key = $1 ORDER BY version",
+                     WHERE link_key = $1 AND version < $2 ORDER BY version DESC LIMIT $3",
                 )
                 .bind(key.as_str())
+                .bind(below)
+                .bind(batch)
+                .fetch_all(db)
+                .await?
+            });
+            let last_batch = (rows.len() as i64) < batch;
+            let mut reached_floor = false;
+            for version_row in rows {
+                below = version_row.version;
+                let version = version_row.into_version()?;
+                reached_floor = version.target.serves_for_good_from(now);
+                versions.push(version);
+                if reached_floor {
+                    break;
+                }
+            }
+            if reached_floor || last_batch {
+                break;
+            }
+            batch = (batch * 2).min(MAX_SERVABLE_BATCH);
+        }
+        versions.reverse();
+        Ok(Some(row.into_link(key, versions)?.servable_from(now)))
+    }
+
+    /// `tenant`'s link as scans from `now` on see it, or `None` — also for another tenant's
+    /// link, so that keys cannot be probed across tenants.
+    pub async fn servable_owned(
+        &self,
+        key: &LinkKey,
+        tenant: &Tenant,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Link>, LinkStoreError> {
+        Ok(self
+            .servable(key, now)
+            .await?
+            .filter(|link| link.tenant == *tenant))
+    }
+
+    /// Up to `limit` versions of `tenant`'s link numbered above `after`, oldest first; `None`
+    /// when `tenant` has no such link.
+    pub async fn versions(
+        &self,
+        key: &LinkKey,
+        tenant: &Tenant,
+        after: u32,
+        limit: u32,
+    ) -> Result<Option<Vec<LinkVersion>>, LinkStoreError> {
+        let (owned, rows): (bool, Vec<VersionRow>) = on_db!(self, db => {
+            let owned: Option<(i32,)> = sqlx::query_as(
+                "SELECT version FROM links WHERE link_key = $1 AND tenant = $2",
+            )
+            .bind(key.as_str())
+            .bind(tenant.as_str())
+            .fetch_optional(db)
+            .await?;
+            let rows = if owned.is_some() {
+                sqlx::query_as(
+                    "SELECT version, target, created_at, created_by, note FROM link_versions \
+                     WHERE link_key = $1 AND version > $2 ORDER BY version LIMIT $3",
+                )
+                .bind(key.as_str())
+                .bind(to_i32(after))
+                .bind(i64::from(limit))
                 .fetch_all(db)
                 .await?
             } else {
                 Vec::new()
             };
-            (row, versions)
+            (owned.is_some(), rows)
         });
-        let Some(row) = row else {
+        if !owned {
             return Ok(None);
-        };
-        let versions = versions
-            .into_iter()
-            .map(|v| {
-                Ok(LinkVersion {
-                    version: to_u32(v.version, "version")?,
-                    target: v.target.0,
-                    created_at: v.created_at,
-                    created_by: v.created_by,
-                    note: v.note,
-                })
-            })
-            .collect::<Result<Vec<_>, LinkStoreError>>()?;
-        Ok(Some(Link {
-            v: Link::LAYOUT,
-            key: key.clone(),
-            tenant: Tenant::parse(&row.tenant)
-                .map_err(|_| LinkStoreError::Corrupt(format!("tenant {}", row.tenant)))?,
-            status: row.status()?,
-            created_at: row.created_at,
-            deleted_at: row.deleted_at,
-            tags: row.tags()?,
-            versions,
-        }))
+        }
+        rows.into_iter()
+            .map(VersionRow::into_version)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
-    /// `tenant`'s link, or `None` — also for another tenant's link, so that keys cannot be
-    /// probed across tenants.
-    pub async fn get_owned(
+    /// Version `number` of `key`, whoever owns it (the caller checked); `None` when there is
+    /// no such version.
+    pub async fn version(
         &self,
         key: &LinkKey,
-        tenant: &Tenant,
-    ) -> Result<Option<Link>, LinkStoreError> {
-        Ok(self.get(key).await?.filter(|link| link.tenant == *tenant))
+        number: u32,
+    ) -> Result<Option<LinkVersion>, LinkStoreError> {
+        let row: Option<VersionRow> = on_db!(self, db => {
+            sqlx::query_as(
+                "SELECT version, target, created_at, created_by, note FROM link_versions \
+                 WHERE link_key = $1 AND version = $2",
+            )
+            .bind(key.as_str())
+            .bind(to_i32(number))
+            .fetch_optional(db)
+            .await?
+        });
+        row.map(VersionRow::into_version).transpose()
     }
 
     /// Appends the edit's target as a new version (when it has one) and sets its status
@@ -382,7 +489,10 @@ impl LinkStore {
             return Ok(next);
         }
         // Why not: tell the caller precisely.
-        match self.get_owned(edit.key, edit.tenant).await? {
+        match self
+            .servable_owned(edit.key, edit.tenant, Utc::now())
+            .await?
+        {
             None => Err(EditError::NotFound),
             Some(link) if link.deleted_at.is_some() => Err(EditError::Deleted),
             Some(link) => Err(EditError::Conflict {
@@ -439,7 +549,7 @@ impl LinkStore {
         if changed {
             return Ok(Some(true));
         }
-        Ok(self.get_owned(key, tenant).await?.map(|_| false))
+        Ok(self.servable_owned(key, tenant, now).await?.map(|_| false))
     }
 
     /// Removes links deleted before `cutoff`, with their versions; their audit stays, with a

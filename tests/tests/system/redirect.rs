@@ -198,6 +198,40 @@ async fn a_link_follows_its_versions_and_keeps_every_change_on_record() {
     );
     assert_eq!(versions["versions"][0]["note"], "launch");
     assert_eq!(versions["versions"][2]["note"], "rollback to version 1");
+    assert_eq!(versions["next_after"], Value::Null);
+    // A page at a time: versions are numbered without gaps, `next_after` names the next page.
+    let first_page = json_of(
+        call(&app, Method::GET, &format!("{path}/versions?limit=2"), None).await,
+        200,
+    )
+    .await;
+    let numbers = |page: &Value| -> Vec<u64> {
+        page["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(numbers(&first_page), [1, 2]);
+    assert_eq!(first_page["next_after"], 2);
+    let last_page = json_of(
+        call(
+            &app,
+            Method::GET,
+            &format!("{path}/versions?after=2&limit=2"),
+            None,
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(numbers(&last_page), [3]);
+    assert_eq!(last_page["next_after"], Value::Null);
+    for bad in ["limit=0", "limit=1001", "after=-1", "after=x", "page=2"] {
+        let refused = call(&app, Method::GET, &format!("{path}/versions?{bad}"), None).await;
+        assert_eq!(refused.status(), 422, "{bad}");
+    }
 
     let audit = json_of(
         call(&app, Method::GET, &format!("{path}/audit"), None).await,
@@ -677,7 +711,7 @@ async fn a_link_change_reaches_another_process_through_redis_and_purges_keep_the
         .await
         .unwrap();
     assert!(purged.contains(&key));
-    assert_eq!(store.get(&key).await.unwrap(), None);
+    assert_eq!(store.servable(&key, Utc::now()).await.unwrap(), None);
     let audit: Vec<String> = store
         .audit(&key, &Tenant::default())
         .await
@@ -718,8 +752,12 @@ async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_s
         .unwrap();
     let store = redirect::LinkStore::open(durable.database()).await.unwrap();
     let parsed = records::LinkKey::parse(&key).unwrap();
-    let on_record = store.get(&parsed).await.unwrap().unwrap();
-    assert_eq!(on_record.versions.len(), EDITS + 1);
+    let on_record = store
+        .versions(&parsed, &Tenant::default(), 0, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(on_record.len(), EDITS + 1);
 
     let redis = redis::Client::open(links.backends.redis_url.as_str())
         .unwrap()
@@ -746,7 +784,7 @@ async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_s
         .map(|version| version.version)
         .collect();
     assert_eq!(held.len(), 1, "Redis holds versions {held:?}");
-    assert_eq!(copy.versions, on_record.versions[EDITS..]);
+    assert_eq!(copy.versions, on_record[EDITS..]);
 
     // A process that has never seen the link fills Redis from the database the same way.
     let _: () = redis::cmd("DEL")
@@ -764,4 +802,127 @@ async fn the_shared_copy_of_a_link_edited_many_times_holds_only_what_can_still_s
     admin.stop().await;
     scans.stop().await;
     links.database.drop_now().await;
+}
+
+/// The read behind scans and edits (`LinkStore::servable`) goes newest first and stops at the
+/// newest version that serves for good, so it does not grow with a link's history; whatever
+/// the history's shape, it must hold exactly what the whole history would serve from now on.
+async fn the_read_for_scans_holds_what_the_whole_history_would_serve(database: bindings::Database) {
+    let store = redirect::LinkStore::open(database).await.unwrap();
+    let now = Utc::now();
+    let tenant = Tenant::default();
+    let at = |hours: i64| (now + chrono::Duration::hours(hours)).to_rfc3339();
+    let for_good = |n: usize| json!({"destination": format!("https://shop.example/{n}")});
+    let window = |n: usize, start: i64, end: i64| {
+        json!({"destination": format!("https://shop.example/{n}"),
+               "effective_start": at(start), "effective_end": at(end)})
+    };
+    let starting = |n: usize, start: i64| json!({"destination": format!("https://shop.example/{n}"), "effective_start": at(start)});
+    let histories: Vec<(&str, Vec<Value>, usize)> = vec![
+        ("edited often", (1..=30).map(for_good).collect(), 1),
+        (
+            // Forty versions scheduled ahead of one serving now: the read goes through
+            // several batches down to version 1.
+            "scheduled far ahead",
+            std::iter::once(for_good(1))
+                .chain((2..=41).map(|n| starting(n, n as i64)))
+                .collect(),
+            41,
+        ),
+        (
+            "mixed",
+            vec![
+                for_good(1),
+                window(2, -3, -1),
+                for_good(3),
+                window(4, -1, 1),
+                starting(5, 2),
+                window(6, -5, -4),
+            ],
+            4,
+        ),
+        (
+            "only windows, all ended",
+            (1..=10).map(|n| window(n, -20, -10)).collect(),
+            1,
+        ),
+    ];
+    for (shape, targets, expected_len) in histories {
+        let target = |value: &Value| -> records::LinkTarget {
+            serde_json::from_value(value.clone()).unwrap()
+        };
+        let key = records::LinkKey::generate();
+        let link = records::Link {
+            v: records::Link::LAYOUT,
+            key: key.clone(),
+            tenant: tenant.clone(),
+            status: records::RedirectStatus::Found,
+            created_at: now,
+            deleted_at: None,
+            tags: records::Tags::default(),
+            versions: vec![records::LinkVersion {
+                version: 1,
+                target: target(&targets[0]),
+                created_at: now,
+                created_by: "test".into(),
+                note: None,
+            }],
+        };
+        assert!(store.create(&link, "test").await.unwrap());
+        for (base, next) in targets[1..].iter().enumerate() {
+            let edit = redirect::store::Edit {
+                key: &key,
+                tenant: &tenant,
+                base_version: base as u32 + 1,
+                target: Some(target(next)),
+                status: None,
+                tags: None,
+                note: None,
+                actor: "test",
+            };
+            store.edit(edit, "update").await.unwrap();
+        }
+        let history = store
+            .versions(&key, &tenant, 0, 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(history.len(), targets.len(), "{shape}");
+        let whole = records::Link {
+            versions: history,
+            ..link.clone()
+        }
+        .servable_from(now);
+        let read = store.servable(&key, now).await.unwrap().unwrap();
+        assert_eq!(read.versions, whole.versions, "{shape}");
+        assert_eq!(read.versions.len(), expected_len, "{shape}");
+        assert_eq!(
+            read.current().map(|v| v.version),
+            Some(targets.len() as u32),
+            "{shape}: the current version is always held"
+        );
+        // Another tenant sees neither the link nor its versions.
+        let other = Tenant::parse("other").unwrap();
+        assert_eq!(store.servable_owned(&key, &other, now).await.unwrap(), None);
+        assert_eq!(store.versions(&key, &other, 0, 10).await.unwrap(), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_for_scans_holds_what_the_whole_history_would_serve_on_postgres() {
+    let backends = Backends::from_env();
+    let database = TestDatabase::create(&backends).await;
+    let settings = distributed_settings(&backends, &database, &unique("unused"), "unused:");
+    let durable = bindings::DurableStore::connect(&settings).await.unwrap();
+    the_read_for_scans_holds_what_the_whole_history_would_serve(durable.database()).await;
+    database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_for_scans_holds_what_the_whole_history_would_serve_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = bindings::DurableStore::connect(&embedded_settings(dir.path()))
+        .await
+        .unwrap();
+    the_read_for_scans_holds_what_the_whole_history_would_serve(durable.database()).await;
 }

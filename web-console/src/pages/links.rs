@@ -63,6 +63,10 @@ struct Summary {
     key: String,
 }
 
+/// How many of a link's latest versions its page lists (each can be rolled back to); the API
+/// pages through the rest.
+const VERSIONS_SHOWN: u32 = 50;
+
 #[derive(Debug, Deserialize)]
 struct Versions {
     versions: Vec<LinkVersion>,
@@ -628,6 +632,8 @@ struct DetailPage {
     statuses: &'static [(u16, &'static str)],
     devices: &'static [(&'static str, &'static str)],
     versions: Vec<VersionRow>,
+    /// How many versions came before the ones listed.
+    older_versions: u32,
     audit: Vec<AuditRow>,
     chart: String,
     scans: String,
@@ -680,16 +686,23 @@ async fn detail_page(
     .resolve(visit, Utc::now());
     let scans_query = range.api_query(&format!("granularity=day&key={}", encode(key)));
     let experiment_path = format!("/v1/analytics/links/{}/experiment", encode(key));
-    let (link, versions, audit, scans) = futures::join!(
+    let (link, audit, scans) = futures::join!(
         console.api.get(&visit.token, &link_path),
-        console
-            .api
-            .get(&visit.token, format!("{link_path}/versions")),
         console.api.get(&visit.token, format!("{link_path}/audit")),
         console.api.get(&visit.token, &scans_query),
     );
     let link: LinkView = link?.json()?;
-    let versions: Versions = versions?.json()?;
+    // Versions are numbered without gaps: the latest page starts after this one.
+    let versions: Versions = console
+        .api
+        .get_json(
+            &visit.token,
+            &format!(
+                "{link_path}/versions?after={}&limit={VERSIONS_SHOWN}",
+                link.version.saturating_sub(VERSIONS_SHOWN)
+            ),
+        )
+        .await?;
     let audit: Audit = audit?.json()?;
     let scans: Scans = scans?.json()?;
     let has_split = link
@@ -738,6 +751,10 @@ async fn detail_page(
     };
     let points = daily_points(&scans);
     let when = |time: DateTime<Utc>| time.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string();
+    let older_versions = versions
+        .versions
+        .first()
+        .map_or(0, |oldest| oldest.version.saturating_sub(1));
     let version_rows = versions
         .versions
         .iter()
@@ -788,6 +805,7 @@ async fn detail_page(
         statuses: &STATUSES,
         devices: &DEVICES,
         versions: version_rows,
+        older_versions,
         audit: audit_rows,
         experiment,
         link,
