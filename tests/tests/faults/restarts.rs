@@ -19,6 +19,47 @@ async fn stop(server: &mut OwnServer) {
     tokio::task::block_in_place(|| server.stop());
 }
 
+/// The local lane's committed offset and watermarks by partition, as the broker answers them
+/// to a client outside the binders' group: what a failure needs to say whether the group's
+/// position is behind the codes (a reader not fetching) or past them (a log that lost its
+/// end).
+fn lane_positions(kafka: &config::KafkaSettings) -> String {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let topic = kafka.lane_topic(config::LOCAL_ISSUER);
+    let outsider: BaseConsumer = match rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", kafka.lane_group(config::LOCAL_ISSUER))
+        .set("enable.auto.commit", "false")
+        .create()
+    {
+        Ok(consumer) => consumer,
+        Err(error) => return format!("no client: {error}"),
+    };
+    let timeout = Duration::from_secs(5);
+    let mut list = rdkafka::TopicPartitionList::new();
+    for partition in 0..kafka.partitions {
+        list.add_partition(&topic, partition);
+    }
+    let committed = match outsider.committed_offsets(list, timeout) {
+        Ok(committed) => committed,
+        Err(error) => return format!("committed offsets unreadable: {error}"),
+    };
+    committed
+        .elements()
+        .iter()
+        .map(|element| {
+            let watermarks = outsider.fetch_watermarks(&topic, element.partition(), timeout);
+            format!(
+                "{}: {:?} {watermarks:?}",
+                element.partition(),
+                element.offset()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_load_refuses_binds_cleanly_and_recovers_by_itself() {
     let _serial = SERIAL.lock().await;
@@ -212,7 +253,11 @@ async fn kafka_restarted_mid_load_binds_go_on_and_the_pool_resumes_with_its_dept
             ] {
                 state += &format!(" {metric}={}", app.metric(metric).await);
             }
-            panic!("binds take codes from Kafka again within 90 s; now:{state}");
+            let partitions = tokio::task::block_in_place(|| lane_positions(&settings().kafka));
+            panic!(
+                "binds take codes from Kafka again within 90 s; now:{state}; the binders' group \
+                 by partition (committed offset, low and high watermarks): {partitions}"
+            );
         }
     };
     let answers = load.finish().await;
