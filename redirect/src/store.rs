@@ -117,6 +117,44 @@ fn to_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+/// Versions numbered below `top`, newest first, fetched by `batch_below(below, limit)` (the
+/// `limit` newest numbered below `below`, newest first) in batches of
+/// [`FIRST_SERVABLE_BATCH`], then twice as many each time up to [`MAX_SERVABLE_BATCH`], down
+/// to and with the newest one that serves for good from `now` (or all of them when none does).
+/// Returns them oldest first.
+async fn read_down_to_serving_for_good<Batch, Rows>(
+    top: i32,
+    now: DateTime<Utc>,
+    mut batch_below: Batch,
+) -> Result<Vec<LinkVersion>, LinkStoreError>
+where
+    Batch: FnMut(i32, i64) -> Rows,
+    Rows: std::future::Future<Output = Result<Vec<VersionRow>, LinkStoreError>>,
+{
+    let mut versions = Vec::new();
+    let mut below = top;
+    let mut limit = FIRST_SERVABLE_BATCH;
+    loop {
+        let rows = batch_below(below, limit).await?;
+        let last_batch = (rows.len() as i64) < limit;
+        for row in rows {
+            below = row.version;
+            let version = row.into_version()?;
+            let floor = version.target.serves_for_good_from(now);
+            versions.push(version);
+            if floor {
+                versions.reverse();
+                return Ok(versions);
+            }
+        }
+        if last_batch {
+            versions.reverse();
+            return Ok(versions);
+        }
+        limit = (limit * 2).min(MAX_SERVABLE_BATCH);
+    }
+}
+
 impl VersionRow {
     fn into_version(self) -> Result<LinkVersion, LinkStoreError> {
         Ok(LinkVersion {
@@ -304,12 +342,10 @@ impl LinkStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let mut versions = Vec::new();
         // Bounded by the version the row names, so that an edit committed meanwhile is
         // either wholly seen or not at all.
-        let mut below = row.version.saturating_add(1);
-        let mut batch = FIRST_SERVABLE_BATCH;
-        loop {
+        let top = row.version.saturating_add(1);
+        let versions = read_down_to_serving_for_good(top, now, |below, limit| async move {
             let rows: Vec<VersionRow> = on_db!(self, db => {
                 sqlx::query_as(
                     "SELECT version, target, created_at, created_by, note FROM link_versions \
@@ -317,27 +353,13 @@ impl LinkStore {
                 )
                 .bind(key.as_str())
                 .bind(below)
-                .bind(batch)
+                .bind(limit)
                 .fetch_all(db)
                 .await?
             });
-            let last_batch = (rows.len() as i64) < batch;
-            let mut reached_floor = false;
-            for version_row in rows {
-                below = version_row.version;
-                let version = version_row.into_version()?;
-                reached_floor = version.target.serves_for_good_from(now);
-                versions.push(version);
-                if reached_floor {
-                    break;
-                }
-            }
-            if reached_floor || last_batch {
-                break;
-            }
-            batch = (batch * 2).min(MAX_SERVABLE_BATCH);
-        }
-        versions.reverse();
+            Ok(rows)
+        })
+        .await?;
         Ok(Some(row.into_link(key, versions)?.servable_from(now)))
     }
 
@@ -644,5 +666,93 @@ impl LinkStore {
             .await?
         });
         rows.iter().map(LinkRow::summary).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history in memory, and how many rows reads of it asked for.
+    struct History {
+        rows: Vec<(i32, LinkTarget)>,
+        asked: std::cell::Cell<i64>,
+    }
+
+    impl History {
+        fn of(targets: impl IntoIterator<Item = LinkTarget>) -> History {
+            History {
+                rows: (1..).zip(targets).collect(),
+                asked: std::cell::Cell::new(0),
+            }
+        }
+
+        async fn read(&self, now: DateTime<Utc>) -> Vec<u32> {
+            let top = self.rows.len() as i32 + 1;
+            let versions = read_down_to_serving_for_good(top, now, |below, limit| {
+                self.asked.set(self.asked.get() + limit);
+                let rows: Vec<VersionRow> = self
+                    .rows
+                    .iter()
+                    .rev()
+                    .filter(|(version, _)| *version < below)
+                    .take(limit as usize)
+                    .map(|(version, target)| VersionRow {
+                        version: *version,
+                        target: Json(target.clone()),
+                        created_at: now,
+                        created_by: "test".into(),
+                        note: None,
+                    })
+                    .collect();
+                async move { Ok(rows) }
+            })
+            .await
+            .unwrap();
+            versions.iter().map(|version| version.version).collect()
+        }
+    }
+
+    fn plain(n: u32) -> LinkTarget {
+        serde_json::from_value(
+            serde_json::json!({"destination": format!("https://shop.example/{n}")}),
+        )
+        .unwrap()
+    }
+
+    fn starting(n: u32, start: DateTime<Utc>) -> LinkTarget {
+        LinkTarget {
+            effective_start: Some(start),
+            ..plain(n)
+        }
+    }
+
+    /// The read's cost is what makes an edit of a link with a long history cheap: it must
+    /// not grow with the history.
+    #[tokio::test]
+    async fn a_long_history_of_plain_edits_costs_one_small_batch() {
+        let now = Utc::now();
+        let history = History::of((1..=10_000).map(plain));
+        assert_eq!(history.read(now).await, [10_000]);
+        assert_eq!(history.asked.get(), FIRST_SERVABLE_BATCH);
+    }
+
+    #[tokio::test]
+    async fn versions_scheduled_ahead_are_read_down_to_the_one_serving_now_in_growing_batches() {
+        let now = Utc::now();
+        let ahead = |n: u32| starting(n, now + chrono::Duration::hours(i64::from(n)));
+        let history = History::of((1..=9_960).map(plain).chain((9_961..=10_000).map(ahead)));
+        let read = history.read(now).await;
+        assert_eq!(read, (9_960..=10_000).collect::<Vec<u32>>());
+        // 4 + 8 + 16 + 32 rows asked for, not 10,000.
+        assert_eq!(history.asked.get(), 60);
+    }
+
+    #[tokio::test]
+    async fn without_a_version_serving_for_good_the_whole_history_is_read() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::days(1);
+        let history = History::of((1..=10).map(|n| starting(n, later)));
+        assert_eq!(history.read(now).await, (1..=10).collect::<Vec<u32>>());
     }
 }
