@@ -4,9 +4,8 @@
 # at half the capacity a 20-second probe of the same mix measures first. The harness
 # (benches/src/bin/soak.rs) prints a line a minute and a verdict: resident memory after the
 # warm-up does not grow (the median of every second over any five minutes stays within 10 % of
-# the warm-up's), open descriptors stay flat, every
-# minute's p99 is within 1.5x the first five minutes', no request fails, no scan event is
-# dropped, 99 % of the binds take a pooled code. Non-zero exit when one of those fails. Its
+# the warm-up's), open descriptors stay flat, every minute's p99 is within 1.5x the first five
+# minutes', no request fails, no scan event is dropped, 99 % of the binds take a pooled code. Non-zero exit when one of those fails. Its
 # logs (the per-second and per-minute samples, qrpool's and the broker's own) are kept in
 # target/soak/<run>/; copy nothing out of a running soak's folders: a copy of
 # the data folder while it runs wrote as much to the disk as the run itself and took the p99

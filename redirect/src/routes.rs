@@ -567,6 +567,26 @@ async fn create_link(
     ))
 }
 
+/// A page's size as asked (`limit`, 100 when not), within 1 to [`MAX_PAGE`].
+fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(invalid(format!("`limit` is 1 to {MAX_PAGE}")))
+    }
+}
+
+/// The `next_after` of a page: its last item's cursor when the page is full (there may be
+/// more), `None` when it is the last.
+fn next_after<T, C>(page: &[T], limit: u32, cursor: impl FnOnce(&T) -> C) -> Option<C> {
+    if page.len() == limit as usize {
+        page.last().map(cursor)
+    } else {
+        None
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
@@ -587,19 +607,14 @@ async fn list_links(
         .map(LinkKey::parse)
         .transpose()
         .map_err(|error| invalid(format!("`after`: {error}")))?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(invalid(format!("`limit` is 1 to {MAX_PAGE}")));
-    }
+    let limit = page_limit(query.limit)?;
     let links = service
         .redirects
         .store()
         .list(&caller.tenant, after.as_ref(), limit)
         .await
         .map_err(store_unavailable)?;
-    let next = (links.len() == limit as usize)
-        .then(|| links.last().map(|link| link.key.clone()))
-        .flatten();
+    let next = next_after(&links, limit, |link| link.key.clone());
     Ok(Json(serde_json::json!({ "links": links, "next_after": next })).into_response())
 }
 
@@ -781,10 +796,7 @@ async fn link_versions(
 ) -> Result<Response, Problem> {
     let caller = service.keys.authorize(&headers, Scope::Read).await?;
     let Query(query) = query.map_err(|error| invalid(error.body_text()))?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(invalid(format!("`limit` is 1 to {MAX_PAGE}")));
-    }
+    let limit = page_limit(query.limit)?;
     let key = LinkKey::parse(&key).map_err(|_| Problem::not_found("link"))?;
     let versions = service
         .redirects
@@ -793,9 +805,7 @@ async fn link_versions(
         .await
         .map_err(store_unavailable)?
         .ok_or_else(|| Problem::not_found("link"))?;
-    let next = (versions.len() == limit as usize)
-        .then(|| versions.last().map(|version| version.version))
-        .flatten();
+    let next = next_after(&versions, limit, |version| version.version);
     Ok(
         Json(serde_json::json!({ "key": key, "versions": versions, "next_after": next }))
             .into_response(),

@@ -463,7 +463,10 @@ impl Resident {
 
     /// The median and the highest of a minute's seconds (KiB).
     fn minute(seconds: &[u64]) -> (u64, u64) {
-        (median(seconds), seconds.iter().copied().max().unwrap_or(0))
+        (
+            median(seconds).unwrap_or(0),
+            seconds.iter().copied().max().unwrap_or(0),
+        )
     }
 
     /// The warm-up's median; the highest median of a stretch of as many minutes after it,
@@ -471,15 +474,20 @@ impl Resident {
     fn growth(&self, warmup: usize) -> Option<Growth> {
         let warmup = warmup.max(1);
         let (before, after) = self.minutes.split_at_checked(warmup)?;
-        let level = median(&before.concat());
+        let level = median(&before.concat())?;
         let stretches: Vec<(usize, u64)> = if after.len() >= warmup {
             after
                 .windows(warmup)
                 .enumerate()
-                .map(|(index, minutes)| (warmup + index + warmup, median(&minutes.concat())))
+                .map(|(index, minutes)| {
+                    (
+                        warmup + index + warmup,
+                        median(&minutes.concat()).unwrap_or(0),
+                    )
+                })
                 .collect()
         } else {
-            vec![(warmup + after.len(), median(&after.concat()))]
+            vec![(warmup + after.len(), median(&after.concat()).unwrap_or(0))]
         };
         let (ends_on, highest) = stretches.into_iter().max_by_key(|(_, kib)| *kib)?;
         let peak = |minutes: &[Vec<u64>]| minutes.iter().flatten().copied().max().unwrap_or(0);
@@ -502,11 +510,11 @@ struct Growth {
     peak: u64,
 }
 
-/// The median of `values` (the upper one of an even count); 0 when there are none.
-fn median(values: &[u64]) -> u64 {
+/// The median of `values` (the upper one of an even count); `None` when there are none.
+fn median<T: Copy + Ord>(values: &[T]) -> Option<T> {
     let mut sorted = values.to_vec();
     sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// The connections of one kind of client and the requests they send: `nth(j)` is the index
@@ -1099,7 +1107,7 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let mut first_five: Vec<Duration> = Vec::new();
-    let mut after_warmup: Option<(u64, usize)> = None;
+    let mut fds_at_warmup: Option<usize> = None;
     let mut resident = Resident::default();
     let mut fds_after: Vec<usize> = Vec::new();
     let mut worst_ratio = 0.0_f64;
@@ -1154,7 +1162,7 @@ async fn main() -> anyhow::Result<()> {
             p99s.push(p99);
         }
         if minute <= args.warmup_minutes {
-            after_warmup = Some((use_now.0, own_fds));
+            fds_at_warmup = Some(own_fds);
             if minute == args.warmup_minutes {
                 binds_at_warmup = Metrics::scrape(&args.base)
                     .await?
@@ -1194,15 +1202,11 @@ async fn main() -> anyhow::Result<()> {
         end.sum("analytics_relayed_events_total") as u64,
         end.sum("analytics_lag_seconds"),
     );
-    let (_, fds_base) = after_warmup.context("the soak is longer than its warm-up")?;
+    let fds_base = fds_at_warmup.context("the soak is longer than its warm-up")?;
     // A leak climbs and stays; a merge holds its inputs (up to 25 files) open only while it
     // runs, so one minute's sample may catch it: the median minute is what stays.
-    fds_after.sort_unstable();
-    let fds_median = fds_after
-        .get(fds_after.len() / 2)
-        .copied()
-        .unwrap_or(fds_base);
-    let fds_peak = fds_after.last().copied().unwrap_or(fds_base);
+    let fds_median = median(&fds_after).unwrap_or(fds_base);
+    let fds_peak = fds_after.iter().copied().max().unwrap_or(fds_base);
     let warmup = usize::try_from(args.warmup_minutes).unwrap_or(usize::MAX);
     let growth = resident
         .growth(warmup)

@@ -313,6 +313,21 @@ test("a marketer signs in, makes an A/B link, watches scans arrive, edits, rolls
   const auditCsv = await page.request.get(`${base}/console/export/links/${key}/audit.csv`);
   assert.match(await auditCsv.text(), /^at,actor,action,version,detail\r\n/);
 
+  // A long history: the page lists the latest 50 versions, newest first, and says how many
+  // there are (the API pages through the rest).
+  for (let edit = 1; edit <= 55; edit++) {
+    const changed = await api("PATCH", `/v1/links/${key}`, keys.admin,
+      { target: { destination: `https://shop.example.com/rotation-${edit}` } });
+    assert.equal(changed.status, 200, await changed.text());
+  }
+  await page.reload();
+  const listed = await page.locator("section[aria-labelledby=versions-title] li strong").allTextContents();
+  assert.equal(listed.length, 50);
+  assert.equal(listed[0], "Version 58");
+  assert.equal(listed[49], "Version 9");
+  assert.match(await page.locator("section[aria-labelledby=versions-title]").textContent(), /The latest 50 of 58/);
+  await look(page, "link-long-history");
+
   // A print run of 500 rows: bound, drawn, zipped; every PNG decodes to its code's URL.
   await page.click("text=Print runs");
   await look(page, "print");
