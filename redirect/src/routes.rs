@@ -11,7 +11,7 @@
 //! | `POST /v1/links/{key}/restore` | `admin` | undoes a delete within the retention window |
 //! | `POST /v1/links/{key}/rollback` `{"version": n}` | `admin` | a new version with version `n`'s target |
 //! | `GET /v1/links/{key}/versions?after=&limit=` | `read` | its versions, oldest first, a page at a time |
-//! | `GET /v1/links/{key}/audit` | `read` | every change: who, when, what |
+//! | `GET /v1/links/{key}/audit?order=&after=&limit=` | `read` | every change (who, when, what), oldest or newest first, a page at a time |
 //! | `GET /v1/links/{key}/qr.png` (`qr.svg`) `?scale=&margin=&dark=&light=&ec=` | `read` | the link's printed URL as a QR code |
 //! | `GET /v1/links/openapi.json` | anyone | the OpenAPI 3.1 document of these routes |
 //!
@@ -45,7 +45,7 @@ use records::{
 use scans::ScanEvents;
 use service::{JsonObject, Keys, Problem, ScanRoute};
 
-use crate::store::{Edit, EditError, LinkStoreError};
+use crate::store::{AuditOrder, Edit, EditError, LinkStoreError};
 use crate::{Destinations, Redirects};
 
 /// The links API's OpenAPI 3.1 document, kept by hand beside the routes.
@@ -812,20 +812,46 @@ async fn link_versions(
     )
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    order: Option<AuditOrderParam>,
+    after: Option<u32>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum AuditOrderParam {
+    Oldest,
+    Newest,
+}
+
 async fn link_audit(
     State(service): State<Arc<LinkService>>,
     Path(key): Path<String>,
     headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let caller = service.keys.authorize(&headers, Scope::Read).await?;
+    let Query(query) = query.map_err(|error| invalid(error.body_text()))?;
+    let limit = page_limit(query.limit)?;
+    let order = match query.order {
+        None | Some(AuditOrderParam::Oldest) => AuditOrder::OldestFirst,
+        Some(AuditOrderParam::Newest) => AuditOrder::NewestFirst,
+    };
     let link = service.owned(&key, &caller.tenant).await?;
     let entries = service
         .redirects
         .store()
-        .audit(&link.key, &caller.tenant)
+        .audit(&link.key, &caller.tenant, order, query.after, limit)
         .await
         .map_err(store_unavailable)?;
-    Ok(Json(serde_json::json!({ "key": link.key, "audit": entries })).into_response())
+    let next = next_after(&entries, limit, |entry| entry.seq);
+    Ok(
+        Json(serde_json::json!({ "key": link.key, "audit": entries, "next_after": next }))
+            .into_response(),
+    )
 }
 
 /// The URL printed for a link, drawn with the caller's options.

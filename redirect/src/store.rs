@@ -52,6 +52,8 @@ impl From<sqlx::Error> for EditError {
 /// One line of a link's audit log.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEntry {
+    /// Its place in the tenant's log of the link: 1, 2, 3, … without gaps.
+    pub seq: u32,
     pub at: DateTime<Utc>,
     /// The id of the API key that acted (`system` for the purge).
     pub actor: String,
@@ -60,6 +62,14 @@ pub struct AuditEntry {
     pub version: Option<u32>,
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
+}
+
+/// Which way a page of the audit log runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuditOrder {
+    #[default]
+    OldestFirst,
+    NewestFirst,
 }
 
 /// A link in a listing: its key and state, not its versions.
@@ -102,6 +112,7 @@ struct VersionRow {
 
 #[derive(FromRow)]
 struct AuditRow {
+    seq: i32,
     at: DateTime<Utc>,
     actor: String,
     action: String,
@@ -222,8 +233,13 @@ macro_rules! on_db {
     };
 }
 
-const INSERT_AUDIT: &str = "INSERT INTO link_audit (link_key, tenant, at, actor, action, version, detail) \
-                            VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// Every caller holds the link's row locked (it has just written it), so the next number of
+/// its log is read and taken by one change at a time; the unique index on
+/// `(link_key, tenant, seq)` would refuse a second.
+const INSERT_AUDIT: &str = "INSERT INTO link_audit (link_key, tenant, seq, at, actor, action, version, detail) \
+                            VALUES ($1, $2, \
+                            (SELECT COALESCE(MAX(seq), 0) + 1 FROM link_audit WHERE link_key = $1 AND tenant = $2), \
+                            $3, $4, $5, $6, $7)";
 const INSERT_VERSION: &str = "INSERT INTO link_versions (link_key, version, target, created_at, created_by, note) \
                               VALUES ($1, $2, $3, $4, $5, $6)";
 
@@ -618,25 +634,44 @@ impl LinkStore {
             .collect())
     }
 
-    /// `tenant`'s audit log of `key`, oldest first; empty when there is none.
+    /// Up to `limit` lines of `tenant`'s audit log of `key` that come after line `after` in
+    /// `order` (from the start when `None`); empty when there are none.
     pub async fn audit(
         &self,
         key: &LinkKey,
         tenant: &Tenant,
+        order: AuditOrder,
+        after: Option<u32>,
+        limit: u32,
     ) -> Result<Vec<AuditEntry>, LinkStoreError> {
+        let query = match order {
+            AuditOrder::OldestFirst => {
+                "SELECT seq, at, actor, action, version, detail FROM link_audit \
+                 WHERE link_key = $1 AND tenant = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+            }
+            AuditOrder::NewestFirst => {
+                "SELECT seq, at, actor, action, version, detail FROM link_audit \
+                 WHERE link_key = $1 AND tenant = $2 AND seq < $3 ORDER BY seq DESC LIMIT $4"
+            }
+        };
+        let after = match (order, after) {
+            (_, Some(after)) => i64::from(after),
+            (AuditOrder::OldestFirst, None) => 0,
+            (AuditOrder::NewestFirst, None) => i64::MAX,
+        };
         let rows: Vec<AuditRow> = on_db!(self, db => {
-            sqlx::query_as(
-                "SELECT at, actor, action, version, detail FROM link_audit \
-                 WHERE link_key = $1 AND tenant = $2 ORDER BY id",
-            )
-            .bind(key.as_str())
-            .bind(tenant.as_str())
-            .fetch_all(db)
-            .await?
+            sqlx::query_as(query)
+                .bind(key.as_str())
+                .bind(tenant.as_str())
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(db)
+                .await?
         });
         rows.into_iter()
             .map(|row| {
                 Ok(AuditEntry {
+                    seq: to_u32(row.seq, "audit seq")?,
                     at: row.at,
                     actor: row.actor,
                     action: row.action,

@@ -260,6 +260,43 @@ async fn a_link_follows_its_versions_and_keeps_every_change_on_record() {
         "every change names the API key that made it: {audit}"
     );
     assert_eq!(audit["audit"][3]["detail"]["status"], 307);
+    let seqs = |page: &Value| -> Vec<u64> {
+        page["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(seqs(&audit), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(audit["next_after"], Value::Null);
+    // A page at a time, either way: the latest first for "what happened last".
+    let audit_page = |query: &str| {
+        let app = &app;
+        let path = format!("{path}/audit?{query}");
+        async move { json_of(call(app, Method::GET, &path, None).await, 200).await }
+    };
+    let newest = audit_page("order=newest&limit=4").await;
+    assert_eq!(seqs(&newest), [6, 5, 4, 3]);
+    assert_eq!(newest["audit"][0]["action"], "restore");
+    assert_eq!(newest["next_after"], 3);
+    let older = audit_page("order=newest&after=3&limit=4").await;
+    assert_eq!(seqs(&older), [2, 1]);
+    assert_eq!(older["next_after"], Value::Null);
+    let oldest = audit_page("after=2&limit=2").await;
+    assert_eq!(seqs(&oldest), [3, 4]);
+    assert_eq!(oldest["next_after"], 4);
+    assert_eq!(seqs(&audit_page("order=oldest&after=4").await), [5, 6]);
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "after=-1",
+        "order=latest",
+        "page=2",
+    ] {
+        let refused = call(&app, Method::GET, &format!("{path}/audit?{bad}"), None).await;
+        assert_eq!(refused.status(), 422, "{bad}");
+    }
 
     let unknown = scanner()
         .get(app.url("/r/0000000000"))
@@ -713,7 +750,13 @@ async fn a_link_change_reaches_another_process_through_redis_and_purges_keep_the
     assert!(purged.contains(&key));
     assert_eq!(store.servable(&key, Utc::now()).await.unwrap(), None);
     let audit: Vec<String> = store
-        .audit(&key, &Tenant::default())
+        .audit(
+            &key,
+            &Tenant::default(),
+            redirect::AuditOrder::OldestFirst,
+            None,
+            100,
+        )
         .await
         .unwrap()
         .into_iter()
@@ -925,4 +968,146 @@ async fn the_read_for_scans_holds_what_the_whole_history_would_serve_on_the_embe
         .await
         .unwrap();
     the_read_for_scans_holds_what_the_whole_history_would_serve(durable.database()).await;
+}
+
+/// Audit lines got their numbers (`seq`) from a migration: lines written before it are
+/// numbered in the order they were written, each tenant's log of each link on its own, and
+/// the next change goes on from there.
+async fn audit_lines_written_before_the_numbering_are_numbered_in_order(
+    database: bindings::Database,
+    migrations: &str,
+) {
+    // The link tables as they were before the numbering.
+    let before = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(migrations).unwrap() {
+        let file = file.unwrap();
+        if file.file_name().to_string_lossy().as_ref() < "20261207000001" {
+            std::fs::copy(file.path(), before.path().join(file.file_name())).unwrap();
+        }
+    }
+    let mut migrator = sqlx::migrate::Migrator::new(before.path()).await.unwrap();
+    migrator.set_ignore_missing(true);
+    let key = records::LinkKey::generate();
+    let other_key = records::LinkKey::generate();
+    let statements = [
+        format!(
+            "INSERT INTO links (link_key, tenant, status, created_at, deleted_at, version) \
+             VALUES ('{key}', 'default', 302, '2026-01-01T00:00:00Z', '2026-01-03T00:00:00Z', 1)"
+        ),
+        format!(
+            "INSERT INTO link_versions (link_key, version, target, created_at, created_by) \
+             VALUES ('{key}', 1, '{{\"destination\": \"https://shop.example/\"}}', \
+             '2026-01-01T00:00:00Z', 'k1')"
+        ),
+    ]
+    .into_iter()
+    .chain(
+        [
+            (&key, "default", "create"),
+            (&other_key, "default", "create"),
+            (&key, "other", "create"),
+            (&key, "default", "update"),
+            (&other_key, "default", "update"),
+            (&key, "default", "delete"),
+        ]
+        .into_iter()
+        .map(|(key, tenant, action)| {
+            format!(
+                "INSERT INTO link_audit (link_key, tenant, at, actor, action) \
+                 VALUES ('{key}', '{tenant}', '2026-01-02T00:00:00Z', 'k1', '{action}')"
+            )
+        }),
+    );
+    match &database {
+        bindings::Database::Sqlite(pool) => {
+            migrator.run(pool).await.unwrap();
+            for statement in statements {
+                sqlx::query(&statement).execute(pool).await.unwrap();
+            }
+        }
+        bindings::Database::Postgres(pool) => {
+            migrator.run(pool).await.unwrap();
+            for statement in statements {
+                sqlx::query(&statement).execute(pool).await.unwrap();
+            }
+        }
+    }
+
+    let store = redirect::LinkStore::open(database).await.unwrap();
+    let tenant = Tenant::default();
+    let other = Tenant::parse("other").unwrap();
+    let log = |key: &records::LinkKey, tenant: &Tenant, order| {
+        let (store, key, tenant) = (&store, key.clone(), tenant.clone());
+        async move {
+            store
+                .audit(&key, &tenant, order, None, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|entry| (entry.seq, entry.action))
+                .collect::<Vec<_>>()
+        }
+    };
+    use redirect::AuditOrder::{NewestFirst, OldestFirst};
+    let lines = |lines: &[(u32, &str)]| -> Vec<(u32, String)> {
+        lines
+            .iter()
+            .map(|(seq, action)| (*seq, action.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        log(&key, &tenant, OldestFirst).await,
+        lines(&[(1, "create"), (2, "update"), (3, "delete")])
+    );
+    assert_eq!(
+        log(&other_key, &tenant, OldestFirst).await,
+        lines(&[(1, "create"), (2, "update")])
+    );
+    assert_eq!(
+        log(&key, &other, OldestFirst).await,
+        lines(&[(1, "create")])
+    );
+
+    assert_eq!(
+        store.set_deleted(&key, &tenant, false, "k2").await.unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        log(&key, &tenant, NewestFirst).await,
+        lines(&[(4, "restore"), (3, "delete"), (2, "update"), (1, "create")])
+    );
+    assert_eq!(
+        log(&key, &other, NewestFirst).await,
+        lines(&[(1, "create")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lines_written_before_the_numbering_are_numbered_in_order_on_postgres() {
+    let backends = Backends::from_env();
+    let database = TestDatabase::create(&backends).await;
+    let settings = distributed_settings(&backends, &database, &unique("unused"), "unused:");
+    let durable = bindings::DurableStore::connect(&settings).await.unwrap();
+    audit_lines_written_before_the_numbering_are_numbered_in_order(
+        durable.database(),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../redirect/migrations/postgres"
+        ),
+    )
+    .await;
+    database.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lines_written_before_the_numbering_are_numbered_in_order_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = bindings::DurableStore::connect(&embedded_settings(dir.path()))
+        .await
+        .unwrap();
+    audit_lines_written_before_the_numbering_are_numbered_in_order(
+        durable.database(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../redirect/migrations/sqlite"),
+    )
+    .await;
 }
