@@ -316,3 +316,100 @@ async fn a_session_acts_with_its_keys_scopes_on_the_api() {
     assert_eq!(pool.status(), StatusCode::FORBIDDEN);
     app.stop().await;
 }
+
+/// A link changed a thousand times: its page lists the latest 50 lines of its audit log,
+/// newest first, and says how many there are; the CSV export follows the API's pages and
+/// holds every line, oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_audit_log_is_listed_in_part_and_exported_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(embedded_settings(dir.path()), Parts::ALL).await;
+    let cookie = sign_in(&app, app.key.as_deref().unwrap()).await;
+    let durable = DurableStore::connect(&embedded_settings(dir.path()))
+        .await
+        .unwrap();
+    let store = redirect::LinkStore::open(durable.database()).await.unwrap();
+    let tenant = Tenant::default();
+    let key = records::LinkKey::generate();
+    let now = chrono::Utc::now();
+    let link = records::Link {
+        v: records::Link::LAYOUT,
+        key: key.clone(),
+        tenant: tenant.clone(),
+        status: records::RedirectStatus::Found,
+        created_at: now,
+        deleted_at: None,
+        tags: records::Tags::default(),
+        versions: vec![records::LinkVersion {
+            version: 1,
+            target: serde_json::from_value(
+                serde_json::json!({"destination": "https://shop.example/"}),
+            )
+            .unwrap(),
+            created_at: now,
+            created_by: "k1".into(),
+            note: None,
+        }],
+    };
+    assert!(store.create(&link, "k1").await.unwrap());
+    let changes = 1_100;
+    for change in 1..=changes {
+        let status = if change % 2 == 1 {
+            records::RedirectStatus::TemporaryRedirect
+        } else {
+            records::RedirectStatus::Found
+        };
+        let edit = redirect::store::Edit {
+            key: &key,
+            tenant: &tenant,
+            base_version: 1,
+            target: None,
+            status: Some(status),
+            tags: None,
+            note: Some(format!("change {change}")),
+            actor: "k1",
+        };
+        store.edit(edit, "update").await.unwrap();
+    }
+    let lines = changes + 1;
+
+    let page = client()
+        .get(app.url(&format!("/console/links/{key}")))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    let (_, audit) = page.split_once(r#"id="audit-title""#).unwrap();
+    let (audit, _) = audit.split_once("</section>").unwrap();
+    assert!(
+        audit.contains(&format!("The latest 50 of {lines}; the CSV holds them all")),
+        "{audit}"
+    );
+    assert_eq!(audit.matches("<tr><td").count(), 50);
+    let first_listed = audit.find(&format!("change {changes}")).unwrap();
+    let second_listed = audit.find(&format!("change {}", changes - 1)).unwrap();
+    assert!(first_listed < second_listed, "newest first");
+    assert!(audit.contains(&format!("change {}", changes - 49)));
+    assert!(!audit.contains(&format!("change {}", changes - 50)));
+
+    let csv = client()
+        .get(app.url(&format!("/console/export/links/{key}/audit.csv")))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), StatusCode::OK);
+    let csv = csv.text().await.unwrap();
+    let rows: Vec<&str> = csv.split_terminator("\r\n").collect();
+    assert_eq!(rows.len(), 1 + lines as usize, "a header and every line");
+    assert!(rows[1].contains(",k1,create,1,"), "{}", rows[1]);
+    for (change, row) in (1..=changes).zip(&rows[2..]) {
+        assert!(
+            row.contains(&format!("change {change}\"")),
+            "line {change} in order: {row}"
+        );
+    }
+    app.stop().await;
+}

@@ -10,7 +10,7 @@ use chrono::SecondsFormat;
 use serde::Deserialize;
 
 use crate::pages::RangeForm;
-use crate::pages::links::{Audit, Experiment, all_keys, details};
+use crate::pages::links::{Experiment, all_keys, details, whole_audit};
 use crate::session::Visit;
 use crate::{Console, ConsoleError, encode};
 
@@ -146,12 +146,9 @@ pub async fn audit(
     visit: Visit,
     Path(key): Path<String>,
 ) -> Result<Response, ConsoleError> {
-    let audit: Audit = console
-        .api
-        .get_json(&visit.token, format!("/v1/links/{}/audit", encode(&key)))
-        .await?;
+    let audit = whole_audit(&console, &visit, &key).await?;
     let mut text = String::from("at,actor,action,version,detail\r\n");
-    for entry in audit.audit {
+    for entry in audit {
         let detail = if entry.detail.is_null() {
             String::new()
         } else {

@@ -74,6 +74,7 @@ struct Versions {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuditEntry {
+    pub seq: u32,
     pub at: DateTime<Utc>,
     pub actor: String,
     pub action: String,
@@ -85,6 +86,35 @@ pub struct AuditEntry {
 #[derive(Debug, Deserialize)]
 pub struct Audit {
     pub audit: Vec<AuditEntry>,
+    pub next_after: Option<u32>,
+}
+
+/// How many of the latest lines of a link's audit log its page lists; the CSV export holds
+/// them all.
+const AUDIT_SHOWN: u32 = 50;
+
+/// A link's whole audit log, oldest first (the API's pages followed).
+pub async fn whole_audit(
+    console: &Console,
+    visit: &Visit,
+    key: &str,
+) -> Result<Vec<AuditEntry>, ConsoleError> {
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let page: Audit = console
+            .api
+            .get_json(
+                &visit.token,
+                format!("/v1/links/{}/audit?after={after}&limit=1000", encode(key)),
+            )
+            .await?;
+        entries.extend(page.audit);
+        match page.next_after {
+            Some(next) => after = next,
+            None => return Ok(entries),
+        }
+    }
 }
 
 /// Every link of the tenant, summaries in key order (the API's pages followed).
@@ -635,6 +665,8 @@ struct DetailPage {
     /// How many versions came before the ones listed.
     older_versions: u32,
     audit: Vec<AuditRow>,
+    /// How many lines the audit log has (more than those listed when it is long).
+    audit_total: u32,
     chart: String,
     scans: String,
     visitors: String,
@@ -688,7 +720,10 @@ async fn detail_page(
     let experiment_path = format!("/v1/analytics/links/{}/experiment", encode(key));
     let (link, audit, scans) = futures::join!(
         console.api.get(&visit.token, &link_path),
-        console.api.get(&visit.token, format!("{link_path}/audit")),
+        console.api.get(
+            &visit.token,
+            format!("{link_path}/audit?order=newest&limit={AUDIT_SHOWN}")
+        ),
         console.api.get(&visit.token, &scans_query),
     );
     let link: LinkView = link?.json()?;
@@ -770,10 +805,11 @@ async fn detail_page(
             current: link.version == version.version,
         })
         .collect();
+    // Newest first, and numbered without gaps: the first line's number is their count.
+    let audit_total = audit.audit.first().map_or(0, |latest| latest.seq);
     let audit_rows = audit
         .audit
         .iter()
-        .rev()
         .map(|entry| AuditRow {
             at: when(entry.at),
             actor: entry.actor.clone(),
@@ -807,6 +843,7 @@ async fn detail_page(
         versions: version_rows,
         older_versions,
         audit: audit_rows,
+        audit_total,
         experiment,
         link,
     });

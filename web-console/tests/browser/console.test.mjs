@@ -326,6 +326,11 @@ test("a marketer signs in, makes an A/B link, watches scans arrive, edits, rolls
   assert.equal(listed[0], "Version 58");
   assert.equal(listed[49], "Version 9");
   assert.match(await page.locator("section[aria-labelledby=versions-title]").textContent(), /The latest 50 of 58/);
+  // Its audit log too: the latest 50 lines, newest first (the CSV export holds them all).
+  const auditSection = page.locator("section[aria-labelledby=audit-title]");
+  assert.equal(await auditSection.locator("tbody tr").count(), 50);
+  assert.match(await auditSection.locator("tbody tr").first().textContent(), /update/);
+  assert.match(await auditSection.textContent(), /The latest 50 of 58; the CSV holds them all/);
   await look(page, "link-long-history");
 
   // A print run of 500 rows: bound, drawn, zipped; every PNG decodes to its code's URL.
