@@ -811,3 +811,71 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use records::RequestId;
+
+    fn code(n: usize) -> PoolRecord {
+        PoolRecord {
+            request_id: RequestId::generate(),
+            issuer: "local".into(),
+            content: format!("http://x/m/{n}"),
+            image: None,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    /// A broker that lost the producer's state (restarted without its log) answers the next
+    /// produce with "out of order sequence number", which an idempotent producer takes as
+    /// fatal: it refuses every send after it. The tests' tansu cannot be made to answer so on
+    /// demand, so librdkafka's own mock cluster plays that broker here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_failed_for_good_is_replaced_and_the_next_push_goes_through() {
+        let cluster = MockCluster::new(1).expect("librdkafka's mock cluster");
+        let settings = KafkaSettings {
+            brokers: cluster.bootstrap_servers(),
+            partitions: 1,
+            replication: 1,
+            ..KafkaSettings::default()
+        };
+        let writer = KafkaWriter::connect(&settings).await.expect("a writer");
+        // The mock cluster answers no CreateTopics: the lane is made here, as a broker's
+        // operator would.
+        let topic = settings.lane_topic("local");
+        cluster
+            .create_topic(&topic, 1, 1)
+            .expect("the lane's topic on the mock cluster");
+        let probe: BaseConsumer = base_config(&settings)
+            .set("group.id", settings.lane_group("local"))
+            .create()
+            .expect("a probe");
+        lock(&writer.lanes).insert("local".into(), Arc::new(Lane { topic, probe }));
+        writer.push(&[code(1)]).await.expect("a first push");
+        let before = writer.producer();
+
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+        );
+        let failed = writer.push(&[code(2)]).await;
+        assert!(failed.is_err(), "the push the broker refused fails");
+        assert!(
+            before.client().fatal_error().is_some(),
+            "librdkafka took the answer as fatal"
+        );
+        let after = writer.producer();
+        assert!(
+            after.client().fatal_error().is_none(),
+            "a new producer took over"
+        );
+
+        writer
+            .push(&[code(3), code(4)])
+            .await
+            .expect("the next push goes through the new producer");
+    }
+}
