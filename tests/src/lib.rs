@@ -69,6 +69,94 @@ pub fn qrpool_binary() -> std::path::PathBuf {
     binary
 }
 
+/// A `qrpool up` process of this build, its output in a log file; killed and reaped when
+/// dropped, however the test ends.
+#[derive(Debug)]
+pub struct QrpoolProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl QrpoolProcess {
+    /// Starts `qrpool up` with `env` (on top of the test's own), its stdout and stderr in
+    /// `log`, and waits up to 60 s until `ready_url` answers 200. Panics with the log when the
+    /// process exits first.
+    pub async fn start(env: &[(String, String)], ready_url: &str, log: std::path::PathBuf) -> Self {
+        let output = std::fs::File::create(&log).expect("the process's log file");
+        let child = std::process::Command::new(qrpool_binary())
+            .arg("up")
+            .envs(env.iter().map(|(name, value)| (name, value)))
+            .stdout(output.try_clone().expect("the log file again"))
+            .stderr(output)
+            .spawn()
+            .expect("qrpool starts");
+        let mut process = QrpoolProcess { child, log };
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(response) = client.get(ready_url).send().await
+                && response.status() == 200
+            {
+                return process;
+            }
+            if let Some(status) = process.exited() {
+                panic!("qrpool exited with {status}:\n{}", process.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{ready_url} did not answer 200 within 60 s:\n{}",
+            process.log()
+        );
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, `-TERM`, …) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal}");
+    }
+
+    /// SIGKILL: no shutdown at all. Returns once the process is gone.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to 30 s for it to exit; its exit status.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        for _ in 0..300 {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "qrpool did not stop within 30 s of SIGTERM:\n{}",
+            self.log()
+        );
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("the process's state")
+    }
+
+    /// What it wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for QrpoolProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A port on loopback that nothing listened on a moment ago, for a server a test starts
 /// itself (a process of its own, which cannot be handed a bound socket).
 pub fn free_port() -> u16 {

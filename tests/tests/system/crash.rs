@@ -12,8 +12,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,44 +20,9 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 use records::Tenant;
-use tests::{Backends, TestApp, TestDatabase, distributed_settings, qrpool_binary, unique};
+use tests::{Backends, QrpoolProcess, TestApp, TestDatabase, distributed_settings, unique};
 
 const CLIENTS: usize = 16;
-
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-/// Starts `qrpool up` with `env` and waits until it is ready.
-async fn start(env: &[(String, String)], base: &str, log: PathBuf) -> Process {
-    let child = Command::new(qrpool_binary())
-        .arg("up")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(
-            std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let mut process = Process { child, log };
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
-            && response.status() == 200
-        {
-            return process;
-        }
-        if let Ok(Some(status)) = process.child.try_wait() {
-            panic!(
-                "qrpool exited with {status}:\n{}",
-                std::fs::read_to_string(&process.log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("qrpool was not ready within 60 s");
-}
 
 /// One client: binds in a loop until `stop`, retrying through failures; returns its 201s.
 async fn client(
@@ -143,18 +106,18 @@ async fn a_binder_killed_mid_load_loses_no_binding_and_binds_no_code_twice() {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
 
-    let mut first = start(&env, &base, dir.path().join("first.log")).await;
+    let ready = format!("{base}/readyz");
+    let mut first = QrpoolProcess::start(&env, &ready, dir.path().join("first.log")).await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| tokio::spawn(client(base.clone(), key.clone(), id, Arc::clone(&stop))))
         .collect();
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    first.child.kill().unwrap(); // SIGKILL: no shutdown, no commit
-    first.child.wait().unwrap();
+    first.kill(); // SIGKILL: no shutdown, no commit
     let bound_before_restart = database.count_bindings().await;
 
-    let mut second = start(&env, &base, dir.path().join("second.log")).await;
+    let mut second = QrpoolProcess::start(&env, &ready, dir.path().join("second.log")).await;
     // Keep the load on until the restarted binder has bound a good many codes itself.
     for _ in 0..300 {
         if database.count_bindings().await >= bound_before_restart + 500 {
@@ -167,11 +130,7 @@ async fn a_binder_killed_mid_load_loses_no_binding_and_binds_no_code_twice() {
     for client in clients {
         acknowledged.extend(client.await.unwrap());
     }
-    Command::new("kill")
-        .args(["-TERM", &second.child.id().to_string()])
-        .status()
-        .unwrap();
-    second.child.wait().unwrap();
+    second.stop().await;
 
     assert!(
         bound_before_restart > 100,

@@ -6,70 +6,42 @@
 //! using it, whatever builds its listeners.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tests::qrpool_binary;
+use tests::QrpoolProcess;
 
 /// A burst well above the 128 that the standard library's and tokio's `bind` ask for, per
 /// listener (qrpool may open one per serving thread).
 const BURST: usize = 600;
-
-/// The `qrpool` process, killed when the test ends however it ends (it may be stopped).
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(process: &Process, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &process.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_connections_waits_for_a_stopped_qrpool_and_none_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let port = tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut process = Process(
-        Command::new(qrpool_binary())
-            .arg("up")
-            .env("QRPOOL_EMBEDDED__DATA_DIR", dir.path())
-            .env("QRPOOL_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("QRPOOL_SERVER__PUBLIC_URL", &base)
-            .env("QRPOOL_TELEMETRY__FILTER", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let env: Vec<(String, String)> = [
+        (
+            "QRPOOL_EMBEDDED__DATA_DIR",
+            dir.path().display().to_string(),
+        ),
+        ("QRPOOL_SERVER__LISTEN", format!("127.0.0.1:{port}")),
+        ("QRPOOL_SERVER__PUBLIC_URL", base.clone()),
+        ("QRPOOL_TELEMETRY__FILTER", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect();
+    let mut process = QrpoolProcess::start(
+        &env,
+        &format!("{base}/healthz"),
+        dir.path().join("qrpool.log"),
+    )
+    .await;
     let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..600 {
-        if let Ok(response) = client.get(format!("{base}/healthz")).send().await
-            && response.status() == 200
-        {
-            up = true;
-            break;
-        }
-        assert!(
-            process.0.try_wait().unwrap().is_none(),
-            "qrpool exited before it served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "qrpool served /healthz within 60 s");
 
     // Stopped, the process accepts nothing: every connection of the burst waits in the queue,
     // its handshake completed by the kernel, or is dropped and retried a second later.
-    signal(&process, "-STOP");
+    process.signal("-STOP");
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let connected = tokio::task::spawn_blocking(move || {
         let mut open = Vec::new();
@@ -83,7 +55,7 @@ async fn a_burst_of_connections_waits_for_a_stopped_qrpool_and_none_is_dropped()
     })
     .await
     .unwrap();
-    signal(&process, "-CONT");
+    process.signal("-CONT");
     assert_eq!(
         connected.len(),
         BURST,
@@ -94,16 +66,9 @@ async fn a_burst_of_connections_waits_for_a_stopped_qrpool_and_none_is_dropped()
     drop(connected);
     let response = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    signal(&process, "-TERM");
-    for _ in 0..300 {
-        if let Some(status) = process.0.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "qrpool stopped cleanly after the burst: {status}"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("qrpool did not stop within 30 s of SIGTERM");
+    let status = process.stop().await;
+    assert!(
+        status.success(),
+        "qrpool stopped cleanly after the burst: {status}"
+    );
 }
