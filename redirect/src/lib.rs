@@ -25,7 +25,7 @@ use records::{Link, LinkKey};
 
 pub use allow::Destinations;
 pub use routes::{router, scan_route};
-pub use store::{AuditEntry, AuditOrder, LinkStore, LinkStoreError};
+pub use store::{AuditOrder, LinkStore, LinkStoreError};
 
 /// The Redis channel (under the key prefix) on which link changes are announced.
 const CHANGES_CHANNEL: &str = "link-changes";

@@ -65,9 +65,8 @@ pub struct AuditEntry {
 }
 
 /// Which way a page of the audit log runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditOrder {
-    #[default]
     OldestFirst,
     NewestFirst,
 }

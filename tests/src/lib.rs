@@ -157,6 +157,32 @@ impl Drop for QrpoolProcess {
     }
 }
 
+/// A new link of `tenant` with one version, `target`, made by `actor` now (a random key, a
+/// 302): what a test hands `LinkStore::create` to start a history.
+pub fn new_link(
+    tenant: &records::Tenant,
+    target: records::LinkTarget,
+    actor: &str,
+) -> records::Link {
+    let now = chrono::Utc::now();
+    records::Link {
+        v: records::Link::LAYOUT,
+        key: records::LinkKey::generate(),
+        tenant: tenant.clone(),
+        status: records::RedirectStatus::Found,
+        created_at: now,
+        deleted_at: None,
+        tags: records::Tags::default(),
+        versions: vec![records::LinkVersion {
+            version: 1,
+            target,
+            created_at: now,
+            created_by: actor.to_owned(),
+            note: None,
+        }],
+    }
+}
+
 /// A port on loopback that nothing listened on a moment ago, for a server a test starts
 /// itself (a process of its own, which cannot be handed a bound socket).
 pub fn free_port() -> u16 {

@@ -330,27 +330,9 @@ async fn a_long_audit_log_is_listed_in_part_and_exported_whole() {
         .unwrap();
     let store = redirect::LinkStore::open(durable.database()).await.unwrap();
     let tenant = Tenant::default();
-    let key = records::LinkKey::generate();
-    let now = chrono::Utc::now();
-    let link = records::Link {
-        v: records::Link::LAYOUT,
-        key: key.clone(),
-        tenant: tenant.clone(),
-        status: records::RedirectStatus::Found,
-        created_at: now,
-        deleted_at: None,
-        tags: records::Tags::default(),
-        versions: vec![records::LinkVersion {
-            version: 1,
-            target: serde_json::from_value(
-                serde_json::json!({"destination": "https://shop.example/"}),
-            )
-            .unwrap(),
-            created_at: now,
-            created_by: "k1".into(),
-            note: None,
-        }],
-    };
+    let target = serde_json::json!({"destination": "https://shop.example/"});
+    let link = tests::new_link(&tenant, serde_json::from_value(target).unwrap(), "k1");
+    let key = link.key.clone();
     assert!(store.create(&link, "k1").await.unwrap());
     let changes = 1_100;
     for change in 1..=changes {

@@ -894,23 +894,8 @@ async fn the_read_for_scans_holds_what_the_whole_history_would_serve(database: b
         let target = |value: &Value| -> records::LinkTarget {
             serde_json::from_value(value.clone()).unwrap()
         };
-        let key = records::LinkKey::generate();
-        let link = records::Link {
-            v: records::Link::LAYOUT,
-            key: key.clone(),
-            tenant: tenant.clone(),
-            status: records::RedirectStatus::Found,
-            created_at: now,
-            deleted_at: None,
-            tags: records::Tags::default(),
-            versions: vec![records::LinkVersion {
-                version: 1,
-                target: target(&targets[0]),
-                created_at: now,
-                created_by: "test".into(),
-                note: None,
-            }],
-        };
+        let link = tests::new_link(&tenant, target(&targets[0]), "test");
+        let key = link.key.clone();
         assert!(store.create(&link, "test").await.unwrap());
         for (base, next) in targets[1..].iter().enumerate() {
             let edit = redirect::store::Edit {
