@@ -815,16 +815,9 @@ async fn link_versions(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
-    order: Option<AuditOrderParam>,
+    order: Option<AuditOrder>,
     after: Option<u32>,
     limit: Option<u32>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum AuditOrderParam {
-    Oldest,
-    Newest,
 }
 
 async fn link_audit(
@@ -836,10 +829,7 @@ async fn link_audit(
     let caller = service.keys.authorize(&headers, Scope::Read).await?;
     let Query(query) = query.map_err(|error| invalid(error.body_text()))?;
     let limit = page_limit(query.limit)?;
-    let order = match query.order {
-        None | Some(AuditOrderParam::Oldest) => AuditOrder::OldestFirst,
-        Some(AuditOrderParam::Newest) => AuditOrder::NewestFirst,
-    };
+    let order = query.order.unwrap_or(AuditOrder::OldestFirst);
     let link = service.owned(&key, &caller.tenant).await?;
     let entries = service
         .redirects

@@ -11,7 +11,7 @@
 //! from and is refused if another edit came first.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use sqlx::types::Json;
 
@@ -64,10 +64,12 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-/// Which way a page of the audit log runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which way a page of the audit log runs (the API's `order`: `oldest` or `newest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum AuditOrder {
+    #[serde(rename = "oldest")]
     OldestFirst,
+    #[serde(rename = "newest")]
     NewestFirst,
 }
 
