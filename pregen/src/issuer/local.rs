@@ -61,18 +61,18 @@ impl LocalIssuer {
     }
 
     /// Draws one new code for a bind that waits on it, on a blocking thread at the process's
-    /// priority.
+    /// priority. Not counted in pregen's render metrics, which describe the refills' batches:
+    /// the binder counts these (`binder_on_demand_codes_total`), and its bind time holds the
+    /// drawing.
     pub async fn draw_now(&self) -> Result<PoolRecord, IssueError> {
         let request_id = RequestId::generate();
         let content = records::middle_page_url(&self.public_base, request_id);
         let style = self.style;
-        let started = std::time::Instant::now();
         let (content, png) = tokio::task::spawn_blocking(move || {
             let png = render::png(&content, &style);
             (content, png)
         })
         .await?;
-        events::rendered(1, started.elapsed());
         Ok(record(request_id, content, png?, Utc::now()))
     }
 }
