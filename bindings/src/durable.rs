@@ -313,6 +313,10 @@ impl SqliteStore {
         let creating = lock_file(&data_dir.join("bindings.db")).await?;
         let db = SqlitePoolOptions::new()
             .max_connections(8)
+            // sqlx's lifetime and idle limits free what a server holds per session; a file has
+            // no server, and a new connection starts with a cold page cache and no statements.
+            .max_lifetime(None)
+            .idle_timeout(None)
             .connect_with(options)
             .await;
         drop(creating);

@@ -108,6 +108,11 @@ impl EmbeddedPool {
         let opened = async {
             let db = SqlitePoolOptions::new()
                 .max_connections(4)
+                // sqlx's lifetime and idle limits free what a server holds per session; a file
+                // has no server, and a new connection starts with a cold page cache and no
+                // statements.
+                .max_lifetime(None)
+                .idle_timeout(None)
                 .connect_with(options)
                 .await?;
             sqlx::migrate!("./migrations").run(&db).await?;
