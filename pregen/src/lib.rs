@@ -248,13 +248,11 @@ impl Pregen {
             events::draining(self.issuer.name(), rate, drain::seconds_left(depth, rate));
         }
         let plan = self.plan(depth, starting);
-        let below = depth < self.settings.low_water;
-        let was_below = self.was_below_low_water.swap(below, Ordering::Relaxed);
         events::low_water(
             self.issuer.name(),
             depth,
             self.settings.low_water,
-            !starting && low_water_alarm(below, was_below, plan.off_peak),
+            self.low_water_news(depth, starting, plan.off_peak),
         );
         if plan.missing == 0 {
             return Ok(0);
@@ -263,6 +261,14 @@ impl Pregen {
         self.drain().added(added);
         events::topped_up(depth, added, &plan);
         Ok(added)
+    }
+
+    /// Notes a depth read at a check; whether it is news for an operator that the pool is
+    /// below low water ([`low_water_alarm`]; never at start, when every pool is new).
+    fn low_water_news(&self, depth: u64, starting: bool, off_peak: bool) -> bool {
+        let below = depth < self.settings.low_water;
+        let was_below = self.was_below_low_water.swap(below, Ordering::Relaxed);
+        !starting && low_water_alarm(below, was_below, off_peak)
     }
 
     /// Keeps the pool filled by the schedule until `shutdown` fires. A failing pool or
@@ -317,6 +323,21 @@ mod tests {
         // Above low water, nothing to say.
         assert!(!low_water_alarm(false, true, true));
         assert!(!low_water_alarm(false, true, false));
+    }
+
+    #[tokio::test]
+    async fn checks_in_a_row_warn_of_low_water_once_a_refill_has_not_brought_the_pool_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pregen, _pool) = pregen_in(dir.path(), 100, 40).await;
+        // Off peak (no windows), depths read at consecutive checks.
+        assert!(!pregen.low_water_news(5, true, true), "at start: every pool is new");
+        assert!(pregen.low_water_news(5, false, true), "still below after the start's fill");
+        assert!(!pregen.low_water_news(60, false, true));
+        assert!(!pregen.low_water_news(30, false, true), "a first crossing is a refill's cue");
+        assert!(pregen.low_water_news(35, false, true), "the refill did not bring it back");
+        assert!(!pregen.low_water_news(40, false, true), "at the mark is not below it");
+        // At peak the pool was meant to last: the first crossing is news.
+        assert!(pregen.low_water_news(39, false, false));
     }
 
     async fn pregen_in(
