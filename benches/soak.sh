@@ -324,15 +324,14 @@ from_metrics() {
     END {printf "%d %d %d %d %d %d %d %d\n", kept, rows, takes, takes_fast, commits, commits_fast, binds, binds_fast}'
 }
 sample_threads() {
-  local previous now metrics_before metrics_now hz threads
+  local previous now metrics_before metrics_now hz minute threads since elapsed=60
   hz=$(getconf CLK_TCK)
   previous=$(by_thread) metrics_before=$(from_metrics)
-  echo "minute clock answers_kept answers_read takes_over_25ms commits_over_25ms binds_over_100ms  threads by CPU (% of one core)"
-  for ((minute = 1; ; minute++)); do
-    sleep 60
+  # One line for the $elapsed seconds since the last.
+  threads_line() {
     now=$(by_thread) metrics_now=$(from_metrics)
-    threads=$(awk -v hz="$hz" 'NR == FNR {before[$1] = $2; next}
-      {used = ($2 - before[$1]) / hz / 60 * 100; if (used >= 0.5) printf "%.0f %s\n", used, $1}' \
+    threads=$(awk -v hz="$hz" -v secs="$elapsed" 'NR == FNR {before[$1] = $2; next}
+      {used = ($2 - before[$1]) / hz / secs * 100; if (used >= 0.5) printf "%.0f %s\n", used, $1}' \
       <(echo "$previous") <(echo "$now") | sort -rn | awk '{printf " %s %s", $2, $1}')
     awk -v minute="$minute" -v clock="$(date -u +%H:%M:%S)" -v threads="$threads" \
       -v counts="$metrics_before $metrics_now" 'BEGIN {
@@ -341,6 +340,18 @@ sample_threads() {
           (c[11] - c[12]) - (c[3] - c[4]), (c[13] - c[14]) - (c[5] - c[6]), (c[15] - c[16]) - (c[7] - c[8]), threads
       }'
     previous=$now metrics_before=$metrics_now
+  }
+  # When the run ends, a last line for the part-minute since the last one: a stall in a run's
+  # last seconds is then told apart as the server's (binds over 100 ms by its own clock) or
+  # the harness's (docs/performance.md, run Z).
+  trap 'elapsed=$(( $(date +%s) - since )); [ "$elapsed" -gt 0 ] && minute=end && threads_line; exit 0' TERM
+  echo "minute clock answers_kept answers_read takes_over_25ms commits_over_25ms binds_over_100ms  threads by CPU (% of one core)"
+  for ((minute = 1; ; minute++)); do
+    since=$(date +%s)
+    # In the background and waited for, so that the trap above runs at once.
+    sleep 60 &
+    wait $!
+    threads_line
   done
 }
 # What PostgreSQL's processes wait on, five looks a second: the soak database's active
@@ -383,6 +394,7 @@ status=0
   --resident-by-second "$work/resident.log" |
   tee "$work/soak.log" || status=$?
 kill "$sampler" "$second_sampler" "$thread_sampler" "$wait_sampler" 2>/dev/null || true
+wait "$thread_sampler" 2>/dev/null || true # its last line, for the last part-minute
 say "CPU (% of one core) and resident memory by process, a line a minute"
 cat "$work/processes.log"
 say "qrpool's queries' file answers (kept, read from rows), binds' waits over 25 ms (for a code, for a commit) and its threads by CPU, a line a minute"
