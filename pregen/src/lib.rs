@@ -330,12 +330,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pregen, _pool) = pregen_in(dir.path(), 100, 40).await;
         // Off peak (no windows), depths read at consecutive checks.
-        assert!(!pregen.low_water_news(5, true, true), "at start: every pool is new");
-        assert!(pregen.low_water_news(5, false, true), "still below after the start's fill");
+        assert!(
+            !pregen.low_water_news(5, true, true),
+            "at start: every pool is new"
+        );
+        assert!(
+            pregen.low_water_news(5, false, true),
+            "still below after the start's fill"
+        );
         assert!(!pregen.low_water_news(60, false, true));
-        assert!(!pregen.low_water_news(30, false, true), "a first crossing is a refill's cue");
-        assert!(pregen.low_water_news(35, false, true), "the refill did not bring it back");
-        assert!(!pregen.low_water_news(40, false, true), "at the mark is not below it");
+        assert!(
+            !pregen.low_water_news(30, false, true),
+            "a first crossing is a refill's cue"
+        );
+        assert!(
+            pregen.low_water_news(35, false, true),
+            "the refill did not bring it back"
+        );
+        assert!(
+            !pregen.low_water_news(40, false, true),
+            "at the mark is not below it"
+        );
         // At peak the pool was meant to last: the first crossing is news.
         assert!(pregen.low_water_news(39, false, false));
     }
