@@ -329,30 +329,23 @@ mod tests {
     async fn checks_in_a_row_warn_of_low_water_once_a_refill_has_not_brought_the_pool_back() {
         let dir = tempfile::tempdir().unwrap();
         let (pregen, _pool) = pregen_in(dir.path(), 100, 40).await;
-        // Off peak (no windows), depths read at consecutive checks.
-        assert!(
-            !pregen.low_water_news(5, true, true),
-            "at start: every pool is new"
-        );
-        assert!(
-            pregen.low_water_news(5, false, true),
-            "still below after the start's fill"
-        );
-        assert!(!pregen.low_water_news(60, false, true));
-        assert!(
-            !pregen.low_water_news(30, false, true),
-            "a first crossing is a refill's cue"
-        );
-        assert!(
-            pregen.low_water_news(35, false, true),
-            "the refill did not bring it back"
-        );
-        assert!(
-            !pregen.low_water_news(40, false, true),
-            "at the mark is not below it"
-        );
-        // At peak the pool was meant to last: the first crossing is news.
-        assert!(pregen.low_water_news(39, false, false));
+        // Depths read at consecutive checks: (depth, starting, off peak, news?, why).
+        let checks = [
+            (5, true, true, false, "at start every pool is new"),
+            (5, false, true, true, "still below after the start's fill"),
+            (60, false, true, false, "above the mark"),
+            (30, false, true, false, "a first crossing is a refill's cue"),
+            (35, false, true, true, "the refill did not bring it back"),
+            (40, false, true, false, "at the mark is not below it"),
+            (39, false, false, true, "at peak the pool was meant to last"),
+        ];
+        for (depth, starting, off_peak, news, why) in checks {
+            assert_eq!(
+                pregen.low_water_news(depth, starting, off_peak),
+                news,
+                "{why}"
+            );
+        }
     }
 
     async fn pregen_in(
