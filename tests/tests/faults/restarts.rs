@@ -331,10 +331,8 @@ async fn kafka_restarted_mid_load_binds_go_on_and_the_pool_resumes_with_its_dept
         );
         assert!(drained.insert(id.clone()), "a code came twice: {id}");
     }
-    let skipped = drainer
-        .metric("binder_redelivered_codes_skipped_total")
-        .await
-        - skipped_before;
+    // The last 503 skipped none, so the count it read is the drain's whole.
+    let skipped = skipped_so_far - skipped_before;
     drainer.stop().await;
     assert_eq!(
         drained.len() as u64 + skipped as u64,
